@@ -1,0 +1,46 @@
+# lockd — see README.md. `make run` starts the service; `make test` installs and tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test check lint types bench redis-server clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/lockd engine --dir ./var/engine
+
+# Debian's redis-server, which the conformance and cross-check tests run against.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server (tests compare lockd against it)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools >/dev/null; }
+	@# Debian's package starts a system redis on 6379; tests start their own on free ports.
+	@-command -v systemctl >/dev/null 2>&1 && systemctl disable --now redis-server >/dev/null 2>&1; true
+
+test: install redis-server
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check lockd clients tests
+	$(BIN)/ruff format --check lockd clients tests
+
+types: install
+	$(BIN)/mypy lockd clients
+
+check: lint types test
+
+bench: install redis-server
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""`python -m lockd` runs the CLI."""
+
+from lockd.cli import main
+
+main()

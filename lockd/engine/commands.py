@@ -1,0 +1,447 @@
+"""The command table: argument parsing and Redis-compatible replies and error texts.
+
+Handlers take the engine and the full argument list (command name first). Pub/sub
+subscription commands live in the RESP server, since they change the connection's mode.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lockd import __version__
+from lockd.resp.replies import (
+    NOT_INTEGER,
+    OK,
+    OVERFLOW,
+    PONG,
+    SYNTAX,
+    CommandError,
+    Reply,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from lockd.engine.engine import Engine
+
+__all__ = ["COMMANDS", "dispatch", "info_text", "parse_int"]
+
+Handler = Callable[["Engine", list[bytes]], Reply]
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+
+
+def parse_int(raw: bytes) -> int | None:
+    """Redis's string2ll: optional '-', digits, no leading zeros or '+', within int64."""
+    if not raw or len(raw) > 20:
+        return None
+    digits = raw[1:] if raw[0] == 0x2D else raw
+    if not digits.isdigit() or (digits[0] == 0x30 and (len(digits) > 1 or raw[0] == 0x2D)):
+        return None
+    value = int(raw)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def _int_arg(raw: bytes) -> int:
+    value = parse_int(raw)
+    if value is None:
+        raise CommandError(NOT_INTEGER)
+    return value
+
+
+def _ttl_of(engine: Engine, key: bytes) -> int:
+    if engine.keyspace.get(key) is None:
+        return -2
+    deadline = engine.keyspace.deadline(key)
+    return -1 if deadline is None else max(0, deadline - engine.clock.now_ms())
+
+
+def cmd_ping(engine: Engine, args: list[bytes]) -> Reply:
+    return PONG if len(args) == 1 else args[1]
+
+
+def cmd_echo(engine: Engine, args: list[bytes]) -> Reply:
+    return args[1]
+
+
+def cmd_get(engine: Engine, args: list[bytes]) -> Reply:
+    value = engine.keyspace.get(args[1])
+    return value if value is None or isinstance(value, bytes) else b"%d" % value
+
+
+def cmd_set(engine: Engine, args: list[bytes]) -> Reply:
+    key, value = args[1], args[2]
+    nx = xx = get = keepttl = False
+    ttl_ms: int | None = None
+    i = 3
+    while i < len(args):
+        opt = args[i].upper()
+        has_next = i + 1 < len(args)
+        if opt == b"NX" and not xx:
+            nx = True
+        elif opt == b"XX" and not nx:
+            xx = True
+        elif opt == b"GET":
+            get = True
+        elif opt == b"KEEPTTL" and ttl_ms is None:
+            keepttl = True
+        elif opt in (b"EX", b"PX") and has_next and ttl_ms is None and not keepttl:
+            amount = _int_arg(args[i + 1])
+            unit = 1000 if opt == b"EX" else 1
+            if amount <= 0 or amount > INT64_MAX // unit - engine.clock.now_ms():
+                raise CommandError("ERR invalid expire time in 'set' command")
+            ttl_ms = amount * unit
+            i += 1
+        else:
+            raise CommandError(SYNTAX)
+        i += 1
+    ks = engine.keyspace
+    old = ks.get(key)
+    reply: Reply = OK
+    if get:
+        reply = old if old is None or isinstance(old, bytes) else b"%d" % old
+    if (nx and old is not None) or (xx and old is None):
+        return reply if get else None
+    if old is None:
+        ks.check_new_key(key, len(value))
+    if ttl_ms is not None:
+        deadline: int | None = engine.clock.now_ms() + ttl_ms
+    elif keepttl:
+        deadline = ks.deadline(key)
+    else:
+        deadline = None
+    ks.set(key, value, deadline)
+    return reply
+
+
+def cmd_del(engine: Engine, args: list[bytes]) -> Reply:
+    return sum(engine.keyspace.delete(key) for key in args[1:])
+
+
+def cmd_exists(engine: Engine, args: list[bytes]) -> Reply:
+    return sum(engine.keyspace.get(key) is not None for key in args[1:])
+
+
+def cmd_pexpire(engine: Engine, args: list[bytes]) -> Reply:
+    return _expire(engine, args, 1, "pexpire")
+
+
+def cmd_expire(engine: Engine, args: list[bytes]) -> Reply:
+    return _expire(engine, args, 1000, "expire")
+
+
+def _expire(engine: Engine, args: list[bytes], unit: int, name: str) -> Reply:
+    key = args[1]
+    amount = _int_arg(args[2])
+    flags = {a.upper() for a in args[3:]}
+    for arg in args[3:]:
+        if arg.upper() not in (b"NX", b"XX", b"GT", b"LT"):
+            raise CommandError(f"ERR Unsupported option {_show(arg)}")
+    if b"NX" in flags and len(flags) > 1:
+        raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
+    if b"GT" in flags and b"LT" in flags:
+        raise CommandError("ERR GT and LT options at the same time are not compatible")
+    now = engine.clock.now_ms()
+    if amount > (INT64_MAX - now) // unit or amount < (INT64_MIN + now) // unit:
+        raise CommandError(f"ERR invalid expire time in '{name}' command")
+    ks = engine.keyspace
+    if ks.get(key) is None:
+        return 0
+    deadline = now + amount * unit
+    current = ks.deadline(key)
+    if b"NX" in flags and current is not None:
+        return 0
+    if b"XX" in flags and current is None:
+        return 0
+    # A key without a TTL counts as an infinite TTL for GT and LT (Redis's rule).
+    if b"GT" in flags and (current is None or deadline <= current):
+        return 0
+    if b"LT" in flags and current is not None and deadline >= current:
+        return 0
+    if deadline <= now:
+        ks.delete(key)
+    else:
+        ks.set_deadline(key, deadline)
+    return 1
+
+
+def cmd_pttl(engine: Engine, args: list[bytes]) -> Reply:
+    return _ttl_of(engine, args[1])
+
+
+def cmd_ttl(engine: Engine, args: list[bytes]) -> Reply:
+    ms = _ttl_of(engine, args[1])
+    return ms if ms < 0 else (ms + 500) // 1000
+
+
+def cmd_persist(engine: Engine, args: list[bytes]) -> Reply:
+    ks = engine.keyspace
+    if ks.get(args[1]) is None or ks.deadline(args[1]) is None:
+        return 0
+    ks.set_deadline(args[1], None)
+    return 1
+
+
+def cmd_incr(engine: Engine, args: list[bytes]) -> Reply:
+    ks = engine.keyspace
+    key = args[1]
+    old = ks.get(key)
+    if old is None:
+        ks.check_new_key(key, 8)
+        value = 0
+    elif isinstance(old, int):
+        value = old
+    else:
+        parsed = parse_int(old)
+        if parsed is None:
+            raise CommandError(NOT_INTEGER)
+        value = parsed
+    if value == INT64_MAX:
+        raise CommandError(OVERFLOW)
+    ks.set(key, value + 1, ks.deadline(key))
+    return value + 1
+
+
+def cmd_dbsize(engine: Engine, args: list[bytes]) -> Reply:
+    return len(engine.keyspace)
+
+
+def cmd_publish(engine: Engine, args: list[bytes]) -> Reply:
+    return engine.publish(args[1], args[2])
+
+
+def cmd_select(engine: Engine, args: list[bytes]) -> Reply:
+    index = _int_arg(args[1])
+    if index != 0:
+        raise CommandError("ERR DB index is out of range")
+    return OK
+
+
+def cmd_info(engine: Engine, args: list[bytes]) -> Reply:
+    section = args[1].decode(errors="replace").lower() if len(args) > 1 else "default"
+    return info_text(engine, section).encode()
+
+
+def cmd_config(engine: Engine, args: list[bytes]) -> Reply:
+    sub = args[1].lower()
+    if sub == b"get":
+        if len(args) < 3:
+            raise CommandError("ERR wrong number of arguments for 'config|get' command")
+        patterns = [p.decode(errors="replace").lower() for p in args[2:]]
+        return {
+            name.encode(): value.encode()
+            for name, value in config_values(engine).items()
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        }
+    if sub == b"set":
+        name = args[2].decode(errors="replace") if len(args) > 2 else ""
+        raise CommandError(
+            f"ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+            " (lockd nodes are configured by command-line flags)"
+        )
+    if sub == b"resetstat":
+        return OK
+    if sub == b"rewrite":
+        raise CommandError("ERR The server is running without a config file")
+    raise CommandError(f"ERR unknown subcommand '{_show(args[1])}'. Try CONFIG HELP.")
+
+
+def config_values(engine: Engine) -> dict[str, str]:
+    """The settings CONFIG GET reports (a Redis-compatible subset plus lockd's own)."""
+    c = engine.config
+    return {
+        "port": str(c.port),
+        "dir": str(c.dir or ""),
+        "appendonly": "yes" if engine.aof is not None else "no",
+        "appendfsync": str(c.appendfsync),
+        "save": "",
+        "maxmemory": str(c.maxmemory),
+        "maxmemory-policy": "noeviction",
+        "databases": "1",
+        "lockd-max-ttl": str(c.max_ttl_ms),
+        "lockd-fence-block": str(c.fence_block),
+    }
+
+
+def cmd_fcall(engine: Engine, args: list[bytes]) -> Reply:
+    name = args[1]
+    function = FUNCTIONS.get(name)
+    if function is None:
+        raise CommandError("ERR Function not found")
+    numkeys = parse_int(args[2])
+    if numkeys is None:
+        raise CommandError(NOT_INTEGER)
+    if numkeys < 0:
+        raise CommandError("ERR Number of keys can't be negative")
+    if numkeys > len(args) - 3:
+        raise CommandError("ERR Number of keys can't be greater than number of args")
+    nkeys, nargs, call = function
+    keys, argv = args[3 : 3 + numkeys], args[3 + numkeys :]
+    if len(keys) != nkeys or len(argv) != nargs:
+        raise CommandError(
+            f"ERR {name.decode()} takes {nkeys} keys and {nargs} arguments, "
+            f"got {len(keys)} and {len(argv)}"
+        )
+    return call(engine, keys, argv)
+
+
+def cmd_hello(engine: Engine, args: list[bytes]) -> Reply:
+    """HELLO [2|3]: the connection switches protocol in the server; this is the reply."""
+    if len(args) > 1:
+        version = parse_int(args[1])
+        if version is None:
+            raise CommandError("ERR Protocol version is not an integer or out of range")
+        if version not in (2, 3):
+            raise CommandError("NOPROTO unsupported protocol version")
+        if len(args) > 2:
+            raise CommandError("ERR HELLO options (AUTH, SETNAME) are not supported by lockd")
+    return {
+        b"server": b"lockd", b"version": __version__.encode(),
+        b"proto": parse_int(args[1]) if len(args) > 1 else 2,
+        b"id": 0, b"mode": b"standalone", b"role": b"master", b"modules": [],
+    }  # fmt: skip
+
+
+def cmd_client(engine: Engine, args: list[bytes]) -> Reply:
+    sub = args[1].lower()
+    if sub in (b"setname", b"setinfo"):
+        return OK
+    if sub == b"getname":
+        return None
+    if sub == b"id":
+        return 0
+    raise CommandError(f"ERR unknown subcommand '{_show(args[1])}'. Try CLIENT HELP.")
+
+
+def cmd_command(engine: Engine, args: list[bytes]) -> Reply:
+    if len(args) > 1 and args[1].lower() == b"count":
+        return len(COMMANDS)
+    return []  # no command docs: redis-cli falls back to plain input
+
+
+def cmd_bgrewriteaof(engine: Engine, args: list[bytes]) -> Reply:
+    if engine.aof is None:
+        raise CommandError("ERR this node runs without an append-only file")
+    if not engine.rewrite_aof():
+        return Status("Background append only file rewriting already in progress")
+    return Status("Background append only file rewriting started")
+
+
+FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
+    b"lockd_acquire": (2, 2, lambda e, k, a: e.lock_acquire(k[0], k[1], a[0], a[1])),
+    b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
+    b"lockd_extend": (1, 2, lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
+    b"lockd_fence_advance": (1, 1, lambda e, k, a: e.fence_advance(k[0], a[0])),
+}
+"""Native versions of the Lua library's functions: (keys, arguments, implementation)."""
+
+# name -> (handler, arity); arity as in Redis: exact if positive, minimum if negative.
+COMMANDS: dict[bytes, tuple[Handler, int]] = {
+    b"ping": (cmd_ping, -1),
+    b"echo": (cmd_echo, 2),
+    b"get": (cmd_get, 2),
+    b"set": (cmd_set, -3),
+    b"del": (cmd_del, -2),
+    b"exists": (cmd_exists, -2),
+    b"pexpire": (cmd_pexpire, -3),
+    b"expire": (cmd_expire, -3),
+    b"pttl": (cmd_pttl, 2),
+    b"ttl": (cmd_ttl, 2),
+    b"persist": (cmd_persist, 2),
+    b"incr": (cmd_incr, 2),
+    b"dbsize": (cmd_dbsize, 1),
+    b"publish": (cmd_publish, 3),
+    b"select": (cmd_select, 2),
+    b"info": (cmd_info, -1),
+    b"config": (cmd_config, -2),
+    b"fcall": (cmd_fcall, -3),
+    b"hello": (cmd_hello, -1),
+    b"client": (cmd_client, -2),
+    b"command": (cmd_command, -1),
+    b"bgrewriteaof": (cmd_bgrewriteaof, 1),
+}
+
+
+def _show(arg: bytes) -> str:
+    return arg.decode(errors="replace")
+
+
+def dispatch(engine: Engine, args: list[bytes]) -> Reply:
+    """Run one command; errors come back as `CommandError` values, not exceptions."""
+    name = args[0].lower()
+    entry = COMMANDS.get(name)
+    if entry is None:
+        shown = "".join(f"'{_show(a)[:128]}' " for a in args[1:])
+        return CommandError(
+            f"ERR unknown command '{_show(args[0])[:128]}', with args beginning with: {shown}"
+        )
+    handler, arity = entry
+    if (arity > 0 and len(args) != arity) or len(args) < -arity:
+        return CommandError(f"ERR wrong number of arguments for '{_show(name)}' command")
+    try:
+        return handler(engine, args)
+    except CommandError as exc:
+        return exc
+
+
+def info_text(engine: Engine, section: str) -> str:
+    """INFO output: server, clients, memory, persistence, stats, keyspace and lockd."""
+    c = engine.config
+    ks = engine.keyspace
+    aof = engine.aof
+    sections: dict[str, dict[str, object]] = {
+        "server": {
+            "redis_version": "7.0.0",
+            "lockd_version": __version__,
+            "redis_mode": "standalone",
+            "process_id": engine.pid,
+            "run_id": engine.run_id,
+            "tcp_port": c.port,
+            "uptime_in_seconds": engine.uptime_s,
+            "uptime_in_days": engine.uptime_s // 86400,
+        },
+        "memory": {
+            "used_memory": ks.used_memory,
+            "maxmemory": c.maxmemory,
+            "maxmemory_policy": "noeviction",
+        },
+        "persistence": {
+            "loading": 0,
+            "aof_enabled": int(aof is not None),
+            "aof_rewrite_in_progress": int(aof is not None and aof.rewriting),
+            "aof_rewrites": aof.rewrites if aof else 0,
+            "aof_last_bgrewrite_status": "ok" if aof is None or aof.last_rewrite_ok else "err",
+            "aof_current_size": aof.size if aof else 0,
+            "aof_base_size": aof.base_size if aof else 0,
+            "aof_fsyncs": aof.fsyncs if aof else 0,
+            "appendfsync": str(c.appendfsync),
+        },
+        "stats": {"expired_keys": ks.expired_keys},
+        "keyspace": (
+            {"db0": f"keys={len(ks)},expires={ks.volatile_count},avg_ttl=0"} if len(ks) else {}
+        ),
+        "lockd": {
+            "run_id": engine.run_id,
+            "uptime_in_seconds": engine.uptime_s,
+            "restart_delay_remaining_ms": engine.restart_delay_remaining_ms(),
+            "restart_delay_reason": engine.restart_reason,
+            "max_ttl_ms": c.max_ttl_ms,
+            "fence_floor": engine.fence_floor,
+            "fence_reserved": engine.reservation.reserved if engine.reservation else 0,
+            "fence_reservation_writes": engine.reservation.writes if engine.reservation else 0,
+            "clock_rate": engine.clock.rate,
+            "clock_offset_ms": engine.clock.offset_ms,
+        },
+    }
+    if section in ("default", "all", "everything"):
+        chosen = list(sections)
+    else:
+        chosen = [section] if section in sections else []
+    out = []
+    for name in chosen:
+        lines = [f"# {name.capitalize()}"]
+        lines += [f"{k}:{v}" for k, v in sections[name].items()]
+        out.append("\r\n".join(lines))
+    return "\r\n\r\n".join(out) + ("\r\n" if out else "")

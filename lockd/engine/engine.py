@@ -1,0 +1,307 @@
+"""One engine node: keyspace, lock functions, persistence, delayed restart, pub/sub.
+
+The engine is single-threaded and synchronous: its host (the RESP server or the embedded
+gateway) calls `execute()` or the typed lock functions, then `commit()` before sending
+replies, and `cron()` every 100 ms. Nothing here opens sockets or sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lockd import __version__
+from lockd.engine.clock import Clock
+from lockd.engine.commands import dispatch, info_text
+from lockd.engine.keyspace import Keyspace
+from lockd.engine.persistence import (
+    AOF_NAME,
+    NODE_NAME,
+    RESERVATION_NAME,
+    SHUTDOWN_NAME,
+    AppendOnlyFile,
+    FenceReservation,
+    FsyncPolicy,
+    clock_epoch,
+    read_json,
+    write_json_durably,
+)
+from lockd.resp.replies import CommandError, Reply
+
+__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig", "restart_delay_ms"]
+
+log = logging.getLogger("lockd.engine")
+
+RELEASE_CHANNEL = b"lockd:released"
+"""Pub/sub channel on which `lockd_release` publishes the released lock key."""
+
+MAX_TOKEN = 2**53 - 1  # the Lua library computes in doubles; stay exact in both
+
+Subscriber = Callable[[bytes, bytes], None]
+
+
+def restart_delay_ms(max_ttl_ms: int) -> int:
+    """How long a node refuses acquisitions after an unclean stop: max-TTL plus drift."""
+    return max_ttl_ms + max_ttl_ms // 100 + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one engine node. `dir=None` keeps everything in memory."""
+
+    dir: Path | None = None
+    appendfsync: FsyncPolicy = FsyncPolicy.EVERYSEC
+    max_ttl_ms: int = 60_000
+    maxmemory: int = 0
+    fence_block: int = 1024
+    rewrite_min_size: int = 1 << 20
+    hold_until_fsync: bool = False
+    port: int = 0
+
+
+class Engine:
+    """A Redis-like node holding locks and fencing counters (see DESIGN §3)."""
+
+    def __init__(self, config: EngineConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.clock = clock or Clock()
+        self.run_id = secrets.token_hex(20)
+        self.started_ms = self.clock.now_ms()
+        self._started_wall = time.time()
+        self.keyspace = Keyspace(self.clock, self.config.maxmemory, self._journal)
+        self._subscribers: dict[bytes, set[Subscriber]] = {}
+        self.restart_until_ms = self.started_ms
+        self.restart_reason = "fresh data directory"
+        self.fence_floor = 0
+        self.aof: AppendOnlyFile | None = None
+        self.reservation: FenceReservation | None = None
+        self._epoch = clock_epoch().encode()
+        self.closed = False
+        if self.config.dir is not None:
+            self._open(self.config.dir)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _open(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        node_file = directory / NODE_NAME
+        fresh = not node_file.exists()
+        marker = read_json(directory / SHUTDOWN_NAME)
+        if fresh:
+            write_json_durably(node_file, {"created": time.time(), "lockd": __version__})
+        elif marker is None:
+            self._delay(restart_delay_ms(self.config.max_ttl_ms), "unclean stop")
+        else:
+            left = int(marker.get("longest_lock_ms", 0))
+            if marker.get("epoch") == self._epoch.decode():
+                left -= self.started_ms - int(marker.get("at_ms", self.started_ms))
+            self._delay(left, "clean shutdown with live locks")
+        if marker is not None:
+            (directory / SHUTDOWN_NAME).unlink()
+        self.reservation = FenceReservation(directory / RESERVATION_NAME, self.config.fence_block)
+        self.fence_floor = self.reservation.reserved
+        self.aof = AppendOnlyFile(
+            directory / AOF_NAME, self.config.appendfsync, self.config.hold_until_fsync
+        )
+        count = self.keyspace.replay(self.aof.load(), self._epoch)
+        self.aof.open()
+        self.aof.append(b"*2\r\n$5\r\nEPOCH\r\n$%d\r\n%b\r\n" % (len(self._epoch), self._epoch))
+        self.aof.commit()
+        log.info(
+            "engine %s: %d AOF records, %d keys, fence floor %d, restart delay %d ms (%s)",
+            directory,
+            count,
+            len(self.keyspace),
+            self.fence_floor,
+            self.restart_delay_remaining_ms(),
+            self.restart_reason,
+        )
+
+    def _delay(self, ms: int, reason: str) -> None:
+        if ms > 0:
+            self.restart_until_ms = self.started_ms + ms
+            self.restart_reason = reason
+
+    def close(self) -> None:
+        """Clean shutdown: flush and fsync, then record how long the live locks last."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.aof is None or self.config.dir is None:
+            return
+        self.aof.close()
+        longest = max(self.keyspace.longest_ttl_ms(), self.restart_delay_remaining_ms())
+        write_json_durably(
+            self.config.dir / SHUTDOWN_NAME,
+            {
+                "epoch": self._epoch.decode(),
+                "at_ms": self.clock.now_ms(),
+                "longest_lock_ms": longest,
+            },
+        )
+
+    def commit(self) -> None:
+        """Make queued mutations as durable as the fsync policy promises; call before replying."""
+        if self.aof is not None:
+            self.aof.commit()
+
+    def cron(self) -> None:
+        """Periodic duties (every 100 ms): active expiry, fsync, background rewrite."""
+        self.keyspace.active_expire_cycle()
+        aof = self.aof
+        if aof is None:
+            return
+        aof.tick()
+        if not aof.rewriting and aof.size >= max(self.config.rewrite_min_size, 2 * aof.base_size):
+            self.rewrite_aof()
+
+    def rewrite_aof(self) -> bool:
+        """Start a background AOF rewrite; False if one is already running or no AOF."""
+        if self.aof is None or self.aof.rewriting:
+            return False
+        self.aof.start_rewrite(self.keyspace.snapshot(self._epoch))
+        return True
+
+    def _journal(self, record: bytes, durable: bool) -> None:
+        if self.aof is not None:
+            self.aof.append(record, durable)
+
+    def restart_delay_remaining_ms(self) -> int:
+        """Milliseconds until this node accepts acquisitions again (0 when it does)."""
+        return max(0, self.restart_until_ms - self.clock.now_ms())
+
+    # -- lock functions ------------------------------------------------------------------
+
+    def _check_ttl(self, ttl: bytes, function: str) -> int:
+        ms = _positive(ttl)
+        if ms is None:
+            raise CommandError(f"ERR {function}: ttl must be a positive integer of milliseconds")
+        if ms > self.config.max_ttl_ms:
+            raise CommandError(
+                f"ERR {function}: ttl {ms} ms is above this node's max-ttl "
+                f"{self.config.max_ttl_ms} ms"
+            )
+        return ms
+
+    def counter(self, fence_key: bytes) -> int:
+        """The fencing counter stored at `fence_key`, never below the restart floor."""
+        value = self.keyspace.get(fence_key)
+        if value is None:
+            return self.fence_floor
+        if isinstance(value, bytes):
+            parsed = _positive(value)
+            if parsed is None:
+                raise CommandError("ERR lockd: fencing counter is not an integer")
+            value = parsed
+        return value if value > self.fence_floor else self.fence_floor
+
+    def lock_acquire(
+        self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
+    ) -> list[Reply]:
+        """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter]."""
+        ms = self._check_ttl(ttl, "lockd_acquire")
+        if self.restart_until_ms > self.started_ms:
+            left = self.restart_delay_remaining_ms()
+            if left > 0:
+                raise CommandError(
+                    f"RESTARTDELAY {left} ms left: this node restarted after an "
+                    f"{self.restart_reason} and refuses acquisitions until every lock it "
+                    "may have forgotten has expired"
+                )
+        counter = self.counter(fence_key)
+        ks = self.keyspace
+        current = ks.get(lock_key)
+        if current is None:
+            ks.check_new_key(lock_key, len(lease))
+            ks.set(lock_key, lease, self.clock.now_ms() + ms)
+        elif current == lease:
+            ks.set_deadline(lock_key, self.clock.now_ms() + ms)
+        else:
+            return [0, counter]
+        return [1, counter]
+
+    def lock_release(self, lock_key: bytes, lease: bytes) -> int:
+        """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
+        if self.keyspace.get(lock_key) != lease:
+            return 0
+        self.keyspace.delete(lock_key)
+        self.publish(RELEASE_CHANNEL, lock_key)
+        return 1
+
+    def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
+        """Compare-and-PEXPIRE: 1 if `lease` holds the lock, whose TTL is now `ttl`."""
+        ms = self._check_ttl(ttl, "lockd_extend")
+        if self.keyspace.get(lock_key) != lease:
+            return 0
+        self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
+        return 1
+
+    def fence_advance(self, fence_key: bytes, token: bytes) -> list[Reply]:
+        """Counter := T only if counter < T: [accepted 1/0, counter after]."""
+        target = _positive(token)
+        if target is None or target > MAX_TOKEN:
+            raise CommandError("ERR lockd_fence_advance: token must be an integer in [1, 2^53)")
+        current = self.counter(fence_key)
+        if current >= target:
+            return [0, current]
+        self.keyspace.check_new_key(fence_key, 8)
+        if self.reservation is not None:
+            self.reservation.cover(target)
+        # No fsync needed even under `always`: the reservation already covers the value.
+        self.keyspace.set(fence_key, target, None, durable=False)
+        return [1, target]
+
+    # -- pub/sub -------------------------------------------------------------------------
+
+    def subscribe(self, channel: bytes, subscriber: Subscriber) -> None:
+        """Call `subscriber(channel, message)` for every message published on `channel`."""
+        self._subscribers.setdefault(channel, set()).add(subscriber)
+
+    def unsubscribe(self, channel: bytes, subscriber: Subscriber) -> None:
+        """Stop delivering `channel` to `subscriber`."""
+        subs = self._subscribers.get(channel)
+        if subs is not None:
+            subs.discard(subscriber)
+            if not subs:
+                del self._subscribers[channel]
+
+    def publish(self, channel: bytes, message: bytes) -> int:
+        """Deliver `message` to the channel's subscribers; how many received it."""
+        subs = self._subscribers.get(channel)
+        if not subs:
+            return 0
+        for subscriber in list(subs):
+            subscriber(channel, message)
+        return len(subs)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def execute(self, args: list[bytes]) -> Reply:
+        """Run one command (name first) and return its reply; errors are returned too."""
+        return dispatch(self, args)
+
+    def info(self, section: str = "default") -> str:
+        """The INFO text for `section` (default, all, server, persistence, ...)."""
+        return info_text(self, section)
+
+    @property
+    def uptime_s(self) -> int:
+        """Seconds since this engine started."""
+        return int(time.time() - self._started_wall)
+
+    @property
+    def pid(self) -> int:
+        """The process id (for INFO)."""
+        return os.getpid()
+
+
+def _positive(raw: bytes) -> int | None:
+    """A strictly positive decimal integer without sign, spaces or leading zeros."""
+    if not raw or len(raw) > 18 or not raw.isdigit() or raw[0] == 0x30:
+        return None
+    return int(raw)

@@ -1,0 +1,260 @@
+"""asyncio RESP2 server in front of one engine (`lockd engine`).
+
+Pipelined commands are answered in order; replies wait for the engine's commit (one
+write, and one fsync under `appendfsync always`, per event-loop turn for all
+connections: group commit). A malformed frame gets `-ERR Protocol error: ...` and only
+that connection is closed. Per-connection limits bound memory: query buffer, bulk
+length, and the output buffer of a subscriber that does not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+from lockd.engine import Engine
+from lockd.resp.protocol import ProtocolError, RequestParser, encode
+from lockd.resp.replies import OK, CommandError, Push, Status
+
+__all__ = ["Limits", "RespServer"]
+
+log = logging.getLogger("lockd.resp")
+
+CRON_INTERVAL = 0.1
+_SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-connection limits (bytes)."""
+
+    max_bulk: int = 16 << 20
+    query_buffer: int = 64 << 20
+    output_buffer: int = 32 << 20
+
+
+class RespServer:
+    """Serves one engine over TCP; `start()` binds, `stop()` closes cleanly."""
+
+    def __init__(
+        self, engine: Engine, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None
+    ) -> None:
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self.limits = limits or Limits()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._cron: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[Connection, bytes]] = []
+        self._flush_scheduled = False
+        self.protocol_errors = 0
+
+    async def start(self) -> int:
+        """Listen; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Connection(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._cron = asyncio.create_task(self._run_cron())
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, answer what was received, close connections, close the engine."""
+        if self._server is not None:
+            self._server.close()
+        if self._cron is not None:
+            self._cron.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cron
+        self.flush()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.engine.close()
+
+    async def _run_cron(self) -> None:
+        while True:
+            await asyncio.sleep(CRON_INTERVAL)
+            try:
+                self.engine.cron()
+                self.flush()
+            except Exception:  # a failing duty must not stop expiry or fsync for good
+                log.exception("engine cron failed")
+
+    def send_after_commit(self, conn: Connection, data: bytes) -> None:
+        """Queue replies; they are written once the engine committed (group commit)."""
+        self._outbox.append((conn, data))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit the engine, then write every queued reply."""
+        self._flush_scheduled = False
+        if not self._outbox:
+            self.engine.commit()
+            return
+        self.engine.commit()
+        outbox, self._outbox = self._outbox, []
+        for conn, data in outbox:
+            conn.write(data)
+
+
+class Connection(asyncio.Protocol):
+    """One client: parses requests, runs them, tracks its subscriptions."""
+
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.parser = RequestParser(server.limits.max_bulk)
+        self.transport: asyncio.Transport | None = None
+        self.channels: set[bytes] = set()
+        self.resp3 = False
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        for channel in self.channels:
+            self.engine.unsubscribe(channel, self.deliver)
+        self.channels.clear()
+        self._closing = True
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.parser.feed(data)
+        out: list[bytes] = []
+        try:
+            while (args := self.parser.next_command()) is not None:
+                out.append(self.run(args))
+                if self._closing:
+                    break
+        except ProtocolError as exc:
+            self.server.protocol_errors += 1
+            out.append(encode(CommandError(str(exc))))
+            self._closing = True
+        if not self._closing and self.parser.buffered() > self.server.limits.query_buffer:
+            out.append(encode(CommandError("ERR Protocol error: query buffer limit exceeded")))
+            self._closing = True
+        if out:
+            self.server.send_after_commit(self, b"".join(out))
+        if self._closing:
+            self.server.send_after_commit(self, b"")
+
+    def run(self, args: list[bytes]) -> bytes:
+        """One command's encoded reply; connection-level commands (pub/sub, QUIT) are here."""
+        name = args[0].lower()
+        if self.channels and name not in _SUBSCRIBED_ALLOWED:
+            return encode(
+                CommandError(
+                    f"ERR Can't execute '{name.decode(errors='replace')}': only (P|S)SUBSCRIBE"
+                    " / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )
+            )
+        if name == b"subscribe" and len(args) > 1:
+            return self._subscribe(args[1:])
+        if name == b"unsubscribe":
+            return self._unsubscribe(args[1:])
+        if name == b"ping" and self.channels and len(args) <= 2:
+            return encode([b"pong", args[1] if len(args) == 2 else b""], self.resp3)
+        if name == b"quit":
+            self._closing = True
+            return encode(OK)
+        if name == b"reset" and len(args) == 1:
+            self._unsubscribe([])
+            self.resp3 = False
+            return encode(Status("RESET"))
+        reply = self.engine.execute(args)
+        if name == b"hello" and isinstance(reply, dict):
+            self.resp3 = reply[b"proto"] == 3
+        return encode(reply, self.resp3)
+
+    def _subscribe(self, channels: list[bytes]) -> bytes:
+        replies: list[bytes] = []
+        for channel in channels:
+            if channel not in self.channels:
+                self.channels.add(channel)
+                self.engine.subscribe(channel, self.deliver)
+            replies.append(encode(Push([b"subscribe", channel, len(self.channels)]), self.resp3))
+        return b"".join(replies)
+
+    def _unsubscribe(self, channels: list[bytes]) -> bytes:
+        targets = channels or sorted(self.channels)
+        if not targets:
+            return encode(Push([b"unsubscribe", None, 0]), self.resp3)
+        replies: list[bytes] = []
+        for channel in targets:
+            if channel in self.channels:
+                self.channels.discard(channel)
+                self.engine.unsubscribe(channel, self.deliver)
+            replies.append(encode(Push([b"unsubscribe", channel, len(self.channels)]), self.resp3))
+        return b"".join(replies)
+
+    def deliver(self, channel: bytes, message: bytes) -> None:
+        """A published message for one of our channels."""
+        self.write(encode(Push([b"message", channel, message]), self.resp3))
+
+    def write(self, data: bytes) -> None:
+        """Write now, closing the connection if its output buffer is over the limit."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        if self._closing:
+            transport.close()
+        elif transport.get_write_buffer_size() > self.server.limits.output_buffer:
+            log.warning("closing a client whose output buffer exceeded the limit")
+            self._closing = True
+            transport.abort()
+
+    def close(self) -> None:
+        """Close after pending writes."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def serve(
+    engine: Engine,
+    host: str,
+    port: int,
+    limits: Limits | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully (clean engine shutdown)."""
+    import signal
+
+    server = RespServer(engine, host, port, limits)
+    bound = await server.start()
+    log.info("lockd engine listening on %s:%d", host, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("lockd engine stopping")
+        await server.stop()

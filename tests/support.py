@@ -1,0 +1,143 @@
+"""Test helpers: free ports, and real `lockd engine` / `redis-server` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+LUA_LIBRARY = REPO / "lockd" / "engine" / "lua" / "lockd.lua"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0
+) -> None:
+    """Block until something accepts connections on `port` (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before listening:\n{out}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class EngineProcess:
+    """A `lockd engine` subprocess on a free port; restartable on the same directory."""
+
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        self.directory = directory
+        self.extra = list(extra)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EngineProcess:
+        """Start and wait until it listens."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "lockd",
+            "engine",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A redis-py client for this engine."""
+        return redis.Redis(port=self.port, socket_timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        """SIGKILL: an unclean stop."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM: a clean stop; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+    def output(self) -> str:
+        """Everything the process printed (after it exited)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace")
+
+    def close(self) -> None:
+        """Stop it if still running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def redis_server_binary() -> str | None:
+    """Path of redis-server, or None when it is not installed."""
+    return shutil.which("redis-server")
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, *extra: str) -> Iterator[int]:
+    """A real redis-server on a free port with lockd's Lua library loaded; yields the port."""
+    binary = redis_server_binary()
+    assert binary is not None, "redis-server is not installed (make test installs it)"
+    port = free_port()
+    cmd = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--maxmemory-policy",
+        "noeviction",
+        *extra,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        r = redis.Redis(port=port)
+        r.function_load(LUA_LIBRARY.read_text(), replace=True)
+        r.close()
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
