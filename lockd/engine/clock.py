@@ -39,6 +39,8 @@ class Clock:
 
     def now_ms(self) -> int:
         """The engine's current time in whole milliseconds."""
+        if self._rate == 1.0:
+            return (self._source() - self._anchor_ns + self._base_ns + self._offset_ns) // 1_000_000
         return self.now_ns() // 1_000_000
 
     @property

@@ -150,6 +150,11 @@ class Engine:
         if self.aof is not None:
             self.aof.commit()
 
+    @property
+    def fsync_pending(self) -> bool:
+        """True when `commit()` will fsync: worth batching replies of many clients first."""
+        return self.aof is not None and self.aof.fsync_pending
+
     def cron(self) -> None:
         """Periodic duties (every 100 ms): active expiry, fsync, background rewrite."""
         self.keyspace.active_expire_cycle()
@@ -193,12 +198,16 @@ class Engine:
         value = self.keyspace.get(fence_key)
         if value is None:
             return self.fence_floor
-        if isinstance(value, bytes):
-            parsed = _positive(value)
-            if parsed is None:
-                raise CommandError("ERR lockd: fencing counter is not an integer")
-            value = parsed
-        return value if value > self.fence_floor else self.fence_floor
+        parsed = _positive(value) if isinstance(value, bytes) else value
+        # The Lua library computes in doubles: refuse what it could not represent exactly.
+        if parsed is None or not 0 < parsed <= MAX_TOKEN:
+            raise CommandError("ERR lockd: fencing counter is not an integer in [1, 2^53)")
+        return parsed if parsed > self.fence_floor else self.fence_floor
+
+    def _string(self, key: bytes) -> bytes | None:
+        """The live value of `key` as Redis's GET shows it (INCR stores ints)."""
+        value = self.keyspace.get(key)
+        return value if value is None or isinstance(value, bytes) else b"%d" % value
 
     def lock_acquire(
         self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
@@ -215,7 +224,7 @@ class Engine:
                 )
         counter = self.counter(fence_key)
         ks = self.keyspace
-        current = ks.get(lock_key)
+        current = self._string(lock_key)
         if current is None:
             ks.check_new_key(lock_key, len(lease))
             ks.set(lock_key, lease, self.clock.now_ms() + ms)
@@ -227,16 +236,16 @@ class Engine:
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
         """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
-        if self.keyspace.get(lock_key) != lease:
+        if self._string(lock_key) != lease:
             return 0
-        self.keyspace.delete(lock_key)
+        self.keyspace.remove(lock_key)
         self.publish(RELEASE_CHANNEL, lock_key)
         return 1
 
     def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
         """Compare-and-PEXPIRE: 1 if `lease` holds the lock, whose TTL is now `ttl`."""
         ms = self._check_ttl(ttl, "lockd_extend")
-        if self.keyspace.get(lock_key) != lease:
+        if self._string(lock_key) != lease:
             return 0
         self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
         return 1

@@ -37,6 +37,27 @@ def _noop_journal(record: bytes, durable: bool) -> None:
     pass
 
 
+# Hand-rolled encodings of the hot AOF records (same bytes as encode_command, faster).
+def _set_record(key: bytes, raw: bytes) -> bytes:
+    return b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(raw), raw)
+
+
+def _set_pxat_record(key: bytes, raw: bytes, deadline: int) -> bytes:
+    at = b"%d" % deadline
+    return b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n" % (
+        len(key), key, len(raw), raw, len(at), at,
+    )  # fmt: skip
+
+
+def _pexpireat_record(key: bytes, deadline: int) -> bytes:
+    at = b"%d" % deadline
+    return b"*3\r\n$9\r\nPEXPIREAT\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(at), at)
+
+
+def _del_record(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nDEL\r\n$%d\r\n%b\r\n" % (len(key), key)
+
+
 class Keyspace:
     """One database of string keys with TTLs, measured on an injectable clock."""
 
@@ -106,12 +127,12 @@ class Keyspace:
         if deadline is None:
             if self._expires.pop(key, None) is not None:
                 self.used_memory -= VOLATILE_OVERHEAD
-            self.journal(encode_command(b"SET", key, raw), durable)
+            self.journal(_set_record(key, raw), durable)
         else:
             if self._expires.get(key) is None:
                 self.used_memory += VOLATILE_OVERHEAD
             self._expires[key] = deadline
-            self.journal(encode_command(b"SET", key, raw, b"PXAT", b"%d" % deadline), durable)
+            self.journal(_set_pxat_record(key, raw, deadline), durable)
 
     def set_deadline(self, key: bytes, deadline: int | None) -> None:
         """Change the deadline of an existing key (None removes it)."""
@@ -123,15 +144,19 @@ class Keyspace:
         if self._expires.get(key) is None:
             self.used_memory += VOLATILE_OVERHEAD
         self._expires[key] = deadline
-        self.journal(encode_command(b"PEXPIREAT", key, b"%d" % deadline), True)
+        self.journal(_pexpireat_record(key, deadline), True)
 
     def delete(self, key: bytes) -> bool:
-        """Remove a live key; True if it existed."""
+        """Remove a key if it is live; True if it was."""
         if self.get(key) is None:
             return False
-        self._remove(key)
-        self.journal(encode_command(b"DEL", key), True)
+        self.remove(key)
         return True
+
+    def remove(self, key: bytes) -> None:
+        """Remove a key that `get` just returned live."""
+        self._remove(key)
+        self.journal(_del_record(key), True)
 
     def _remove(self, key: bytes) -> None:
         value = self._data.pop(key)
@@ -151,7 +176,8 @@ class Keyspace:
         if not self._expires:
             return 0
         now = self.clock.now_ms()
-        if not self._pool or now - self._pool_born >= POOL_MAX_AGE_MS:
+        # Rebuild a stale pool, and one from the future (the clock was stepped back).
+        if not self._pool or not 0 <= now - self._pool_born < POOL_MAX_AGE_MS:
             self._pool = list(self._expires)
             self._pool_born = now
         pool = self._pool
@@ -193,9 +219,9 @@ class Keyspace:
                 raw = value if isinstance(value, bytes) else b"%d" % value
                 deadline = expires.get(key)
                 if deadline is None:
-                    yield encode_command(b"SET", key, raw)
+                    yield _set_record(key, raw)
                 elif deadline > now:
-                    yield encode_command(b"SET", key, raw, b"PXAT", b"%d" % deadline)
+                    yield _set_pxat_record(key, raw, deadline)
 
         return records()
 

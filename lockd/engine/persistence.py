@@ -212,6 +212,11 @@ class AppendOnlyFile:
         if self._rewrite is not None:
             self._rewrite.tail.append(record)
 
+    @property
+    def fsync_pending(self) -> bool:
+        """True when the next `commit()` will fsync (`always` with a durable record queued)."""
+        return self._pending_durable and self.policy is FsyncPolicy.ALWAYS
+
     def commit(self) -> None:
         """Hand queued records to the OS; fsync now if the policy says so."""
         if not self._pending:

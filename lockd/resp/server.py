@@ -87,7 +87,12 @@ class RespServer:
                 log.exception("engine cron failed")
 
     def send_after_commit(self, conn: Connection, data: bytes) -> None:
-        """Queue replies; they are written once the engine committed (group commit)."""
+        """Write replies once the engine committed; with an fsync due, wait for the end of
+        this event-loop turn so one fsync covers every connection (group commit)."""
+        if not self.engine.fsync_pending and not self._outbox:
+            self.engine.commit()
+            conn.write(data)
+            return
         self._outbox.append((conn, data))
         if not self._flush_scheduled:
             self._flush_scheduled = True

@@ -1,0 +1,27 @@
+"""`make bench`: run the benchmarks and print one table."""
+
+from __future__ import annotations
+
+import sys
+
+from tests.bench import engine_bench
+
+
+def main() -> None:
+    """Run every benchmark and print the rows as they come."""
+    sections = [
+        ("engine, in process", engine_bench.in_process_pairs),
+        ("engine, fencing durability", engine_bench.fence_durability),
+        ("engine vs redis-server over RESP", engine_bench.over_resp),
+        ("engine memory", engine_bench.memory_per_lock),
+    ]
+    print(f"{'benchmark':<58} {'result':>28}  target")
+    for title, bench in sections:
+        print(f"-- {title}")
+        for name, value, target in bench():
+            print(f"{name:<58} {value:>28}  {target}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
