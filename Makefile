@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check lint types bench redis-server clean
+.PHONY: install run test check lint types bench proto redis-server clean
 
 install: $(STAMP)
 
@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The service on its embedded default: five engines in this process, gRPC on 127.0.0.1:7400.
 run: install
-	$(BIN)/lockd engine --dir ./var/engine
+	$(BIN)/lockd serve
+
+# Regenerate the gRPC code (and .pyi stubs) from protos/; a test fails when it is stale.
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
+	  --grpc_python_out=. protos/lockd/v1/lock_service.proto
 
 # Debian's redis-server, which the conformance and cross-check tests run against.
 redis-server:

@@ -107,3 +107,104 @@ def engine(
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(f"cannot open data directory {directory}: {exc}") from exc
     asyncio.run(serve(node, host, port))
+
+
+@main.command()
+@click.option(
+    "--listen", default="127.0.0.1:7400", metavar="HOST:PORT", help="gRPC address to listen on."
+)
+@click.option(
+    "--data-dir",
+    default="./var/lockd",
+    type=click.Path(path_type=Path),
+    help="Data directory of the five embedded engines (one subdirectory each).",
+)
+@click.option(
+    "--nodes",
+    default="",
+    metavar="URL,...",
+    help="Use RESP nodes instead of embedded engines: comma-separated "
+    "redis://host:port URLs of `lockd engine` processes or Redis 7+/Valkey.",
+)
+@click.option("--max-ttl", default="60s", type=DURATION, help="Longest TTL a lease may ask for.")
+@click.option(
+    "--node-timeout",
+    default="200ms",
+    type=DURATION,
+    help="How long one node may take to answer before it counts as failed.",
+)
+@click.option(
+    "--appendfsync",
+    default="everysec",
+    type=click.Choice(["always", "everysec", "no"]),
+    help="fsync policy of the embedded engines.",
+)
+@click.option(
+    "--metrics-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off when empty).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM certificate chain: serve gRPC over TLS.",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
+    "--max-waiters-per-lock",
+    default=1024,
+    type=click.IntRange(1),
+    help="Acquire calls that may wait for one lock at this gateway.",
+)
+@click.option(
+    "--shutdown-grace",
+    default="5s",
+    type=DURATION,
+    help="On SIGTERM, how long in-flight calls may take to finish.",
+)
+def serve(
+    listen: str,
+    data_dir: Path,
+    nodes: str,
+    max_ttl: int,
+    node_timeout: int,
+    appendfsync: str,
+    metrics_listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    max_waiters_per_lock: int,
+    shutdown_grace: int,
+) -> None:
+    """Run the gRPC lock service (lockd.v1) on five embedded engines, or on --nodes."""
+    from lockd.engine import FsyncPolicy
+    from lockd.gateway import GatewayConfig
+    from lockd.gateway import serve as run_gateway
+    from lockd.gateway.nodes import UnsafeNodeError
+
+    config = GatewayConfig(
+        listen=listen,
+        data_dir=data_dir,
+        nodes=tuple(u.strip() for u in nodes.split(",") if u.strip()),
+        max_ttl_ms=max_ttl,
+        node_timeout_ms=node_timeout,
+        appendfsync=FsyncPolicy(appendfsync),
+        metrics_listen=metrics_listen or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        max_waiters_per_lock=max_waiters_per_lock,
+        shutdown_grace_s=shutdown_grace / 1000,
+    )
+    try:
+        asyncio.run(run_gateway(config))
+    except (UnsafeNodeError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc

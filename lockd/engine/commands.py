@@ -59,6 +59,8 @@ def _ttl_of(engine: Engine, key: bytes) -> int:
 
 
 def cmd_ping(engine: Engine, args: list[bytes]) -> Reply:
+    if len(args) > 2:  # arity -1 in the command table, but Redis takes at most one message
+        raise CommandError("ERR wrong number of arguments for 'ping' command")
     return PONG if len(args) == 1 else args[1]
 
 
@@ -74,7 +76,8 @@ def cmd_get(engine: Engine, args: list[bytes]) -> Reply:
 def cmd_set(engine: Engine, args: list[bytes]) -> Reply:
     key, value = args[1], args[2]
     nx = xx = get = keepttl = False
-    ttl_ms: int | None = None
+    unit_opt: bytes | None = None  # EX or PX; repeating the same one is allowed, last wins
+    expire = b""
     i = 3
     while i < len(args):
         opt = args[i].upper()
@@ -85,18 +88,22 @@ def cmd_set(engine: Engine, args: list[bytes]) -> Reply:
             xx = True
         elif opt == b"GET":
             get = True
-        elif opt == b"KEEPTTL" and ttl_ms is None:
+        elif opt == b"KEEPTTL" and unit_opt is None:
             keepttl = True
-        elif opt in (b"EX", b"PX") and has_next and ttl_ms is None and not keepttl:
-            amount = _int_arg(args[i + 1])
-            unit = 1000 if opt == b"EX" else 1
-            if amount <= 0 or amount > INT64_MAX // unit - engine.clock.now_ms():
-                raise CommandError("ERR invalid expire time in 'set' command")
-            ttl_ms = amount * unit
+        elif opt in (b"EX", b"PX") and has_next and unit_opt in (None, opt) and not keepttl:
+            unit_opt, expire = opt, args[i + 1]
             i += 1
         else:
             raise CommandError(SYNTAX)
         i += 1
+    # As in Redis, the expire time is validated only once every option parsed.
+    ttl_ms: int | None = None
+    if unit_opt is not None:
+        amount = _int_arg(expire)
+        unit = 1000 if unit_opt == b"EX" else 1
+        if amount <= 0 or amount > (INT64_MAX - engine.clock.now_ms()) // unit:
+            raise CommandError("ERR invalid expire time in 'set' command")
+        ttl_ms = amount * unit
     ks = engine.keyspace
     old = ks.get(key)
     reply: Reply = OK
@@ -134,7 +141,6 @@ def cmd_expire(engine: Engine, args: list[bytes]) -> Reply:
 
 def _expire(engine: Engine, args: list[bytes], unit: int, name: str) -> Reply:
     key = args[1]
-    amount = _int_arg(args[2])
     flags = {a.upper() for a in args[3:]}
     for arg in args[3:]:
         if arg.upper() not in (b"NX", b"XX", b"GT", b"LT"):
@@ -143,8 +149,11 @@ def _expire(engine: Engine, args: list[bytes], unit: int, name: str) -> Reply:
         raise CommandError("ERR NX and XX, GT or LT options at the same time are not compatible")
     if b"GT" in flags and b"LT" in flags:
         raise CommandError("ERR GT and LT options at the same time are not compatible")
+    amount = _int_arg(args[2])  # parsed after the options, as Redis does
     now = engine.clock.now_ms()
-    if amount > (INT64_MAX - now) // unit or amount < (INT64_MIN + now) // unit:
+    # Redis's overflow checks: the unit conversion (C division truncates toward zero),
+    # then adding the base time. Large negative amounts are fine: they delete the key.
+    if not -(-INT64_MIN // unit) <= amount <= INT64_MAX // unit or amount * unit > INT64_MAX - now:
         raise CommandError(f"ERR invalid expire time in '{name}' command")
     ks = engine.keyspace
     if ks.get(key) is None:
@@ -266,13 +275,13 @@ def config_values(engine: Engine) -> dict[str, str]:
 
 
 def cmd_fcall(engine: Engine, args: list[bytes]) -> Reply:
-    name = args[1]
+    name = args[1].lower()  # Redis looks function names up case-insensitively
     function = FUNCTIONS.get(name)
     if function is None:
         raise CommandError("ERR Function not found")
     numkeys = parse_int(args[2])
     if numkeys is None:
-        raise CommandError(NOT_INTEGER)
+        raise CommandError("ERR Bad number of keys provided")
     if numkeys < 0:
         raise CommandError("ERR Number of keys can't be negative")
     if numkeys > len(args) - 3:
@@ -330,10 +339,10 @@ def cmd_bgrewriteaof(engine: Engine, args: list[bytes]) -> Reply:
 
 
 FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
-    b"lockd_acquire": (2, 2, lambda e, k, a: e.lock_acquire(k[0], k[1], a[0], a[1])),
+    b"lockd_acquire": (2, 2, lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1]))),
     b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
     b"lockd_extend": (1, 2, lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
-    b"lockd_fence_advance": (1, 1, lambda e, k, a: e.fence_advance(k[0], a[0])),
+    b"lockd_fence_advance": (1, 1, lambda e, k, a: list(e.fence_advance(k[0], a[0]))),
 }
 """Native versions of the Lua library's functions: (keys, arguments, implementation)."""
 
@@ -373,9 +382,15 @@ def dispatch(engine: Engine, args: list[bytes]) -> Reply:
     name = args[0].lower()
     entry = COMMANDS.get(name)
     if entry is None:
-        shown = "".join(f"'{_show(a)[:128]}' " for a in args[1:])
+        # Redis shows the arguments until their quoted text reaches 128 bytes in total.
+        shown = b""
+        for arg in args[1:]:
+            if len(shown) >= 128:
+                break
+            shown += b"'%b' " % arg[: 128 - len(shown)]
         return CommandError(
-            f"ERR unknown command '{_show(args[0])[:128]}', with args beginning with: {shown}"
+            f"ERR unknown command '{_show(args[0][:128])}', "
+            f"with args beginning with: {_show(shown)}"
         )
     handler, arity = entry
     if (arity > 0 and len(args) != arity) or len(args) < -arity:

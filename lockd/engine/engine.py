@@ -97,6 +97,7 @@ class Engine:
         elif marker is None:
             self._delay(restart_delay_ms(self.config.max_ttl_ms), "unclean stop")
         else:
+            self.restart_reason = "clean shutdown with no live locks"
             left = int(marker.get("longest_lock_ms", 0))
             if marker.get("epoch") == self._epoch.decode():
                 left -= self.started_ms - int(marker.get("at_ms", self.started_ms))
@@ -211,7 +212,7 @@ class Engine:
 
     def lock_acquire(
         self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
-    ) -> list[Reply]:
+    ) -> tuple[int, int]:
         """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter]."""
         ms = self._check_ttl(ttl, "lockd_acquire")
         if self.restart_until_ms > self.started_ms:
@@ -231,8 +232,8 @@ class Engine:
         elif current == lease:
             ks.set_deadline(lock_key, self.clock.now_ms() + ms)
         else:
-            return [0, counter]
-        return [1, counter]
+            return 0, counter
+        return 1, counter
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
         """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
@@ -250,20 +251,20 @@ class Engine:
         self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
         return 1
 
-    def fence_advance(self, fence_key: bytes, token: bytes) -> list[Reply]:
+    def fence_advance(self, fence_key: bytes, token: bytes) -> tuple[int, int]:
         """Counter := T only if counter < T: [accepted 1/0, counter after]."""
         target = _positive(token)
         if target is None or target > MAX_TOKEN:
             raise CommandError("ERR lockd_fence_advance: token must be an integer in [1, 2^53)")
         current = self.counter(fence_key)
         if current >= target:
-            return [0, current]
+            return 0, current
         self.keyspace.check_new_key(fence_key, 8)
         if self.reservation is not None:
             self.reservation.cover(target)
         # No fsync needed even under `always`: the reservation already covers the value.
         self.keyspace.set(fence_key, target, None, durable=False)
-        return [1, target]
+        return 1, target
 
     # -- pub/sub -------------------------------------------------------------------------
 

@@ -1,0 +1,295 @@
+"""Acquire, renew and release as sans-I/O state machines (DESIGN §4).
+
+A driver calls `start(now)`, sends every returned `Send`, feeds each answer back with
+`receive(tag, reply, now)`, and calls `tick(now)` at `next_deadline()` so unanswered
+requests count as failures. When `outcome` is set the machine is finished; `Send`s it
+returns after that (releases of partial acquisitions) are fire-and-forget.
+"""
+
+from __future__ import annotations
+
+from lockd.core.messages import (
+    AcquireCall,
+    AcquireReply,
+    Call,
+    ExtendCall,
+    FenceCall,
+    FenceReply,
+    Granted,
+    NodeFailure,
+    NotGranted,
+    Reason,
+    ReleaseCall,
+    Released,
+    Renewed,
+    RenewFailed,
+    Reply,
+    Send,
+    fence_key,
+    lock_key,
+)
+from lockd.core.quorum import quorum, validity_ns
+
+__all__ = ["Acquire", "Release", "Renew"]
+
+Outcome = Granted | NotGranted | Renewed | RenewFailed | Released
+TIMEOUT = NodeFailure("timed out")
+
+
+class _Machine:
+    """Rounds of one call broadcast to every node, with per-request deadlines."""
+
+    def __init__(self, nodes: int, node_timeout_ns: int) -> None:
+        if nodes < 1:
+            raise ValueError("need at least one node")
+        self.nodes = nodes
+        self.quorum = quorum(nodes)
+        self.node_timeout_ns = node_timeout_ns
+        self.outcome: Outcome | None = None
+        self._next_tag = 0
+        self._waiting: dict[int, tuple[int, int]] = {}  # tag -> (node, deadline) this round
+
+    def _broadcast(self, now: int, calls: list[Call]) -> list[Send]:
+        """Start a round: one call per node; earlier rounds' answers are ignored."""
+        self._waiting.clear()
+        sends = []
+        deadline = now + self.node_timeout_ns
+        for node, call in enumerate(calls):
+            tag = self._next_tag
+            self._next_tag += 1
+            self._waiting[tag] = (node, deadline)
+            sends.append(Send(node, tag, call, deadline))
+        return sends
+
+    def _fire_and_forget(self, now: int, calls: list[Call]) -> list[Send]:
+        self._waiting.clear()
+        deadline = now + self.node_timeout_ns
+        sends = [Send(node, -1, call, deadline) for node, call in enumerate(calls)]
+        return sends
+
+    def next_deadline(self) -> int | None:
+        """When `tick` must be called next (None: nothing outstanding)."""
+        if self.outcome is not None or not self._waiting:
+            return None
+        return min(deadline for _, deadline in self._waiting.values())
+
+    def receive(self, tag: int, reply: Reply, now: int) -> list[Send]:
+        """A node answered request `tag`."""
+        entry = self._waiting.pop(tag, None)
+        if entry is None or self.outcome is not None:
+            return []
+        return self._on_reply(entry[0], reply, now)
+
+    def tick(self, now: int) -> list[Send]:
+        """Count requests past their deadline as failed."""
+        sends: list[Send] = []
+        for tag, (node, deadline) in list(self._waiting.items()):
+            if self.outcome is not None:
+                break
+            if deadline <= now and tag in self._waiting:
+                del self._waiting[tag]
+                sends += self._on_reply(node, TIMEOUT, now)
+        return sends
+
+    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+        raise NotImplementedError
+
+
+class Acquire(_Machine):
+    """One acquisition attempt: phase 1 SET NX on all nodes, phase 2 fencing.
+
+    Granted iff a quorum set the key and then a quorum accepted token T, with validity
+    left. Any failure releases every node (a timed-out node may have set the key).
+    """
+
+    def __init__(
+        self,
+        name: bytes,
+        ttl_ms: int,
+        lease: bytes,
+        nodes: int,
+        node_timeout_ns: int,
+        max_fence_rounds: int = 5,
+    ) -> None:
+        super().__init__(nodes, node_timeout_ns)
+        self.name = name
+        self.ttl_ms = ttl_ms
+        self.lease = lease
+        self.max_fence_rounds = max_fence_rounds
+        self.started_ns = 0
+        self._lock_key = lock_key(name)
+        self._fence_key = fence_key(name)
+        self._fencing = False
+        self._acquired: set[int] = set()
+        self._held = 0
+        self._restarting: list[int] = []
+        self._failures: list[str] = []
+        self._answered = 0
+        self._counter = 0  # highest counter any node reported
+        self._token = 0
+        self._accepted = 0
+        self._rejected = 0
+        self._fence_round = 0
+
+    def start(self, now: int) -> list[Send]:
+        """Phase 1: `lockd_acquire` on every node in parallel."""
+        self.started_ns = now
+        call = AcquireCall(self._lock_key, self._fence_key, self.lease, self.ttl_ms)
+        return self._broadcast(now, [call] * self.nodes)
+
+    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+        if self._fencing:
+            return self._on_fence_reply(reply, now)
+        self._answered += 1
+        if isinstance(reply, AcquireReply):
+            self._counter = max(self._counter, reply.counter)
+            if reply.acquired:
+                self._acquired.add(node)
+            else:
+                self._held += 1
+        elif isinstance(reply, NodeFailure) and reply.restart_delay_ms is not None:
+            self._restarting.append(reply.restart_delay_ms)
+        else:
+            self._failures.append(reply.message if isinstance(reply, NodeFailure) else repr(reply))
+        if len(self._acquired) >= self.quorum:
+            if validity_ns(self.ttl_ms, self.started_ns, now) <= 0:
+                return self._fail(now, Reason.TOO_SLOW, "quorum reached after the TTL ran out")
+            return self._start_fence_round(now)
+        if self.nodes - self._answered + len(self._acquired) < self.quorum:
+            return self._fail_phase1(now)
+        return []
+
+    def _fail_phase1(self, now: int) -> list[Send]:
+        got, held, need = len(self._acquired), self._held, self.quorum
+        if got + held >= need:
+            return self._fail(
+                now, Reason.HELD, f"held by another lease on {held} of {self.nodes} nodes"
+            )
+        if self._restarting and got + held + len(self._restarting) >= need:
+            wait_ms = sorted(self._restarting)[need - got - held - 1]
+            return self._fail(
+                now,
+                Reason.RESTARTING,
+                f"{len(self._restarting)} of {self.nodes} nodes are in their "
+                f"delayed restart; enough are back in {wait_ms} ms",
+                wait_ms * 1_000_000,
+            )
+        failed = self.nodes - got - held
+        first = self._failures[0] if self._failures else "restarting"
+        return self._fail(
+            now,
+            Reason.NO_QUORUM,
+            f"{failed} of {self.nodes} nodes failed (first: {first}); need {need}",
+        )
+
+    def _start_fence_round(self, now: int) -> list[Send]:
+        self._fencing = True
+        self._fence_round += 1
+        self._token = self._counter + 1
+        self._accepted = 0
+        self._rejected = 0
+        return self._broadcast(now, [FenceCall(self._fence_key, self._token)] * self.nodes)
+
+    def _on_fence_reply(self, reply: Reply, now: int) -> list[Send]:
+        if isinstance(reply, FenceReply):
+            self._counter = max(self._counter, reply.counter)
+            if reply.accepted:
+                self._accepted += 1
+            else:
+                self._rejected += 1
+        else:
+            self._rejected += 1
+        if self._accepted >= self.quorum:
+            validity = validity_ns(self.ttl_ms, self.started_ns, now)
+            if validity <= 0:
+                return self._fail(now, Reason.TOO_SLOW, "fenced after the TTL ran out")
+            self.outcome = Granted(self.lease, self._token, validity, now)
+            self._waiting.clear()
+            return []
+        if self.nodes - self._rejected < self.quorum:
+            if self._fence_round >= self.max_fence_rounds:
+                return self._fail(
+                    now,
+                    Reason.FENCE_CONTENDED,
+                    f"no token accepted by a quorum in {self._fence_round} rounds",
+                )
+            if validity_ns(self.ttl_ms, self.started_ns, now) <= 0:
+                return self._fail(now, Reason.TOO_SLOW, "fencing outlasted the TTL")
+            return self._start_fence_round(now)
+        return []
+
+    def _fail(self, now: int, reason: Reason, detail: str, retry_after_ns: int = 0) -> list[Send]:
+        self.outcome = NotGranted(reason, detail, retry_after_ns)
+        return self._fire_and_forget(now, [ReleaseCall(self._lock_key, self.lease)] * self.nodes)
+
+
+class Renew(_Machine):
+    """Extend a held lease on every node; renewed on a quorum with validity left,
+    otherwise lost (and released everywhere, so nobody waits on its leftovers)."""
+
+    def __init__(
+        self, name: bytes, lease: bytes, ttl_ms: int, nodes: int, node_timeout_ns: int
+    ) -> None:
+        super().__init__(nodes, node_timeout_ns)
+        self.ttl_ms = ttl_ms
+        self.lease = lease
+        self.started_ns = 0
+        self._lock_key = lock_key(name)
+        self._ok = 0
+        self._not_ok = 0
+
+    def start(self, now: int) -> list[Send]:
+        """`lockd_extend` on every node."""
+        self.started_ns = now
+        return self._broadcast(
+            now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms)] * self.nodes
+        )
+
+    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+        if reply is True:
+            self._ok += 1
+        else:
+            self._not_ok += 1
+        if self._ok >= self.quorum:
+            validity = validity_ns(self.ttl_ms, self.started_ns, now)
+            if validity > 0:
+                self.outcome = Renewed(validity, now)
+                self._waiting.clear()
+                return []
+            return self._lost(now, "extended on a quorum, but after the TTL ran out")
+        if self.nodes - self._not_ok < self.quorum:
+            return self._lost(
+                now,
+                f"extended on only {self._ok} of {self.nodes} nodes; "
+                f"the lease expired or was taken over",
+            )
+        return []
+
+    def _lost(self, now: int, detail: str) -> list[Send]:
+        self.outcome = RenewFailed(detail)
+        return self._fire_and_forget(now, [ReleaseCall(self._lock_key, self.lease)] * self.nodes)
+
+
+class Release(_Machine):
+    """Compare-and-delete on every node; finished when all answered or timed out."""
+
+    def __init__(self, name: bytes, lease: bytes, nodes: int, node_timeout_ns: int) -> None:
+        super().__init__(nodes, node_timeout_ns)
+        self.lease = lease
+        self._lock_key = lock_key(name)
+        self._released = 0
+        self._answered = 0
+        self._done = 0
+
+    def start(self, now: int) -> list[Send]:
+        """`lockd_release` on every node."""
+        return self._broadcast(now, [ReleaseCall(self._lock_key, self.lease)] * self.nodes)
+
+    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+        self._done += 1
+        if not isinstance(reply, NodeFailure):
+            self._answered += 1
+            self._released += reply is True
+        if self._done == self.nodes:
+            self.outcome = Released(self._released, self._answered)
+        return []

@@ -1,0 +1,195 @@
+"""What the quorum core sends, receives and decides: plain frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+__all__ = [
+    "AcquireCall",
+    "AcquireReply",
+    "Call",
+    "ExtendCall",
+    "FenceCall",
+    "FenceReply",
+    "Granted",
+    "NodeFailure",
+    "NotGranted",
+    "Reason",
+    "ReleaseCall",
+    "Released",
+    "RenewFailed",
+    "Renewed",
+    "Reply",
+    "Send",
+    "fence_key",
+    "lock_key",
+]
+
+
+def lock_key(name: bytes) -> bytes:
+    """The node key holding the lease id of lock `name` (hash-tagged with its fence key)."""
+    return b"lock:{" + name + b"}"
+
+
+def fence_key(name: bytes) -> bytes:
+    """The node key holding the fencing counter of lock `name`."""
+    return b"fence:{" + name + b"}"
+
+
+# -- calls to one node -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AcquireCall:
+    """`lockd_acquire`: SET NX PX, or refresh if `lease` already holds it."""
+
+    lock_key: bytes
+    fence_key: bytes
+    lease: bytes
+    ttl_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseCall:
+    """`lockd_release`: compare-and-delete."""
+
+    lock_key: bytes
+    lease: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExtendCall:
+    """`lockd_extend`: compare-and-PEXPIRE."""
+
+    lock_key: bytes
+    lease: bytes
+    ttl_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FenceCall:
+    """`lockd_fence_advance`: counter := token only if counter < token."""
+
+    fence_key: bytes
+    token: int
+
+
+Call = AcquireCall | ReleaseCall | ExtendCall | FenceCall
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """Send `call` to node `node`; give up waiting at `deadline_ns`. `tag` identifies the
+    reply to the machine (stale tags from earlier rounds are ignored)."""
+
+    node: int
+    tag: int
+    call: Call
+    deadline_ns: int
+
+
+# -- replies from one node ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AcquireReply:
+    """`lockd_acquire` answered: whether the key is ours now, and the node's counter."""
+
+    acquired: bool
+    counter: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FenceReply:
+    """`lockd_fence_advance` answered: whether the token was accepted, the counter after."""
+
+    accepted: bool
+    counter: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeFailure:
+    """The node answered with an error or could not be reached.
+
+    `restart_delay_ms` is set when it refused because of its delayed restart.
+    """
+
+    message: str
+    restart_delay_ms: int | None = None
+
+
+Reply = AcquireReply | FenceReply | bool | NodeFailure
+"""A node's answer; release and extend answer True (done) or False (not this lease)."""
+
+
+# -- outcomes ----------------------------------------------------------------------------
+
+
+class Reason(enum.Enum):
+    """Why an acquisition attempt did not grant."""
+
+    HELD = "held"
+    """Another lease holds the lock on enough nodes."""
+    NO_QUORUM = "no_quorum"
+    """Too few nodes answered (down, partitioned, erroring)."""
+    RESTARTING = "restarting"
+    """Too few nodes are past their delayed restart."""
+    TOO_SLOW = "too_slow"
+    """A quorum agreed, but too late: no validity left after elapsed time and drift."""
+    FENCE_CONTENDED = "fence_contended"
+    """The fencing phase could not get a majority to accept a token in its rounds."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Granted:
+    """The lease is held: valid for `validity_ns` from `decided_ns` (already net of
+    elapsed time and drift), with fencing token `token`."""
+
+    lease: bytes
+    token: int
+    validity_ns: int
+    decided_ns: int
+
+    @property
+    def deadline_ns(self) -> int:
+        """When the lease stops being safe to rely on."""
+        return self.decided_ns + self.validity_ns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotGranted:
+    """This attempt failed; its partial acquisitions were released. `retry_after_ns` is a
+    hint (restart delays), 0 when unknown."""
+
+    reason: Reason
+    detail: str
+    retry_after_ns: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Renewed:
+    """Extended on a quorum: safe for `validity_ns` from `decided_ns`."""
+
+    validity_ns: int
+    decided_ns: int
+
+    @property
+    def deadline_ns(self) -> int:
+        """When the lease stops being safe to rely on."""
+        return self.decided_ns + self.validity_ns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RenewFailed:
+    """The lease could not be extended on a quorum in time: it must be treated as lost."""
+
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Released:
+    """Release finished: how many nodes still had this lease and deleted it."""
+
+    released: int
+    answered: int

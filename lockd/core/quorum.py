@@ -1,0 +1,31 @@
+"""Quorum and validity arithmetic (DESIGN §4), as pure functions of integers."""
+
+from __future__ import annotations
+
+import random
+
+__all__ = ["drift_ns", "quorum", "retry_delay_ns", "validity_ns"]
+
+MS = 1_000_000
+
+
+def quorum(nodes: int) -> int:
+    """Successes needed out of `nodes`: a strict majority, N // 2 + 1."""
+    return nodes // 2 + 1
+
+
+def drift_ns(ttl_ms: int) -> int:
+    """Clock-drift allowance for a TTL: 1% of it plus 2 ms (Redlock's)."""
+    return ttl_ms * MS // 100 + 2 * MS
+
+
+def validity_ns(ttl_ms: int, started_ns: int, now_ns: int) -> int:
+    """How long a lease acquired from `started_ns` stays safe: ttl - elapsed - drift."""
+    return ttl_ms * MS - (now_ns - started_ns) - drift_ns(ttl_ms)
+
+
+def retry_delay_ns(rng: random.Random, attempt: int, base_ms: int = 5, cap_ms: int = 200) -> int:
+    """Jittered exponential backoff before retry `attempt` (0-based): uniform in
+    [delay/2, delay] with delay = min(cap, base·2^attempt)."""
+    delay = min(cap_ms, base_ms * (1 << min(attempt, 20))) * MS
+    return delay // 2 + rng.randrange(delay // 2 + 1)

@@ -1,0 +1,43 @@
+"""The gateway's settings: one frozen object, built by the CLI or by tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from lockd.engine import FsyncPolicy
+
+__all__ = ["DEFAULT_LISTEN", "GatewayConfig"]
+
+DEFAULT_LISTEN = "127.0.0.1:7400"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of `lockd serve`."""
+
+    listen: str = DEFAULT_LISTEN
+    """host:port for gRPC (port 0 picks a free one)."""
+    data_dir: Path = Path("./var/lockd")
+    """Where embedded engines keep their data (one subdirectory each)."""
+    nodes: tuple[str, ...] = ()
+    """redis:// URLs of RESP nodes; empty runs `embedded_nodes` engines in-process."""
+    embedded_nodes: int = 5
+    appendfsync: FsyncPolicy = FsyncPolicy.EVERYSEC
+    """fsync policy of embedded engines."""
+    max_ttl_ms: int = 60_000
+    min_ttl_ms: int = 10
+    node_timeout_ms: int = 200
+    """How long one node may take to answer one call before it counts as failed."""
+    max_name_bytes: int = 256
+    max_waiters_per_lock: int = 1024
+    max_waiters: int = 65_536
+    max_locks: int = 100_000
+    """Leases granted by this gateway and not yet released or expired."""
+    metrics_listen: str | None = None
+    """host:port for the Prometheus /metrics endpoint; None disables it."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """CA bundle for client certificates: setting it requires mutual TLS."""
+    shutdown_grace_s: float = 5.0

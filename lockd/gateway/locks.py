@@ -1,0 +1,397 @@
+"""The gateway's lock logic, free of gRPC: FIFO waiting, attempts, renew, release.
+
+Waiting does not poll in the common case. Each lock has a FIFO queue of this gateway's
+waiters; only the head attempts. It is woken by a release (local, or published by any
+node on `lockd:released`), by the expiry of a lease this gateway granted, or, for a lease
+held through another gateway, when the nodes say it expires; a bounded jittered timer
+(at most `HELD_RECHECK_MAX_S`) covers lost notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import random
+import secrets
+import time
+from collections.abc import Sequence
+
+from lockd.core import (
+    Acquire,
+    Granted,
+    NotGranted,
+    Reason,
+    Release,
+    Released,
+    Renew,
+    Renewed,
+    quorum,
+    retry_delay_ns,
+)
+from lockd.gateway import errors
+from lockd.gateway.config import GatewayConfig
+from lockd.gateway.driver import Driver
+from lockd.gateway.metrics import Metrics
+from lockd.gateway.nodes import LockView, Node, NodeInfo
+
+__all__ = ["Description", "LockManager"]
+
+log = logging.getLogger("lockd.gateway")
+
+MS = 1_000_000
+HELD_RECHECK_MAX_S = 1.0
+LEASE_BYTES = 16
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Description:
+    """A lock as the nodes see it, without its holder."""
+
+    held: bool
+    ttl_remaining_ms: int
+    fencing_counter: int
+    waiters: int
+    nodes_answered: int
+    nodes_holding: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Holder:
+    """A lease this gateway granted: when the nodes' keys expire, and its TTL."""
+
+    lease: bytes
+    expires_ns: int
+    ttl_ms: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Queue:
+    """This gateway's waiters for one lock, in arrival order; the head attempts."""
+
+    waiters: collections.deque[asyncio.Event] = dataclasses.field(default_factory=collections.deque)
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def name_of(lock_key: bytes) -> bytes | None:
+    """The lock name inside a node lock key (`lock:{name}`)."""
+    if lock_key.startswith(b"lock:{") and lock_key.endswith(b"}"):
+        return lock_key[6:-1]
+    return None
+
+
+class LockManager:
+    """Acquire, renew, release and describe locks on a set of nodes."""
+
+    def __init__(
+        self, nodes: Sequence[Node], config: GatewayConfig, metrics: Metrics | None = None
+    ) -> None:
+        self.nodes = list(nodes)
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.quorum = quorum(len(self.nodes))
+        self.driver = Driver(self.nodes)
+        self._queues: dict[bytes, _Queue] = {}
+        self._holders: dict[bytes, _Holder] = {}
+        self._waiting = 0
+        self._rng = random.Random()
+        self._timeout_ns = config.node_timeout_ms * MS
+
+    # -- validation ----------------------------------------------------------------------
+
+    def check_name(self, name: str) -> bytes:
+        """The lock name as bytes, or INVALID_ARGUMENT."""
+        raw = name.encode("utf-8", "surrogatepass")
+        if not raw:
+            raise errors.invalid("BAD_NAME", "lock name is empty")
+        if len(raw) > self.config.max_name_bytes:
+            raise errors.invalid(
+                "BAD_NAME",
+                f"lock name is {len(raw)} bytes; the limit is {self.config.max_name_bytes}",
+            )
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.invalid("BAD_NAME", "lock name is not valid UTF-8") from None
+        return raw
+
+    def check_ttl(self, ttl_ms: int) -> int:
+        """The TTL, or INVALID_ARGUMENT when outside [min, max]."""
+        lo, hi = self.config.min_ttl_ms, self.config.max_ttl_ms
+        if not lo <= ttl_ms <= hi:
+            raise errors.invalid("BAD_TTL", f"ttl_ms={ttl_ms} is outside [{lo}, {hi}] ms")
+        return ttl_ms
+
+    @staticmethod
+    def check_lease(lease: bytes) -> bytes:
+        """The lease id, or INVALID_ARGUMENT when it cannot be one."""
+        if len(lease) != LEASE_BYTES:
+            raise errors.invalid(
+                "BAD_LEASE_ID", f"lease_id must be {LEASE_BYTES} bytes, got {len(lease)}"
+            )
+        return lease
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect every node; a node that is unsafe stops the start."""
+        await asyncio.gather(*(node.start(self.on_release) for node in self.nodes))
+
+    async def close(self) -> None:
+        """Finish background sends, then disconnect nodes."""
+        await self.driver.drain()
+        await asyncio.gather(*(node.close() for node in self.nodes), return_exceptions=True)
+
+    def on_release(self, lock_key: bytes) -> None:
+        """A node says `lock_key` was released: wake that lock's head waiter."""
+        name = name_of(lock_key)
+        queue = self._queues.get(name) if name is not None else None
+        if queue is not None:
+            queue.wake.set()
+
+    # -- acquire -------------------------------------------------------------------------
+
+    async def acquire(
+        self, name: bytes, ttl_ms: int, wait_ms: int, deadline_ns: int | None = None
+    ) -> Granted:
+        """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease."""
+        if wait_ms < 0:
+            raise errors.invalid("BAD_WAIT", f"wait_ms={wait_ms} is negative")
+        started = time.monotonic_ns()
+        until = started + wait_ms * MS
+        if deadline_ns is not None:
+            until = min(until, deadline_ns)
+        self._prune_holders(started)
+        if len(self._holders) >= self.config.max_locks:
+            raise errors.exhausted(
+                "TOO_MANY_LOCKS", f"this gateway holds {len(self._holders)} leases, its limit"
+            )
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue()
+        if len(queue.waiters) >= self.config.max_waiters_per_lock:
+            raise errors.exhausted(
+                "TOO_MANY_WAITERS",
+                f"{len(queue.waiters)} callers already wait for this lock, its limit",
+            )
+        if self._waiting >= self.config.max_waiters:
+            raise errors.exhausted(
+                "TOO_MANY_WAITERS",
+                f"{self._waiting} callers already wait at this gateway, its limit",
+            )
+        turn = asyncio.Event()
+        queue.waiters.append(turn)
+        self._waiting += 1
+        self.metrics.waiters.set(self._waiting)
+        try:
+            if queue.waiters[0] is turn:
+                turn.set()
+            elif not await _wait_event(turn, until):
+                raise errors.deadline(
+                    "LOCK_HELD",
+                    f"lock still held after waiting "
+                    f"{(time.monotonic_ns() - started) // MS} ms "
+                    "(queued behind other waiters)",
+                )
+            return await self._acquire_at_head(name, queue, ttl_ms, until, started)
+        finally:
+            self._waiting -= 1
+            self.metrics.waiters.set(self._waiting)
+            was_head = queue.waiters and queue.waiters[0] is turn
+            queue.waiters.remove(turn)
+            if queue.waiters:
+                if was_head:
+                    queue.waiters[0].set()
+            elif self._queues.get(name) is queue:
+                del self._queues[name]
+
+    async def _acquire_at_head(
+        self, name: bytes, queue: _Queue, ttl_ms: int, until: int, started: int
+    ) -> Granted:
+        attempt = 0
+        while True:
+            queue.wake.clear()
+            holder = self._holders.get(name)
+            now = time.monotonic_ns()
+            if holder is not None and holder.expires_ns > now:
+                # Held through this gateway: sleep until released or expired, no polling.
+                await _wait_event(queue.wake, min(until, holder.expires_ns + MS))
+                if time.monotonic_ns() >= until and not queue.wake.is_set():
+                    raise self._held_error(started)
+                continue
+            outcome = await self._attempt(name, ttl_ms)
+            if isinstance(outcome, Granted):
+                self._holders[name] = _Holder(
+                    outcome.lease, outcome.decided_ns + ttl_ms * MS, ttl_ms
+                )
+                self.metrics.grants.inc()
+                return outcome
+            self.metrics.attempt_failures.labels(outcome.reason.value).inc()
+            now = time.monotonic_ns()
+            if outcome.reason is Reason.HELD:
+                if now >= until:
+                    raise self._held_error(started)
+                expires_in = await self._held_for(name)
+                recheck = min(HELD_RECHECK_MAX_S * 1e9, expires_in + MS)
+                wake_at = now + int(recheck * self._rng.uniform(1.0, 1.1))
+                await _wait_event(queue.wake, min(until, wake_at))
+                if time.monotonic_ns() >= until and not queue.wake.is_set():
+                    raise self._held_error(started)
+                continue
+            if outcome.reason is Reason.RESTARTING:
+                delay = outcome.retry_after_ns + self._rng.randrange(MS, 5 * MS)
+                if now + delay > until:
+                    raise errors.unavailable(
+                        "NODES_RESTARTING",
+                        f"no quorum: {outcome.detail}",
+                        retry_after_ms=-(-outcome.retry_after_ns // MS),
+                    )
+            else:
+                delay = retry_delay_ns(self._rng, attempt)
+                if now + delay > until:
+                    raise errors.unavailable(
+                        "QUORUM_UNAVAILABLE",
+                        f"cannot reach a quorum of {self.quorum} nodes: {outcome.detail}",
+                    )
+            attempt += 1
+            await _wait_event(queue.wake, now + delay)
+
+    def _held_error(self, started: int) -> errors.LockdError:
+        waited = (time.monotonic_ns() - started) // MS
+        return errors.deadline("LOCK_HELD", f"lock held by another lease; waited {waited} ms")
+
+    async def _attempt(self, name: bytes, ttl_ms: int) -> Granted | NotGranted:
+        machine = Acquire(
+            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
+        )
+        try:
+            outcome = await self.driver.run(machine)
+        except asyncio.CancelledError:
+            # The caller went away mid-attempt: undo whatever the nodes granted.
+            self.release_in_background(name, machine.lease)
+            raise
+        assert isinstance(outcome, Granted | NotGranted)
+        return outcome
+
+    def release_in_background(self, name: bytes, lease: bytes) -> None:
+        """Release without waiting (the caller is gone)."""
+        self.driver.run_in_background(Release(name, lease, len(self.nodes), self._timeout_ns))
+        self.cancel_holder_if(name, lease)
+
+    async def _held_for(self, name: bytes) -> int:
+        """Nanoseconds until fewer than a quorum of nodes hold `name` (capped)."""
+        views = await self._views(name)
+        pttls = sorted(
+            (v.pttl_ms if v.pttl_ms >= 0 else 10**9 for v in views if v.pttl_ms != -2), reverse=True
+        )
+        if len(pttls) < self.quorum:
+            return 0
+        return int(pttls[self.quorum - 1] * MS)
+
+    def cancel_holder_if(self, name: bytes, lease: bytes) -> None:
+        """Forget a local holder (released or lost) and wake the next waiter."""
+        holder = self._holders.get(name)
+        if holder is not None and holder.lease == lease:
+            del self._holders[name]
+        queue = self._queues.get(name)
+        if queue is not None:
+            queue.wake.set()
+
+    def _prune_holders(self, now: int) -> None:
+        if len(self._holders) >= self.config.max_locks:
+            for name in [n for n, h in self._holders.items() if h.expires_ns <= now]:
+                del self._holders[name]
+
+    # -- renew, release ------------------------------------------------------------------
+
+    async def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
+        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST."""
+        holder = self._holders.get(name)
+        if ttl_ms == 0:
+            if holder is None or holder.lease != lease:
+                raise errors.invalid(
+                    "BAD_TTL",
+                    "ttl_ms is required: this gateway does not "
+                    "know the lease's TTL (granted elsewhere or expired)",
+                )
+            ttl_ms = holder.ttl_ms
+        self.check_ttl(ttl_ms)
+        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+        outcome = await self.driver.run(machine)
+        if isinstance(outcome, Renewed):
+            self._holders[name] = _Holder(lease, machine.started_ns + ttl_ms * MS, ttl_ms)
+            return outcome
+        self.metrics.leases_lost.inc()
+        self.cancel_holder_if(name, lease)
+        detail = getattr(outcome, "detail", "")
+        raise errors.precondition("LEASE_LOST", f"lease lost: {detail}")
+
+    async def release(self, name: bytes, lease: bytes) -> Released:
+        """Compare-and-delete on every node; NOT_OWNED when no node had this lease."""
+        outcome = await self.driver.run(Release(name, lease, len(self.nodes), self._timeout_ns))
+        assert isinstance(outcome, Released)
+        self.cancel_holder_if(name, lease)
+        if outcome.released:
+            self.metrics.releases.inc()
+            return outcome
+        if outcome.answered == 0:
+            raise errors.unavailable(
+                "QUORUM_UNAVAILABLE",
+                "no node answered the release; the lease expires at the end of its TTL",
+            )
+        raise errors.precondition(
+            "NOT_OWNED",
+            "this lease does not hold the lock (it expired, "
+            "was released, or never held it); nothing was released",
+        )
+
+    # -- inspection ----------------------------------------------------------------------
+
+    async def _views(self, name: bytes) -> list[LockView]:
+        async def one(node: Node) -> LockView | None:
+            try:
+                return await asyncio.wait_for(node.view(name), self._timeout_ns / 1e9)
+            except Exception:
+                return None
+
+        return [v for v in await asyncio.gather(*(one(n) for n in self.nodes)) if v]
+
+    async def describe(self, name: bytes) -> Description:
+        """Held?, TTL left, fencing counter and waiters of a lock; never its lease id."""
+        views = await self._views(name)
+        holding = sorted(
+            (v.pttl_ms if v.pttl_ms >= 0 else 2**62 for v in views if v.pttl_ms != -2), reverse=True
+        )
+        held = len(holding) >= self.quorum
+        queue = self._queues.get(name)
+        return Description(
+            held=held,
+            ttl_remaining_ms=holding[self.quorum - 1] if held else 0,
+            fencing_counter=max((v.counter for v in views), default=0),
+            waiters=len(queue.waiters) if queue else 0,
+            nodes_answered=len(views),
+            nodes_holding=len(holding),
+        )
+
+    async def cluster(self) -> list[NodeInfo]:
+        """Every node's health, measured now (and exported as metrics)."""
+        infos = await asyncio.gather(*(node.info() for node in self.nodes))
+        for info in infos:
+            self.metrics.node_up.labels(info.address).set(int(info.reachable))
+            self.metrics.node_restart_delay.labels(info.address).set(info.restart_delay_ms / 1e3)
+            self.metrics.node_latency.labels(info.address).set(info.latency_ms / 1e3)
+        return list(infos)
+
+
+async def _wait_event(event: asyncio.Event, until_ns: int) -> bool:
+    """Wait for `event` until monotonic time `until_ns`; True if it was set."""
+    timeout = (until_ns - time.monotonic_ns()) / 1e9
+    if event.is_set():
+        return True
+    if timeout <= 0:
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
