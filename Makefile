@@ -45,7 +45,9 @@ types: install
 
 check: lint types test
 
+# Peers are installed only for benchmarking.
 bench: install redis-server
+	$(BIN)/pip install -q redlock-py pottery
 	$(BIN)/python -m tests.bench
 
 clean:

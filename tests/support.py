@@ -125,6 +125,7 @@ def redis_server(directory: Path, *extra: str) -> Iterator[int]:
         "noeviction",
         *extra,
     ]
+    directory.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc)

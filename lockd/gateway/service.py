@@ -1,9 +1,17 @@
-"""The gRPC servicer: thin methods over `LockManager`, and error mapping."""
+"""The gRPC servicer: thin methods over `LockManager`, and error mapping.
+
+Each call is implemented once (`_acquire`, `_release`, `_renew`, raising `LockdError`);
+the unary methods turn errors into a status with a google.rpc ErrorInfo detail, and
+`Session` carries the same calls on one stream with errors as `Error` messages.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -24,9 +32,10 @@ _MODES = {
     Mode.LOCKD_ENGINE: pb.NODE_MODE_LOCKD_ENGINE,
     Mode.REDIS: pb.NODE_MODE_REDIS,
 }
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: LockdError) -> NoReturn:
+async def abort(context: Context, error: LockdError) -> NoReturn:
     """End the call with `error`'s code, message and a google.rpc ErrorInfo detail."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
@@ -40,7 +49,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: LockdError) 
     raise AssertionError("unreachable")  # abort raises
 
 
-def _deadline_ns(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
+def _deadline_ns(context: Context) -> int | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
 
@@ -51,8 +60,10 @@ class LockService(pb_grpc.LockServiceServicer):
     def __init__(self, manager: LockManager) -> None:
         self.manager = manager
 
-    async def Acquire(
-        self, request: pb.AcquireRequest, context: grpc.aio.ServicerContext[Any, Any]
+    # -- the calls, once -------------------------------------------------------------------
+
+    async def _acquire(
+        self, request: pb.AcquireRequest, deadline_ns: int | None, cancelled: Callable[[], bool]
     ) -> pb.AcquireResponse:
         received = time.monotonic_ns()
         m = self.manager
@@ -60,24 +71,20 @@ class LockService(pb_grpc.LockServiceServicer):
         try:
             name = m.check_name(request.name)
             ttl = m.check_ttl(request.ttl_ms)
-            granted = await m.acquire(name, ttl, request.wait_ms, _deadline_ns(context))
+            granted = await m.acquire(name, ttl, request.wait_ms, deadline_ns)
+            if cancelled():
+                # Granted too late for the caller to hear of it: give it back at once.
+                m.release_in_background(name, granted.lease)
+                raise LockdError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "LOCK_HELD",
+                    "granted after the RPC deadline; released again",
+                )
         except LockdError as exc:
             m.metrics.acquire_seconds.labels(exc.reason.lower()).observe(
                 time.perf_counter() - start
             )
-            await abort(context, exc)
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            # Granted too late for the caller to hear of it: give it back at once.
-            m.release_in_background(name, granted.lease)
-            await abort(
-                context,
-                LockdError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "LOCK_HELD",
-                    "granted after the RPC deadline; released",
-                ),
-            )
+            raise
         m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
         return pb.AcquireResponse(
             lease_id=granted.lease,
@@ -86,19 +93,12 @@ class LockService(pb_grpc.LockServiceServicer):
             ttl_ms=ttl,
         )
 
-    async def Release(
-        self, request: pb.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ReleaseResponse:
+    async def _release(self, request: pb.ReleaseRequest) -> pb.ReleaseResponse:
         m = self.manager
-        try:
-            released = await m.release(m.check_name(request.name), m.check_lease(request.lease_id))
-        except LockdError as exc:
-            await abort(context, exc)
+        released = await m.release(m.check_name(request.name), m.check_lease(request.lease_id))
         return pb.ReleaseResponse(nodes_released=released.released)
 
-    async def Renew(
-        self, request: pb.RenewRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RenewResponse:
+    async def _renew(self, request: pb.RenewRequest) -> pb.RenewResponse:
         received = time.monotonic_ns()
         m = self.manager
         start = time.perf_counter()
@@ -108,13 +108,35 @@ class LockService(pb_grpc.LockServiceServicer):
             )
         except LockdError as exc:
             m.metrics.renew_seconds.labels(exc.reason.lower()).observe(time.perf_counter() - start)
-            await abort(context, exc)
+            raise
         m.metrics.renew_seconds.labels("renewed").observe(time.perf_counter() - start)
         return pb.RenewResponse(validity_ms=(renewed.deadline_ns - received) // MS)
 
-    async def Describe(
-        self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.DescribeResponse:
+    # -- unary RPCs ------------------------------------------------------------------------
+
+    async def Acquire(self, request: pb.AcquireRequest, context: Context) -> pb.AcquireResponse:
+        def late() -> bool:
+            remaining = context.time_remaining()
+            return remaining is not None and remaining <= 0
+
+        try:
+            return await self._acquire(request, _deadline_ns(context), late)
+        except LockdError as exc:
+            await abort(context, exc)
+
+    async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
+        try:
+            return await self._release(request)
+        except LockdError as exc:
+            await abort(context, exc)
+
+    async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
+        try:
+            return await self._renew(request)
+        except LockdError as exc:
+            await abort(context, exc)
+
+    async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         m = self.manager
         try:
             d = await m.describe(m.check_name(request.name))
@@ -131,7 +153,7 @@ class LockService(pb_grpc.LockServiceServicer):
         )
 
     async def ClusterStatus(
-        self, request: pb.ClusterStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.ClusterStatusRequest, context: Context
     ) -> pb.ClusterStatusResponse:
         infos = await self.manager.cluster()
         ready = sum(1 for i in infos if i.reachable and i.restart_delay_ms == 0)
@@ -153,3 +175,64 @@ class LockService(pb_grpc.LockServiceServicer):
             quorum_available=ready >= self.manager.quorum,
             version=__version__,
         )
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest], context: Context
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """Answer each request as it completes; when the stream ends, cancel what is left
+        (cancelled acquisitions release whatever they had taken)."""
+        responses: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        closed = False
+
+        async def answer(request: pb.SessionRequest) -> None:
+            response = pb.SessionResponse(id=request.id)
+            try:
+                kind = request.WhichOneof("call")
+                if kind == "acquire":
+                    response.acquire.CopyFrom(
+                        await self._acquire(request.acquire, None, lambda: closed)
+                    )
+                elif kind == "release":
+                    response.release.CopyFrom(await self._release(request.release))
+                elif kind == "renew":
+                    response.renew.CopyFrom(await self._renew(request.renew))
+                else:
+                    raise LockdError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "BAD_REQUEST",
+                        "session request has no call",
+                    )
+            except LockdError as exc:
+                response.error.CopyFrom(
+                    pb.Error(
+                        code=exc.code.value[0],
+                        message=exc.message,
+                        reason=exc.reason,
+                        metadata=exc.metadata,
+                    )
+                )
+            responses.put_nowait(response)
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            responses.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+        finally:
+            closed = True
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader

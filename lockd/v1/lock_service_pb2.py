@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"?\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa1\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xdc\x02\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"?\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xa1\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\"\xa7\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x18.lockd.v1.AcquireRequestH\x00\x12+\n\x07release\x18\x03 \x01(\x0b\x32\x18.lockd.v1.ReleaseRequestH\x00\x12\'\n\x05renew\x18\x04 \x01(\x0b\x32\x16.lockd.v1.RenewRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xcf\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x19.lockd.v1.AcquireResponseH\x00\x12,\n\x07release\x18\x03 \x01(\x0b\x32\x19.lockd.v1.ReleaseResponseH\x00\x12(\n\x05renew\x18\x04 \x01(\x0b\x32\x17.lockd.v1.RenewResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.lockd.v1.ErrorH\x00\x42\x08\n\x06result\"\x98\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.lockd.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xa0\x03\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponse\x12\x42\n\x07Session\x12\x18.lockd.v1.SessionRequest\x1a\x19.lockd.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lockd.v1.lock_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEMODE']._serialized_start=942
-  _globals['_NODEMODE']._serialized_end=1052
+  _globals['_ERROR_METADATAENTRY']._loaded_options = None
+  _globals['_ERROR_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_NODEMODE']._serialized_start=1477
+  _globals['_NODEMODE']._serialized_end=1587
   _globals['_ACQUIREREQUEST']._serialized_start=41
   _globals['_ACQUIREREQUEST']._serialized_end=104
   _globals['_ACQUIRERESPONSE']._serialized_start=106
@@ -49,12 +51,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREQUEST']._serialized_end=429
   _globals['_DESCRIBERESPONSE']._serialized_start=432
   _globals['_DESCRIBERESPONSE']._serialized_end=593
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=595
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=617
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=619
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=738
-  _globals['_NODESTATUS']._serialized_start=741
-  _globals['_NODESTATUS']._serialized_end=940
-  _globals['_LOCKSERVICE']._serialized_start=1055
-  _globals['_LOCKSERVICE']._serialized_end=1403
+  _globals['_SESSIONREQUEST']._serialized_start=596
+  _globals['_SESSIONREQUEST']._serialized_end=763
+  _globals['_SESSIONRESPONSE']._serialized_start=766
+  _globals['_SESSIONRESPONSE']._serialized_end=973
+  _globals['_ERROR']._serialized_start=976
+  _globals['_ERROR']._serialized_end=1128
+  _globals['_ERROR_METADATAENTRY']._serialized_start=1081
+  _globals['_ERROR_METADATAENTRY']._serialized_end=1128
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1130
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1152
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1154
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=1273
+  _globals['_NODESTATUS']._serialized_start=1276
+  _globals['_NODESTATUS']._serialized_end=1475
+  _globals['_LOCKSERVICE']._serialized_start=1590
+  _globals['_LOCKSERVICE']._serialized_end=2006
 # @@protoc_insertion_point(module_scope)

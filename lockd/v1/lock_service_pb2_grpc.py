@@ -68,6 +68,11 @@ class LockServiceStub:
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/lockd.v1.LockService/Session',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class LockServiceServicer:
@@ -117,6 +122,15 @@ class LockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Session carries Acquire, Renew and Release on one long-lived stream, answered as
+        each completes (possibly out of order): the client library's hot path, about three
+        times cheaper per call than unary RPCs. Semantics and errors are the unary calls'.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LockServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_LockServiceServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.SessionRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -290,6 +309,33 @@ class LockService:
             '/lockd.v1.LockService/ClusterStatus',
             lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
             lockd_dot_v1_dot_lock__service__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lockd.v1.LockService/Session',
+            lockd_dot_v1_dot_lock__service__pb2.SessionRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

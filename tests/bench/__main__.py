@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import engine_bench
+from tests.bench import engine_bench, gateway_bench
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
         ("engine, fencing durability", engine_bench.fence_durability),
         ("engine vs redis-server over RESP", engine_bench.over_resp),
         ("engine memory", engine_bench.memory_per_lock),
+        ("gateway vs Redlock peers on five redis-servers", gateway_bench.gateway_vs_peers),
     ]
     print(f"{'benchmark':<58} {'result':>28}  target")
     for title, bench in sections:
