@@ -11,17 +11,17 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
 # The service on its embedded default: five engines in this process, gRPC on 127.0.0.1:7400.
 run: install
 	$(BIN)/lockd serve
 
-# Regenerate the gRPC code (and .pyi stubs) from protos/; a test fails when it is stale.
+# Regenerate the gRPC code (and .pyi stubs) from protos/ for the server (lockd/v1) and the
+# client library (clients/python/lockd_client/v1); a test fails when either is stale.
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
-	  --grpc_python_out=. protos/lockd/v1/lock_service.proto
+	$(BIN)/python -m lockd.protogen
 
 # Debian's redis-server, which the conformance and cross-check tests run against.
 redis-server:

@@ -1,0 +1,176 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NodeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_MODE_UNSPECIFIED: _ClassVar[NodeMode]
+    NODE_MODE_EMBEDDED: _ClassVar[NodeMode]
+    NODE_MODE_LOCKD_ENGINE: _ClassVar[NodeMode]
+    NODE_MODE_REDIS: _ClassVar[NodeMode]
+NODE_MODE_UNSPECIFIED: NodeMode
+NODE_MODE_EMBEDDED: NodeMode
+NODE_MODE_LOCKD_ENGINE: NodeMode
+NODE_MODE_REDIS: NodeMode
+
+class AcquireRequest(_message.Message):
+    __slots__ = ("name", "ttl_ms", "wait_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ttl_ms: int
+    wait_ms: int
+    def __init__(self, name: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class AcquireResponse(_message.Message):
+    __slots__ = ("lease_id", "fencing_token", "validity_ms", "ttl_ms")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: bytes
+    fencing_token: int
+    validity_ms: int
+    ttl_ms: int
+    def __init__(self, lease_id: _Optional[bytes] = ..., fencing_token: _Optional[int] = ..., validity_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("name", "lease_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lease_id: bytes
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("nodes_released",)
+    NODES_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    nodes_released: int
+    def __init__(self, nodes_released: _Optional[int] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("name", "lease_id", "ttl_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lease_id: bytes
+    ttl_ms: int
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("validity_ms",)
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    validity_ms: int
+    def __init__(self, validity_ms: _Optional[int] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("name", "held", "ttl_remaining_ms", "fencing_counter", "waiters", "nodes_answered", "nodes_holding")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    FENCING_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    WAITERS_FIELD_NUMBER: _ClassVar[int]
+    NODES_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    NODES_HOLDING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    held: bool
+    ttl_remaining_ms: int
+    fencing_counter: int
+    waiters: int
+    nodes_answered: int
+    nodes_holding: int
+    def __init__(self, name: _Optional[str] = ..., held: _Optional[bool] = ..., ttl_remaining_ms: _Optional[int] = ..., fencing_counter: _Optional[int] = ..., waiters: _Optional[int] = ..., nodes_answered: _Optional[int] = ..., nodes_holding: _Optional[int] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("id", "acquire", "release", "renew")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    acquire: AcquireRequest
+    release: ReleaseRequest
+    renew: RenewRequest
+    def __init__(self, id: _Optional[int] = ..., acquire: _Optional[_Union[AcquireRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("id", "acquire", "release", "renew", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    acquire: AcquireResponse
+    release: ReleaseResponse
+    renew: RenewResponse
+    error: Error
+    def __init__(self, id: _Optional[int] = ..., acquire: _Optional[_Union[AcquireResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "reason", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatusResponse(_message.Message):
+    __slots__ = ("nodes", "quorum", "quorum_available", "version")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    quorum: int
+    quorum_available: bool
+    version: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., quorum: _Optional[int] = ..., quorum_available: _Optional[bool] = ..., version: _Optional[str] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("address", "mode", "reachable", "latency_ms", "restart_delay_remaining_ms", "restart_delay_reason", "run_id", "error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_DELAY_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_DELAY_REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    mode: NodeMode
+    reachable: bool
+    latency_ms: float
+    restart_delay_remaining_ms: int
+    restart_delay_reason: str
+    run_id: str
+    error: str
+    def __init__(self, address: _Optional[str] = ..., mode: _Optional[_Union[NodeMode, str]] = ..., reachable: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., restart_delay_remaining_ms: _Optional[int] = ..., restart_delay_reason: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
