@@ -41,7 +41,7 @@ lint: install
 	$(BIN)/ruff format --check lockd clients tests
 
 types: install
-	$(BIN)/mypy lockd clients
+	$(BIN)/mypy -p lockd -p lockd_client
 
 check: lint types test
 

@@ -184,6 +184,7 @@ class LockService(pb_grpc.LockServiceServicer):
         """Answer each request as it completes; when the stream ends, cancel what is left
         (cancelled acquisitions release whatever they had taken)."""
         responses: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
+        granted_names: dict[int, str] = {}  # request id -> lock name, for undelivered grants
         tasks: set[asyncio.Task[None]] = set()
         closed = False
 
@@ -195,6 +196,7 @@ class LockService(pb_grpc.LockServiceServicer):
                     response.acquire.CopyFrom(
                         await self._acquire(request.acquire, None, lambda: closed)
                     )
+                    granted_names[request.id] = request.acquire.name
                 elif kind == "release":
                     response.release.CopyFrom(await self._release(request.release))
                 elif kind == "renew":
@@ -228,6 +230,7 @@ class LockService(pb_grpc.LockServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (response := await responses.get()) is not None:
+                granted_names.pop(response.id, None)
                 yield response
         finally:
             closed = True
@@ -236,3 +239,10 @@ class LockService(pb_grpc.LockServiceServicer):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            # Grants the caller never received would otherwise block the lock for a TTL.
+            while not responses.empty():
+                undelivered = responses.get_nowait()
+                if undelivered is not None and undelivered.id in granted_names:
+                    self.manager.release_in_background(
+                        granted_names[undelivered.id].encode(), undelivered.acquire.lease_id
+                    )

@@ -1,0 +1,39 @@
+"""lockd's client library: distributed locks with fencing tokens.
+
+    from lockd_client import Client
+    with Client(["127.0.0.1:7400"]).lock("orders/42", ttl=10) as lease:
+        ...  # write with lease.token; lease.check() raises once it may be lost
+
+`AsyncClient` is the asyncio version; `Client` wraps it without duplicating logic.
+"""
+
+from lockd_client._transport import TLS
+from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, LockInfo, NodeInfo
+from lockd_client.errors import (
+    InvalidRequest,
+    LeaseLost,
+    LockError,
+    LockTimeout,
+    NotOwned,
+    Overloaded,
+    Unavailable,
+)
+from lockd_client.sync import Client, Lease
+
+__all__ = [
+    "TLS",
+    "AsyncClient",
+    "AsyncLease",
+    "Client",
+    "ClusterInfo",
+    "InvalidRequest",
+    "Lease",
+    "LeaseLost",
+    "LockError",
+    "LockInfo",
+    "LockTimeout",
+    "NodeInfo",
+    "NotOwned",
+    "Overloaded",
+    "Unavailable",
+]

@@ -1,0 +1,377 @@
+"""The asyncio client: `AsyncClient`, and `AsyncLease` with its watchdog.
+
+    async with AsyncClient(["127.0.0.1:7400"]) as client:
+        async with client.lock("orders/42", ttl=10, wait=5) as lease:
+            lease.check()                    # raises LeaseLost once it may be lost
+            await store.write(..., token=lease.token)
+
+While a lease is held its watchdog renews it every `validity * renew_fraction`. If
+renewals keep failing it declares the lease lost *before* its deadline (by
+`safety_margin`), calls `on_lost` once, and `check()` raises from then on. A lease is
+never reported held after its deadline, whatever the watchdog managed to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+
+from lockd_client._transport import TLS, Transport
+from lockd_client.errors import LeaseLost, LockError, NotOwned, Unavailable
+from lockd_client.v1 import lock_service_pb2 as pb
+
+__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "LockInfo", "NodeInfo"]
+
+log = logging.getLogger("lockd_client")
+
+DEFAULT_ENDPOINT = "127.0.0.1:7400"
+LostCallback = Callable[["AsyncLease"], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class LockInfo:
+    """A lock as `describe` shows it (never its holder's lease id)."""
+
+    name: str
+    held: bool
+    ttl_remaining: float
+    fencing_counter: int
+    waiters: int
+    nodes_answered: int
+    nodes_holding: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    """One engine node as the gateway sees it."""
+
+    address: str
+    mode: str
+    reachable: bool
+    latency_ms: float
+    restart_delay: float
+    restart_reason: str
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    """The gateway's view of its nodes."""
+
+    nodes: list[NodeInfo]
+    quorum: int
+    quorum_available: bool
+    version: str
+
+
+class AsyncLease:
+    """A granted lease: `token`, `deadline`, `check()`, `renew()`, `release()`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        name: str,
+        response: pb.AcquireResponse,
+        sent: float,
+        on_lost: LostCallback | None,
+        safety_margin: float | None,
+        renew_fraction: float,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.lease_id: bytes = response.lease_id
+        self.token: int = response.fencing_token
+        """The fencing token: pass it to storage that checks tokens."""
+        self.ttl: float = response.ttl_ms / 1000
+        self.deadline: float = sent + response.validity_ms / 1000
+        """`time.monotonic()` after which the lease must not be relied on."""
+        self.safety_margin = (
+            safety_margin if safety_margin is not None else max(0.005, self.ttl * 0.1)
+        )
+        self.renew_fraction = renew_fraction
+        self._on_lost = on_lost
+        self._lost: LockError | None = None
+        self._released = False
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:  # never shows the lease id
+        state = "lost" if self._lost else "released" if self._released else "held"
+        return f"<AsyncLease {self.name!r} token={self.token} {state}>"
+
+    @property
+    def held(self) -> bool:
+        """True while the lease can be relied on (not lost, released or near its deadline)."""
+        return (
+            self._lost is None
+            and not self._released
+            and time.monotonic() < self.deadline - self.safety_margin
+        )
+
+    def remaining(self) -> float:
+        """Seconds until the lease must be considered lost (0 when it is)."""
+        return max(0.0, self.deadline - self.safety_margin - time.monotonic()) if self.held else 0.0
+
+    def check(self) -> None:
+        """Raise `LeaseLost` if the lease may be lost; call it before each fenced write."""
+        if self._released:
+            raise LeaseLost("the lease was released", name=self.name, reason="RELEASED")
+        if self._lost is not None:
+            raise LeaseLost(
+                f"lease lost: {self._lost.message}",
+                name=self.name,
+                reason=self._lost.reason or "LEASE_LOST",
+            )
+        if time.monotonic() >= self.deadline - self.safety_margin:
+            self._declare_lost(
+                LeaseLost(
+                    "the lease's deadline passed without a renewal",
+                    name=self.name,
+                    reason="EXPIRED",
+                )
+            )
+            assert self._lost is not None
+            raise LeaseLost(self._lost.message, name=self.name, reason="EXPIRED")
+
+    async def renew(self, ttl: float | None = None) -> None:
+        """Extend the lease now (the watchdog does this by itself)."""
+        self.check()
+        sent = time.monotonic()
+        try:
+            response = await self.client._transport.session_call(
+                "renew",
+                pb.RenewRequest(
+                    name=self.name, lease_id=self.lease_id, ttl_ms=round((ttl or self.ttl) * 1000)
+                ),
+                name=self.name,
+                timeout=max(0.001, self.deadline - self.safety_margin - sent),
+                repeatable=True,
+            )
+        except (LeaseLost, NotOwned) as exc:
+            self._declare_lost(exc)
+            raise
+        if ttl is not None:
+            self.ttl = ttl
+        self.deadline = sent + response.validity_ms / 1000
+
+    async def release(self) -> None:
+        """Give the lock up (a lease that was already lost is released quietly)."""
+        if self._released:
+            return
+        self._released = True
+        self.stop_watchdog()
+        try:
+            await self.client._transport.session_call(
+                "release",
+                pb.ReleaseRequest(name=self.name, lease_id=self.lease_id),
+                name=self.name,
+                timeout=self.client.timeout,
+                repeatable=True,
+            )
+        except NotOwned:
+            if self._lost is None and time.monotonic() < self.deadline:
+                raise
+
+    # -- watchdog ------------------------------------------------------------------------
+
+    def start_watchdog(self) -> None:
+        """Renew in the background until released or lost."""
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name=f"lockd watchdog {self.name}")
+
+    def stop_watchdog(self) -> None:
+        """Stop renewing (the lease then runs out at its deadline)."""
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+        self.client._watched.discard(self)
+
+    async def _watch(self) -> None:
+        while not self._released and self._lost is None:
+            validity = self.deadline - time.monotonic()
+            await asyncio.sleep(max(0.0, validity * self.renew_fraction))
+            while not self._released and self._lost is None:
+                if time.monotonic() >= self.deadline - self.safety_margin:
+                    self._declare_lost(
+                        LeaseLost(
+                            "could not renew before the deadline",
+                            name=self.name,
+                            reason="RENEW_FAILED",
+                        )
+                    )
+                    return
+                try:
+                    await self.renew()
+                    break
+                except (LeaseLost, NotOwned):
+                    return  # already declared lost
+                except LockError as exc:
+                    log.warning("lockd: renewing %r failed, retrying: %s", self.name, exc)
+                    await asyncio.sleep(min(0.05, max(0.0, self.remaining() / 4)))
+
+    def _declare_lost(self, error: LockError) -> None:
+        if self._lost is not None or self._released:
+            return
+        self._lost = error
+        self.stop_watchdog()
+        log.warning("lockd: lease on %r lost: %s", self.name, error.message)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(self)
+            except Exception:
+                log.exception("lockd: on_lost callback for %r failed", self.name)
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.release()
+
+
+class AsyncClient:
+    """A client of one or more lockd gateways (tried in order, failing over)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = (DEFAULT_ENDPOINT,),
+        *,
+        tls: TLS | bool | None = None,
+        timeout: float = 10.0,
+        renew_fraction: float = 1 / 3,
+        safety_margin: float | None = None,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if tls is True:
+            tls = TLS()
+        self.timeout = timeout
+        self.renew_fraction = renew_fraction
+        self.safety_margin = safety_margin
+        self._transport = Transport(list(endpoints), tls or None, timeout)
+        self._watched: set[AsyncLease] = set()
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway calls currently go to."""
+        return self._transport.endpoint
+
+    async def acquire(
+        self,
+        name: str,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        *,
+        watchdog: bool = True,
+        on_lost: LostCallback | None = None,
+    ) -> AsyncLease:
+        """Wait up to `wait` seconds for the lock and hold it for `ttl` seconds (renewed by
+        the watchdog unless `watchdog=False`). Raises `LockTimeout` if it stays held."""
+        sent = time.monotonic()
+        response = await self._transport.session_call(
+            "acquire",
+            pb.AcquireRequest(name=name, ttl_ms=round(ttl * 1000), wait_ms=round(wait * 1000)),
+            name=name,
+            timeout=wait + self.timeout,
+            repeatable=False,
+        )
+        lease = AsyncLease(
+            self, name, response, sent, on_lost, self.safety_margin, self.renew_fraction
+        )
+        if watchdog:
+            lease.start_watchdog()
+            self._watched.add(lease)
+        return lease
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self,
+        name: str,
+        ttl: float = 30.0,
+        wait: float = 60.0,
+        *,
+        on_lost: LostCallback | None = None,
+    ) -> AsyncIterator[AsyncLease]:
+        """`async with client.lock(name) as lease:` holds the lock for the block."""
+        lease = await self.acquire(name, ttl, wait, on_lost=on_lost)
+        async with lease:
+            yield lease
+
+    async def release(self, name: str, lease_id: bytes) -> int:
+        """Release a lease by id; returns how many nodes released it (`NotOwned` if none)."""
+        response = await self._transport.session_call(
+            "release",
+            pb.ReleaseRequest(name=name, lease_id=lease_id),
+            name=name,
+            timeout=self.timeout,
+            repeatable=True,
+        )
+        return int(response.nodes_released)
+
+    async def renew(self, name: str, lease_id: bytes, ttl: float) -> float:
+        """Renew a lease by id; returns its validity in seconds (`LeaseLost` if lost)."""
+        response = await self._transport.session_call(
+            "renew",
+            pb.RenewRequest(name=name, lease_id=lease_id, ttl_ms=round(ttl * 1000)),
+            name=name,
+            timeout=self.timeout,
+            repeatable=True,
+        )
+        return float(response.validity_ms) / 1000
+
+    async def describe(self, name: str) -> LockInfo:
+        """Held?, TTL left, fencing counter and waiters of a lock."""
+        r = await self._transport.unary("Describe", pb.DescribeRequest(name=name), name=name)
+        return LockInfo(
+            r.name,
+            r.held,
+            r.ttl_remaining_ms / 1000,
+            r.fencing_counter,
+            r.waiters,
+            r.nodes_answered,
+            r.nodes_holding,
+        )
+
+    async def cluster_status(self) -> ClusterInfo:
+        """Every node as the gateway sees it, and whether a quorum is available."""
+        r = await self._transport.unary("ClusterStatus", pb.ClusterStatusRequest())
+        nodes = [
+            NodeInfo(
+                n.address,
+                pb.NodeMode.Name(n.mode).removeprefix("NODE_MODE_").lower(),
+                n.reachable,
+                n.latency_ms,
+                n.restart_delay_remaining_ms / 1000,
+                n.restart_delay_reason,
+                n.error,
+            )
+            for n in r.nodes
+        ]
+        return ClusterInfo(nodes, r.quorum, r.quorum_available, r.version)
+
+    async def close(self) -> None:
+        """Stop watchdogs and close the connections (held leases stay held on the nodes
+        until their TTL runs out)."""
+        for lease in self._watched:
+            lease.stop_watchdog()
+        self._watched.clear()
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,199 @@
+"""The blocking client: a thin wrapper running `AsyncClient` on a private event loop in
+a background thread, so both share every line of logic (watchdog included).
+
+    client = Client(["127.0.0.1:7400"])
+    with client.lock("orders/42", ttl=10, wait=5) as lease:
+        lease.check()
+        store.write("orders", "42", b"paid", lease=lease)
+
+`on_lost` callbacks run on the client's background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from lockd_client._transport import TLS
+from lockd_client.aio import DEFAULT_ENDPOINT, AsyncClient, AsyncLease, ClusterInfo, LockInfo
+from lockd_client.errors import Unavailable
+
+__all__ = ["Client", "Lease"]
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="lockd-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("blocking lockd call from inside an on_lost callback")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class Lease:
+    """A granted lease (blocking API); see `AsyncLease` for the semantics."""
+
+    def __init__(self, runner: _LoopThread, lease: AsyncLease) -> None:
+        self._runner = runner
+        self._lease = lease
+
+    def __repr__(self) -> str:
+        return repr(self._lease).replace("AsyncLease", "Lease")
+
+    name = property(lambda self: self._lease.name, doc="The lock name.")
+    lease_id = property(lambda self: self._lease.lease_id, doc="The lease id (a secret).")
+    token = property(lambda self: self._lease.token, doc="The fencing token.")
+    deadline = property(
+        lambda self: self._lease.deadline,
+        doc="`time.monotonic()` after which the lease must not be relied on.",
+    )
+    held = property(lambda self: self._lease.held, doc="True while it can be relied on.")
+
+    def remaining(self) -> float:
+        """Seconds until the lease must be considered lost."""
+        return self._lease.remaining()
+
+    def check(self) -> None:
+        """Raise `LeaseLost` if the lease may be lost."""
+        self._lease.check()
+
+    def renew(self, ttl: float | None = None) -> None:
+        """Extend the lease now."""
+        self._runner.run(self._lease.renew(ttl))
+
+    def release(self) -> None:
+        """Give the lock up."""
+        self._runner.run(self._lease.release())
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Unavailable):
+            self.release()
+
+
+class Client:
+    """A blocking client of one or more lockd gateways; same arguments as `AsyncClient`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str = (DEFAULT_ENDPOINT,),
+        *,
+        tls: TLS | bool | None = None,
+        timeout: float = 10.0,
+        renew_fraction: float = 1 / 3,
+        safety_margin: float | None = None,
+    ) -> None:
+        self._runner = _LoopThread()
+
+        async def make() -> AsyncClient:
+            return AsyncClient(
+                endpoints,
+                tls=tls,
+                timeout=timeout,
+                renew_fraction=renew_fraction,
+                safety_margin=safety_margin,
+            )
+
+        self._client = self._runner.run(make())
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway calls currently go to."""
+        return self._client.endpoint
+
+    def acquire(
+        self,
+        name: str,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        *,
+        watchdog: bool = True,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> Lease:
+        """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed)."""
+        holder: list[Lease] = []
+
+        def lost(_: AsyncLease) -> None:
+            if on_lost is not None and holder:
+                on_lost(holder[0])
+
+        lease = Lease(
+            self._runner,
+            self._runner.run(
+                self._client.acquire(name, ttl, wait, watchdog=watchdog, on_lost=lost)
+            ),
+        )
+        holder.append(lease)
+        return lease
+
+    @contextlib.contextmanager
+    def lock(
+        self,
+        name: str,
+        ttl: float = 30.0,
+        wait: float = 60.0,
+        *,
+        on_lost: Callable[[Lease], object] | None = None,
+    ) -> Iterator[Lease]:
+        """`with client.lock(name) as lease:` holds the lock for the block."""
+        with self.acquire(name, ttl, wait, on_lost=on_lost) as lease:
+            yield lease
+
+    def release(self, name: str, lease_id: bytes) -> int:
+        """Release a lease by id; how many nodes released it (`NotOwned` if none)."""
+        return self._runner.run(self._client.release(name, lease_id))
+
+    def renew(self, name: str, lease_id: bytes, ttl: float) -> float:
+        """Renew a lease by id; its validity in seconds."""
+        return self._runner.run(self._client.renew(name, lease_id, ttl))
+
+    def describe(self, name: str) -> LockInfo:
+        """Held?, TTL left, fencing counter and waiters of a lock."""
+        return self._runner.run(self._client.describe(name))
+
+    def cluster_status(self) -> ClusterInfo:
+        """Every node as the gateway sees it."""
+        return self._runner.run(self._client.cluster_status())
+
+    def close(self) -> None:
+        """Close connections and stop the background loop."""
+        self._runner.run(self._client.close())
+        self._runner.stop()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
