@@ -4,13 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lockd import __version__
 from lockd.units import DURATION, SIZE
+
+if TYPE_CHECKING:
+    from lockd_client import AsyncClient
 
 __all__ = ["main"]
 
@@ -208,3 +218,263 @@ def serve(
         asyncio.run(run_gateway(config))
     except (UnsafeNodeError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# -- client commands ---------------------------------------------------------------------
+
+
+def _client_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--endpoint (repeatable), TLS and timeout flags shared by the client commands."""
+    options = [
+        click.option(
+            "--endpoint",
+            "endpoints",
+            multiple=True,
+            envvar="LOCKD_ENDPOINT",
+            default=("127.0.0.1:7400",),
+            metavar="HOST:PORT",
+            help="Gateway address; repeat for failover (LOCKD_ENDPOINT: space-separated).",
+        ),
+        click.option(
+            "--tls",
+            is_flag=True,
+            envvar="LOCKD_TLS",
+            help="Use TLS (implied by the --tls-* flags).",
+        ),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, path_type=Path),
+            envvar="LOCKD_TLS_CA",
+            help="PEM CA bundle that signed the gateway.",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(exists=True, path_type=Path),
+            envvar="LOCKD_TLS_CERT",
+            help="PEM client certificate (mutual TLS).",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(exists=True, path_type=Path),
+            envvar="LOCKD_TLS_KEY",
+            help="PEM key of --tls-cert.",
+        ),
+        click.option(
+            "--timeout",
+            default="10s",
+            type=DURATION,
+            envvar="LOCKD_TIMEOUT",
+            help="How long one call may take, waiting excluded.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _client(
+    endpoints: tuple[str, ...],
+    tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    timeout: int,
+) -> AsyncClient:
+    from lockd_client import TLS, AsyncClient
+
+    settings = TLS(tls_ca, tls_cert, tls_key) if tls or tls_ca or tls_cert or tls_key else None
+    return AsyncClient(list(endpoints), tls=settings, timeout=timeout / 1000)
+
+
+def _run_client(
+    coro_factory: Callable[[AsyncClient], Coroutine[Any, Any, int]], **conn: Any
+) -> None:
+    """Run one client command; lock errors become a message and exit status 1."""
+    from lockd_client import LockError, LockTimeout, Unavailable
+
+    async def main() -> int:
+        client = _client(**conn)
+        try:
+            return await coro_factory(client)
+        finally:
+            await client.close()
+
+    try:
+        code = asyncio.run(main())
+    except LockTimeout as exc:
+        click.echo(f"lockd: {exc}", err=True)
+        sys.exit(3)
+    except Unavailable as exc:
+        retry = f" (retry in {exc.retry_after:.1f}s)" if exc.retry_after else ""
+        click.echo(f"lockd: {exc}{retry}", err=True)
+        sys.exit(4)
+    except LockError as exc:
+        click.echo(f"lockd: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+def _lease_id(value: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter("a lease id is 32 hex digits") from None
+    if len(raw) != 16:
+        raise click.BadParameter("a lease id is 32 hex digits")
+    return raw
+
+
+@main.command()
+@click.argument("name")
+@click.option("--ttl", default="30s", type=DURATION, help="Lease time to live.")
+@click.option("--wait", default="0s", type=DURATION, help="How long to wait for the lock.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@_client_options
+def acquire(name: str, ttl: int, wait: int, as_json: bool, **conn: Any) -> None:
+    """Acquire NAME and print its fencing token, lease id and deadline.
+
+    The lease is not renewed: it lasts TTL unless renewed with `lockd renew`. Exit status
+    3 when the lock stayed held for the whole wait, 4 when lockd is unavailable."""
+
+    async def go(client: AsyncClient) -> int:
+        lease = await client.acquire(name, ttl / 1000, wait / 1000, watchdog=False)
+        validity_ms = max(0, round((lease.deadline - time.monotonic()) * 1000))
+        deadline = datetime.now(UTC) + timedelta(milliseconds=validity_ms)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": name,
+                        "token": lease.token,
+                        "lease_id": lease.lease_id.hex(),
+                        "validity_ms": validity_ms,
+                        "ttl_ms": ttl,
+                        "deadline": deadline.isoformat(timespec="milliseconds"),
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"lock      {name}\ntoken     {lease.token}\nlease id  "
+                f"{lease.lease_id.hex()}\nvalid for {validity_ms} ms (until "
+                f"{deadline.isoformat(timespec='milliseconds')})"
+            )
+        return 0
+
+    _run_client(go, **conn)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@_client_options
+def release(name: str, lease: str, **conn: Any) -> None:
+    """Release NAME held by lease --lease (exit 1 if that lease does not hold it)."""
+    lease_id = _lease_id(lease)
+
+    async def go(client: AsyncClient) -> int:
+        nodes = await client.release(name, lease_id)
+        click.echo(f"released {name} on {nodes} nodes")
+        return 0
+
+    _run_client(go, **conn)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@click.option("--ttl", default="30s", type=DURATION, help="New time to live.")
+@_client_options
+def renew(name: str, lease: str, ttl: int, **conn: Any) -> None:
+    """Extend the lease --lease on NAME to a fresh TTL (exit 1 if it was lost)."""
+    lease_id = _lease_id(lease)
+
+    async def go(client: AsyncClient) -> int:
+        validity = await client.renew(name, lease_id, ttl / 1000)
+        click.echo(f"renewed {name}: valid for {round(validity * 1000)} ms")
+        return 0
+
+    _run_client(go, **conn)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_client_options
+def status(name: str | None, as_json: bool, **conn: Any) -> None:
+    """Show the cluster (nodes, restart delays), or one lock when NAME is given."""
+
+    async def go(client: AsyncClient) -> int:
+        if name is not None:
+            info = await client.describe(name)
+            if as_json:
+                click.echo(json.dumps(dataclasses.asdict(info)))
+                return 0
+            rows = [
+                ("lock", info.name),
+                ("held", "yes" if info.held else "no"),
+                ("ttl left", f"{info.ttl_remaining * 1000:.0f} ms"),
+                ("fencing counter", str(info.fencing_counter)),
+                ("waiters", str(info.waiters)),
+                ("nodes holding", f"{info.nodes_holding} of {info.nodes_answered} answering"),
+            ]
+            click.echo(_table(["", ""], rows, header=False))
+            return 0
+        cluster = await client.cluster_status()
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(cluster)))
+            return 0 if cluster.quorum_available else 4
+        table = [
+            (
+                n.address,
+                n.mode,
+                "up" if n.reachable else "DOWN",
+                f"{n.latency_ms:.2f} ms" if n.reachable else "-",
+                f"{n.restart_delay:.1f} s ({n.restart_reason})" if n.restart_delay else "-",
+                n.error or "",
+            )
+            for n in cluster.nodes
+        ]
+        click.echo(_table(["node", "mode", "state", "latency", "restart delay", "error"], table))
+        ready = "available" if cluster.quorum_available else "NOT AVAILABLE"
+        click.echo(
+            f"\nquorum {cluster.quorum} of {len(cluster.nodes)}: {ready} "
+            f"(gateway {client.endpoint}, lockd {cluster.version})"
+        )
+        return 0 if cluster.quorum_available else 4
+
+    _run_client(go, **conn)
+
+
+def _table(headers: list[str], rows: Sequence[Sequence[str]], header: bool = True) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
+    lines: list[Sequence[str]] = [headers] if header else []
+    lines += rows
+    out = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
+    if header:
+        out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--ttl", default="30s", type=DURATION, help="Lease TTL (renewed while CMD runs).")
+@click.option("--wait", default="60s", type=DURATION, help="How long to wait for the lock.")
+@_client_options
+def run(name: str, command: tuple[str, ...], ttl: int, wait: int, **conn: Any) -> None:
+    """Run COMMAND while holding NAME:  lockd run NAME -- CMD ARGS...
+
+    CMD gets LOCKD_FENCING_TOKEN and LOCKD_LOCK_NAME. If the lease is lost CMD gets
+    SIGTERM, then SIGKILL by the lease's deadline. SIGINT/SIGTERM are forwarded to CMD.
+    Exit status: CMD's (128+N if killed by signal N); 3 lock not acquired within --wait;
+    4 lockd unavailable; 5 lease lost while CMD ran; 127 CMD could not be started."""
+    from lockd.runner import run_under_lock
+
+    async def go(client: AsyncClient) -> int:
+        return await run_under_lock(client, name, ttl / 1000, wait / 1000, command)
+
+    _run_client(go, **conn)

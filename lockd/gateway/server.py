@@ -73,8 +73,9 @@ class Gateway:
         self.manager = LockManager(build_nodes(config), config, self.metrics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server()
+        self.service = LockService(self.manager)
         pb_grpc.add_LockServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            LockService(self.manager), self.server
+            self.service, self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -141,6 +142,7 @@ class Gateway:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, close the nodes."""
         await self.health.enter_graceful_shutdown()
+        self.service.draining.set()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -59,6 +59,8 @@ class LockService(pb_grpc.LockServiceServicer):
 
     def __init__(self, manager: LockManager) -> None:
         self.manager = manager
+        self.draining = asyncio.Event()
+        """Set at graceful shutdown: sessions end once their calls in flight finish."""
 
     # -- the calls, once -------------------------------------------------------------------
 
@@ -223,11 +225,21 @@ class LockService(pb_grpc.LockServiceServicer):
                 task = asyncio.create_task(answer(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if tasks:
+
+        async def finish() -> None:
+            """When the client stops sending, or the gateway drains for shutdown, stop
+            reading, let the calls in flight finish, then end the stream (the client
+            library then carries on with another gateway)."""
+            draining = asyncio.create_task(self.draining.wait())
+            await asyncio.wait({reader, draining}, return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+            reader.cancel()
+            while tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             responses.put_nowait(None)
 
         reader = asyncio.create_task(read())
+        finisher = asyncio.create_task(finish())
         try:
             while (response := await responses.get()) is not None:
                 granted_names.pop(response.id, None)
@@ -235,10 +247,11 @@ class LockService(pb_grpc.LockServiceServicer):
         finally:
             closed = True
             reader.cancel()
+            finisher.cancel()
             for task in list(tasks):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+                await asyncio.gather(reader, finisher, *tasks, return_exceptions=True)
             # Grants the caller never received would otherwise block the lock for a TTL.
             while not responses.empty():
                 undelivered = responses.get_nowait()

@@ -94,12 +94,13 @@ class _Session:
         future: asyncio.Future[pb.SessionResponse] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
         try:
-            try:
-                async with self._lock:  # one writer at a time on a stream
-                    await self._call.write(pb.SessionRequest(id=rid, **request))
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
-                raise _NotSent(str(exc)) from exc
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            async with asyncio.timeout(timeout):  # the write too: it waits for a connection
+                try:
+                    async with self._lock:  # one writer at a time on a stream
+                        await self._call.write(pb.SessionRequest(id=rid, **request))
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+                    raise _NotSent(str(exc)) from exc
+                return await asyncio.shield(future)
         finally:
             self._waiting.pop(rid, None)
 
@@ -107,6 +108,15 @@ class _Session:
         self._call.cancel()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A one-line reason for a transport failure."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, _StreamBroken) and isinstance(exc.__cause__, grpc.aio.AioRpcError):
+        return _describe(exc.__cause__)
+    return str(exc) or type(exc).__name__
 
 
 class _Endpoint:
@@ -186,8 +196,9 @@ class Transport:
                 self._fail_over(endpoint)
                 if not repeatable and not isinstance(exc, _NotSent):
                     raise Unavailable(
-                        f"lost the connection to {endpoint.target} mid-call ({exc}); the "
-                        "gateway releases an acquisition it could not deliver",
+                        f"lost the connection to {endpoint.target} mid-call "
+                        f"({_describe(exc)}); the gateway releases an acquisition it could "
+                        "not deliver",
                         name=name,
                         reason="GATEWAY_UNREACHABLE",
                     ) from exc
@@ -203,7 +214,11 @@ class Transport:
                 e = response.error
                 raise from_status(e.code, e.message, e.reason, e.metadata, name)
             return getattr(response, kind)
-        raise Unavailable(f"no gateway answered ({last})", name=name, reason="GATEWAY_UNREACHABLE")
+        raise Unavailable(
+            f"no gateway answered (last: {_describe(last)})",
+            name=name,
+            reason="GATEWAY_UNREACHABLE",
+        )
 
     async def unary(
         self, method: str, message: Any, *, name: str | None = None, timeout: float | None = None

@@ -164,17 +164,18 @@ class AsyncLease:
             return
         self._released = True
         self.stop_watchdog()
+        lost = self._lost is not None or time.monotonic() >= self.deadline
         try:
             await self.client._transport.session_call(
                 "release",
                 pb.ReleaseRequest(name=self.name, lease_id=self.lease_id),
                 name=self.name,
-                timeout=self.client.timeout,
+                timeout=min(1.0, self.client.timeout) if lost else self.client.timeout,
                 repeatable=True,
             )
-        except NotOwned:
-            if self._lost is None and time.monotonic() < self.deadline:
-                raise
+        except (NotOwned, Unavailable):
+            if not lost:
+                raise  # releasing a lost lease is a courtesy: its TTL frees the lock anyway
 
     # -- watchdog ------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""`lockd run NAME -- CMD`: run a command while holding a lock.
+
+The lease is renewed by the client library's watchdog. If it is lost, CMD gets SIGTERM
+at once and SIGKILL when the lease's deadline arrives (never later), and `lockd run`
+exits with `EXIT_LEASE_LOST`. SIGINT and SIGTERM sent to `lockd run` are forwarded to
+CMD. The lock is released when CMD exits. CMD sees `LOCKD_FENCING_TOKEN` and
+`LOCKD_LOCK_NAME` in its environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from lockd_client import AsyncClient, AsyncLease, LockError, LockTimeout, Unavailable
+
+__all__ = [
+    "EXIT_LEASE_LOST",
+    "EXIT_NOT_ACQUIRED",
+    "EXIT_UNAVAILABLE",
+    "run_under_lock",
+]
+
+EXIT_NOT_ACQUIRED = 3
+"""The lock stayed held by someone else for the whole --wait."""
+EXIT_UNAVAILABLE = 4
+"""lockd could not be reached or had no quorum; also any other lock error."""
+EXIT_LEASE_LOST = 5
+"""The lease was lost while CMD ran; CMD was stopped."""
+EXIT_CANNOT_RUN = 127
+"""CMD could not be started (not found or not executable)."""
+
+
+async def _spinner(client: AsyncClient, name: str) -> None:
+    """While waiting on a terminal: a spinner and how many wait at this gateway."""
+    frames = "|/-\\"
+    for i in range(10**9):
+        waiting = ""
+        if i % 5 == 0:
+            with contextlib.suppress(LockError):
+                info = await client.describe(name)
+                waiting = f" ({info.waiters} waiting at the gateway)" if info.waiters else ""
+        sys.stderr.write(f"\r{frames[i % 4]} waiting for lock {name!r}{waiting}   ")
+        sys.stderr.flush()
+        await asyncio.sleep(0.1)
+
+
+async def _acquire(
+    client: AsyncClient, name: str, ttl: float, wait: float, lost: asyncio.Event
+) -> AsyncLease:
+    spinner = None
+    if sys.stderr.isatty() and wait > 0:
+        spinner = asyncio.create_task(_spinner(client, name))
+    try:
+        return await client.acquire(name, ttl, wait, on_lost=lambda _: lost.set())
+    finally:
+        if spinner is not None:
+            spinner.cancel()
+            sys.stderr.write("\r\033[K")
+
+
+async def run_under_lock(
+    client: AsyncClient, name: str, ttl: float, wait: float, argv: Sequence[str]
+) -> int:
+    """Hold `name` while `argv` runs; returns the exit status (see module doc)."""
+    lost = asyncio.Event()
+    try:
+        lease = await _acquire(client, name, ttl, wait, lost)
+    except LockTimeout as exc:
+        print(f"lockd run: {exc}", file=sys.stderr)
+        return EXIT_NOT_ACQUIRED
+    except (Unavailable, LockError) as exc:
+        print(f"lockd run: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    env = dict(os.environ, LOCKD_FENCING_TOKEN=str(lease.token), LOCKD_LOCK_NAME=name)
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, env=env)
+    except OSError as exc:
+        print(f"lockd run: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
+        await _release(lease)
+        return EXIT_CANNOT_RUN
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, _forward, proc, sig)
+    exited = asyncio.create_task(proc.wait())
+    lost_wait = asyncio.create_task(lost.wait())
+    try:
+        await asyncio.wait({exited, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done():
+            print(f"lockd run: lease on {name!r} lost; stopping the command", file=sys.stderr)
+            _forward(proc, signal.SIGTERM)
+            grace = max(0.0, lease.deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), grace)
+            except TimeoutError:
+                _forward(proc, signal.SIGKILL)
+                await exited
+            return EXIT_LEASE_LOST
+        return _status(await exited)
+    finally:
+        lost_wait.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await _release(lease)
+
+
+def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def _status(returncode: int) -> int:
+    """A shell-style exit status: 128 + N when CMD died of signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+async def _release(lease: AsyncLease) -> None:
+    with contextlib.suppress(LockError):
+        await lease.release()
