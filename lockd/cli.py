@@ -478,3 +478,32 @@ def run(name: str, command: tuple[str, ...], ttl: int, wait: int, **conn: Any) -
         return await run_under_lock(client, name, ttl / 1000, wait / 1000, command)
 
     _run_client(go, **conn)
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:7500",
+    metavar="HOST:PORT",
+    help="gRPC address of the FencedStore service.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default="./var/store",
+    type=click.Path(path_type=Path),
+    help="Data directory (an append-only log, fsynced before each answer).",
+)
+@click.option("--max-value", default="1mb", type=SIZE, help="Largest value accepted.")
+def store(listen: str, directory: Path, max_value: int) -> None:
+    """Run the fenced sample storage (gRPC lockd.v1.FencedStore).
+
+    A write is accepted only if its fencing token is at least the highest token seen for
+    its resource; a refusal names the token that beat it (FAILED_PRECONDITION,
+    STALE_TOKEN)."""
+    from lockd.store.server import serve as run_store
+
+    try:
+        asyncio.run(run_store(listen=listen, directory=directory, max_value_bytes=max_value))
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc

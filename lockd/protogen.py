@@ -27,8 +27,14 @@ def generate() -> dict[str, dict[str, bytes]]:
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "lockd" / "v1").glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         code = protoc.main(
-            ["protoc", f"-I{PROTOS}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-             f"--grpc_python_out={tmp}", *sources]
+            [
+                "protoc",
+                f"-I{PROTOS}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                *sources,
+            ]
         )
         if code != 0:
             raise RuntimeError(f"protoc failed with exit code {code}")
@@ -37,8 +43,9 @@ def generate() -> dict[str, dict[str, bytes]]:
     result = {}
     for package in TARGETS:
         result[package] = {
-            name: re.sub(rb"\bfrom lockd\.v1 import", b"from " + package.encode() + b" import",
-                         data)
+            name: re.sub(
+                rb"\bfrom lockd\.v1 import", b"from " + package.encode() + b" import", data
+            )
             for name, data in files.items()
         }
     return result
@@ -57,4 +64,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

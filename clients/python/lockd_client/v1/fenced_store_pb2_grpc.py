@@ -42,7 +42,7 @@ class FencedStoreStub:
     CompareAndSet found another value
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
-    durable) until it is restarted
+    durable) until it is restarted; SHUTTING_DOWN
     """
 
     def __init__(self, channel):
@@ -85,7 +85,7 @@ class FencedStoreServicer:
     CompareAndSet found another value
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
-    durable) until it is restarted
+    durable) until it is restarted; SHUTTING_DOWN
     """
 
     def Write(self, request, context):
@@ -154,7 +154,7 @@ class FencedStore:
     CompareAndSet found another value
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
-    durable) until it is restarted
+    durable) until it is restarted; SHUTTING_DOWN
     """
 
     @staticmethod
