@@ -18,12 +18,14 @@ from lockd_client.errors import (
     Overloaded,
     Unavailable,
 )
+from lockd_client.store import AsyncStoreClient, StaleToken, StoreClient, StoreError, ValueChanged
 from lockd_client.sync import Client, Lease
 
 __all__ = [
     "TLS",
     "AsyncClient",
     "AsyncLease",
+    "AsyncStoreClient",
     "Client",
     "ClusterInfo",
     "InvalidRequest",
@@ -35,5 +37,9 @@ __all__ = [
     "NodeInfo",
     "NotOwned",
     "Overloaded",
+    "StaleToken",
+    "StoreClient",
+    "StoreError",
     "Unavailable",
+    "ValueChanged",
 ]

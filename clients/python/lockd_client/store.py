@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 
+from lockd_client.errors import LockError
 from lockd_client.v1 import fenced_store_pb2 as pb
 from lockd_client.v1 import fenced_store_pb2_grpc as pb_grpc
 
@@ -50,8 +51,11 @@ class HasToken(Protocol):
 # -- errors --------------------------------------------------------------------------------
 
 
-class StoreError(Exception):
-    """A failed store call: gRPC status code, ErrorInfo reason and metadata, message."""
+class StoreError(LockError):
+    """A failed store call: gRPC status code, ErrorInfo reason and metadata, message.
+
+    Part of the client's one exception tree (`LockError` is the root); `name` is the
+    resource."""
 
     def __init__(
         self,
@@ -62,12 +66,9 @@ class StoreError(Exception):
         reason: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(f"{resource}: {message}" if resource else message)
+        super().__init__(message, name=resource, reason=reason, metadata=metadata)
         self.resource = resource
         self.code = code
-        self.reason = reason
-        self.message = message
-        self.metadata = dict(metadata or {})
 
 
 class StaleToken(StoreError):
