@@ -28,29 +28,29 @@ class RequestParser:
     received array keeps its parsed arguments, so slow peers cost linear time.
     """
 
-    __slots__ = ("_args", "_buf", "_max_bulk", "_pending", "_pos")
+    __slots__ = ("_args", "_args_size", "_base", "_buf", "_max_bulk", "_pending", "_pos")
 
     def __init__(self, max_bulk: int = DEFAULT_MAX_BULK) -> None:
         self._buf = bytearray()
         self._pos = 0
+        self._base = 0  # bytes dropped from the front of _buf so far
         self._max_bulk = max_bulk
         self._args: list[bytes] = []
+        self._args_size = 0  # total length of _args
         self._pending = 0  # bulk strings still expected in the current array
 
     def feed(self, data: bytes) -> None:
-        """Append received bytes."""
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
+        """Append received bytes (dropping the consumed ones first, so memory stays bounded)."""
+        self._compact()
         self._buf += data
 
     def buffered(self) -> int:
         """Bytes received but not yet consumed (for query-buffer limits)."""
-        return len(self._buf) - self._pos + sum(len(a) for a in self._args)
+        return len(self._buf) - self._pos + self._args_size
 
     def offset(self) -> int:
         """Bytes consumed since the first feed (while no command is half parsed)."""
-        return self._pos
+        return self._base + self._pos
 
     def next_command(self) -> list[bytes] | None:
         """The next complete command, or None if more bytes are needed."""
@@ -81,10 +81,12 @@ class RequestParser:
                     continue
                 self._pending = count
                 self._args = []
+                self._args_size = 0
             if not self._bulks():
                 return None
             args = self._args
             self._args = []
+            self._args_size = 0
             return args
 
     def _bulks(self) -> bool:
@@ -112,6 +114,7 @@ class RequestParser:
             if buf[start + size : start + size + 2] != b"\r\n":
                 raise ProtocolError("ERR Protocol error: bulk string not terminated by CRLF")
             args.append(bytes(buf[start : start + size]))
+            self._args_size += size
             pos = start + size + 2
             self._pending -= 1
         self._pos = pos
@@ -130,18 +133,21 @@ class RequestParser:
 
     def _compact(self) -> None:
         if self._pos:
-            del self._buf[: self._pos]
+            del self._buf[: self._pos]  # O(1) for a bytearray's front
+            self._base += self._pos
             self._pos = 0
 
 
 def _parse_int(buf: bytearray, start: int, end: int) -> int | None:
-    digits = buf[start:end]
-    if not digits or len(digits) > 20:
+    """Redis's string2ll: "0", or an optional '-' and digits without a leading zero (int64)."""
+    text = bytes(buf[start:end])
+    if text == b"0":
+        return 0
+    digits = text[1:] if text.startswith(b"-") else text
+    if not digits.isdigit() or digits[0] == 0x30 or len(digits) > 19:
         return None
-    try:
-        return int(digits)
-    except ValueError:
-        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
@@ -191,7 +197,7 @@ def split_inline(line: bytes) -> list[bytes]:
                     break
                 else:
                     cur.append(c)
-            elif c in b" \t\r\n\x0b\x0c":
+            elif c in b" \t\r\n":  # unlike the blanks skipped above, not \v or \f
                 break
             elif c in (0x22, 0x27):
                 quote = c

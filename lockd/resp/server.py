@@ -168,19 +168,22 @@ class Connection(asyncio.Protocol):
     def run(self, args: list[bytes]) -> bytes:
         """One command's encoded reply; connection-level commands (pub/sub, QUIT) are here."""
         name = args[0].lower()
-        if self.channels and name not in _SUBSCRIBED_ALLOWED:
+        # Like Redis, a subscribed connection is restricted only in RESP2 (RESP3 has pushes).
+        if self.channels and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
             return encode(
                 CommandError(
                     f"ERR Can't execute '{name.decode(errors='replace')}': only (P|S)SUBSCRIBE"
                     " / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
                 )
             )
-        if name == b"subscribe" and len(args) > 1:
+        if name == b"subscribe":
+            if len(args) < 2:
+                return encode(CommandError("ERR wrong number of arguments for 'subscribe' command"))
             return self._subscribe(args[1:])
         if name == b"unsubscribe":
             return self._unsubscribe(args[1:])
-        if name == b"ping" and self.channels and len(args) <= 2:
-            return encode([b"pong", args[1] if len(args) == 2 else b""], self.resp3)
+        if name == b"ping" and self.channels and not self.resp3 and len(args) <= 2:
+            return encode([b"pong", args[1] if len(args) == 2 else b""])
         if name == b"quit":
             self._closing = True
             return encode(OK)
@@ -215,19 +218,26 @@ class Connection(asyncio.Protocol):
         return b"".join(replies)
 
     def deliver(self, channel: bytes, message: bytes) -> None:
-        """A published message for one of our channels."""
-        self.write(encode(Push([b"message", channel, message]), self.resp3))
+        """A published message for one of our channels (after the replies queued before it)."""
+        data = encode(Push([b"message", channel, message]), self.resp3)
+        self.server.send_after_commit(self, data)
 
     def write(self, data: bytes) -> None:
-        """Write now, closing the connection if its output buffer is over the limit."""
+        """Write now, closing the connection if its output buffer is over the limit. The empty
+        write queued after a closing connection's last reply closes it (and drops what follows:
+        messages published after QUIT, as in Redis)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if data:
-            transport.write(data)
-        if self._closing:
-            transport.close()
-        elif transport.get_write_buffer_size() > self.server.limits.output_buffer:
+        if not data:
+            if self._closing:
+                transport.close()
+            return
+        transport.write(data)
+        if (
+            not self._closing
+            and transport.get_write_buffer_size() > self.server.limits.output_buffer
+        ):
             log.warning("closing a client whose output buffer exceeded the limit")
             self._closing = True
             transport.abort()

@@ -10,7 +10,8 @@
 
 local MAX_TOKEN = 9007199254740991
 
--- A strictly positive decimal integer without sign, spaces or leading zeros.
+-- A strictly positive decimal integer without sign, spaces or leading zeros (as a double:
+-- exact only up to MAX_TOKEN; pass the validated string on to commands, never the number).
 local function positive(s)
   if type(s) ~= 'string' or #s > 18 or not string.match(s, '^[1-9]%d*$') then
     return nil
@@ -37,8 +38,8 @@ local function counter(key)
     return 0
   end
   local n = positive(v)
-  if not n then
-    return nil, redis.error_reply('ERR lockd: fencing counter is not an integer')
+  if not n or n > MAX_TOKEN then
+    return nil, redis.error_reply('ERR lockd: fencing counter is not an integer in [1, 2^53)')
   end
   return n
 end
@@ -46,17 +47,16 @@ end
 local function acquire(keys, args)
   local bad = arity_error('lockd_acquire', keys, args, 2, 2)
   if bad then return bad end
-  local ms = positive(args[2])
-  if not ms then return ttl_error('lockd_acquire') end
+  if not positive(args[2]) then return ttl_error('lockd_acquire') end
   local n, err = counter(keys[2])
   if not n then return err end
   local current = redis.call('GET', keys[1])
   local acquired = 0
   if not current then
-    redis.call('SET', keys[1], args[1], 'PX', ms)
+    redis.call('SET', keys[1], args[1], 'PX', args[2])
     acquired = 1
   elseif current == args[1] then
-    redis.call('PEXPIRE', keys[1], ms)
+    redis.call('PEXPIRE', keys[1], args[2])
     acquired = 1
   end
   return {acquired, n}
@@ -76,12 +76,11 @@ end
 local function extend(keys, args)
   local bad = arity_error('lockd_extend', keys, args, 1, 2)
   if bad then return bad end
-  local ms = positive(args[2])
-  if not ms then return ttl_error('lockd_extend') end
+  if not positive(args[2]) then return ttl_error('lockd_extend') end
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
-  redis.call('PEXPIRE', keys[1], ms)
+  redis.call('PEXPIRE', keys[1], args[2])
   return 1
 end
 
