@@ -27,9 +27,32 @@ class Driver:
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.nodes = list(nodes)
         self._background: set[asyncio.Task[None]] = set()
+        self._synchronous = [n for n in self.nodes if n.synchronous]
+        self.synchronous = len(self._synchronous) == len(self.nodes)
+        """True when every node answers inline (embedded engines): `run_now` works."""
+
+    def run_now(self, machine: Machine) -> Outcome:
+        """Run `machine` to its outcome without yielding (every node synchronous)."""
+        assert self.synchronous
+        pending = collections.deque(machine.start(time.monotonic_ns()))
+        while pending:
+            send = pending.popleft()
+            reply = self.nodes[send.node].call_now(send.call)
+            if send.tag >= 0:
+                pending.extend(machine.receive(send.tag, reply, time.monotonic_ns()))
+        self._commit()
+        assert machine.outcome is not None
+        return machine.outcome
+
+    def _commit(self) -> None:
+        # One commit (write, and fsync under `always`) per node per machine, not per call.
+        for node in self._synchronous:
+            node.commit()
 
     async def run(self, machine: Machine) -> Outcome:
         """Start `machine`, deliver every reply and timeout, return its outcome."""
+        if self.synchronous:
+            return self.run_now(machine)
         replies: asyncio.Queue[tuple[int, Reply]] = asyncio.Queue()
         pending: collections.deque[Send] = collections.deque(machine.start(time.monotonic_ns()))
         while True:
@@ -44,6 +67,7 @@ class Driver:
                 else:
                     self._track(asyncio.create_task(self._call(node, send, replies)))
             if machine.outcome is not None:
+                self._commit()
                 return machine.outcome
             deadline = machine.next_deadline()
             assert deadline is not None, "a machine without outcome must be waiting"
@@ -66,7 +90,7 @@ class Driver:
 
     def _fire_and_forget(self, node: Node, send: Send) -> None:
         if node.synchronous:
-            node.call_now(send.call)
+            node.call_now(send.call)  # committed with the machine's outcome
             return
         self._track(asyncio.create_task(self._call(node, send, asyncio.Queue())))
 

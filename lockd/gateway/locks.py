@@ -137,7 +137,13 @@ class LockManager:
 
     async def start(self) -> None:
         """Connect every node; a node that is unsafe stops the start."""
-        await asyncio.gather(*(node.start(self.on_release) for node in self.nodes))
+        # Let every start finish before raising, so `close()` sees every listener.
+        results = await asyncio.gather(
+            *(node.start(self.on_release) for node in self.nodes), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def close(self) -> None:
         """Finish background sends, then disconnect nodes."""
@@ -207,6 +213,33 @@ class LockManager:
             elif self._queues.get(name) is queue:
                 del self._queues[name]
 
+    def acquire_now(self, name: bytes, ttl_ms: int) -> Granted | None:
+        """The uncontended fast path when every node answers inline: one attempt, no
+        waiting, no task. None when that cannot grant (queued waiters, a live local
+        holder, a failed attempt, a limit): the caller then takes `acquire`."""
+        if not self.driver.synchronous or name in self._queues:
+            return None
+        now = time.monotonic_ns()
+        holder = self._holders.get(name)
+        if holder is not None and holder.expires_ns > now:
+            return None
+        if len(self._holders) >= self.config.max_locks:
+            return None
+        machine = Acquire(
+            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
+        )
+        outcome = self.driver.run_now(machine)
+        if isinstance(outcome, Granted):
+            self._granted(name, ttl_ms, outcome)
+            return outcome
+        assert isinstance(outcome, NotGranted)
+        self.metrics.attempt_failures.labels(outcome.reason.value).inc()
+        return None
+
+    def _granted(self, name: bytes, ttl_ms: int, granted: Granted) -> None:
+        self._holders[name] = _Holder(granted.lease, granted.decided_ns + ttl_ms * MS, ttl_ms)
+        self.metrics.grants.inc()
+
     async def _acquire_at_head(
         self, name: bytes, queue: _Queue, ttl_ms: int, until: int, started: int
     ) -> Granted:
@@ -223,10 +256,7 @@ class LockManager:
                 continue
             outcome = await self._attempt(name, ttl_ms)
             if isinstance(outcome, Granted):
-                self._holders[name] = _Holder(
-                    outcome.lease, outcome.decided_ns + ttl_ms * MS, ttl_ms
-                )
-                self.metrics.grants.inc()
+                self._granted(name, ttl_ms, outcome)
                 return outcome
             self.metrics.attempt_failures.labels(outcome.reason.value).inc()
             now = time.monotonic_ns()
@@ -306,10 +336,9 @@ class LockManager:
 
     # -- renew, release ------------------------------------------------------------------
 
-    async def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
-        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST."""
-        holder = self._holders.get(name)
+    def _renew_machine(self, name: bytes, lease: bytes, ttl_ms: int) -> Renew:
         if ttl_ms == 0:
+            holder = self._holders.get(name)
             if holder is None or holder.lease != lease:
                 raise errors.invalid(
                     "BAD_TTL",
@@ -318,21 +347,48 @@ class LockManager:
                 )
             ttl_ms = holder.ttl_ms
         self.check_ttl(ttl_ms)
-        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
-        outcome = await self.driver.run(machine)
+        return Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+
+    def _renewed(self, name: bytes, machine: Renew) -> Renewed:
+        outcome = machine.outcome
         if isinstance(outcome, Renewed):
-            self._holders[name] = _Holder(lease, machine.started_ns + ttl_ms * MS, ttl_ms)
+            self._holders[name] = _Holder(
+                machine.lease, machine.started_ns + machine.ttl_ms * MS, machine.ttl_ms
+            )
             return outcome
         self.metrics.leases_lost.inc()
-        self.cancel_holder_if(name, lease)
+        self.cancel_holder_if(name, machine.lease)
         detail = getattr(outcome, "detail", "")
         raise errors.precondition("LEASE_LOST", f"lease lost: {detail}")
 
+    async def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
+        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST."""
+        machine = self._renew_machine(name, lease, ttl_ms)
+        await self.driver.run(machine)
+        return self._renewed(name, machine)
+
+    def renew_now(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
+        """`renew` without yielding (only when every node is synchronous)."""
+        machine = self._renew_machine(name, lease, ttl_ms)
+        self.driver.run_now(machine)
+        return self._renewed(name, machine)
+
     async def release(self, name: bytes, lease: bytes) -> Released:
         """Compare-and-delete on every node; NOT_OWNED when no node had this lease."""
-        outcome = await self.driver.run(Release(name, lease, len(self.nodes), self._timeout_ns))
+        machine = Release(name, lease, len(self.nodes), self._timeout_ns)
+        await self.driver.run(machine)
+        return self._released(name, machine)
+
+    def release_now(self, name: bytes, lease: bytes) -> Released:
+        """`release` without yielding (only when every node is synchronous)."""
+        machine = Release(name, lease, len(self.nodes), self._timeout_ns)
+        self.driver.run_now(machine)
+        return self._released(name, machine)
+
+    def _released(self, name: bytes, machine: Release) -> Released:
+        outcome = machine.outcome
         assert isinstance(outcome, Released)
-        self.cancel_holder_if(name, lease)
+        self.cancel_holder_if(name, machine.lease)
         if outcome.released:
             self.metrics.releases.inc()
             return outcome

@@ -115,8 +115,12 @@ class Node:
         """Disconnect (an embedded node also shuts its engine down cleanly)."""
 
     def call_now(self, call: Call) -> Reply:
-        """Answer `call` synchronously (only when `synchronous`)."""
+        """Answer `call` synchronously (only when `synchronous`); the caller must
+        `commit()` before anyone is told of the outcome."""
         raise NotImplementedError
+
+    def commit(self) -> None:
+        """Make answered calls as durable as the node's fsync policy promises."""
 
     async def call(self, call: Call) -> Reply:
         """Send one lock-function call; failures come back as `NodeFailure`."""
@@ -183,13 +187,17 @@ class EmbeddedNode(Node):
             else:
                 accepted, counter = engine.fence_advance(call.fence_key, b"%d" % call.token)
                 reply = FenceReply(accepted == 1, counter)
-            engine.commit()
         except (CommandError, OSError) as exc:
             return _failure(exc)
         return reply
 
+    def commit(self) -> None:
+        self.engine.commit()
+
     async def call(self, call: Call) -> Reply:
-        return self.call_now(call)
+        reply = self.call_now(call)
+        self.engine.commit()
+        return reply
 
     async def view(self, name: bytes) -> LockView:
         pttl = self.engine.execute([b"PTTL", lock_key(name)])
@@ -308,9 +316,11 @@ class RespNode(Node):
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            # redis-py can swallow a cancellation that lands while it subscribes, and then
+            # blocks reading forever: cancel again until the listener has ended.
+            while not self._listener.done():
+                self._listener.cancel()
+                await asyncio.wait({self._listener}, timeout=0.1)
         await self._client.aclose()
 
     async def call(self, call: Call) -> Reply:

@@ -18,6 +18,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from lockd import __version__
+from lockd.core import Granted
 from lockd.gateway.errors import DOMAIN, LockdError
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import Mode
@@ -47,6 +48,26 @@ async def abort(context: Context, error: LockdError) -> NoReturn:
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )
     raise AssertionError("unreachable")  # abort raises
+
+
+def _granted(granted: Granted, received_ns: int, ttl_ms: int) -> pb.AcquireResponse:
+    """The response to a grant; validity counted from when the request arrived."""
+    return pb.AcquireResponse(
+        lease_id=granted.lease,
+        fencing_token=granted.token,
+        validity_ms=(granted.deadline_ns - received_ns) // MS,
+        ttl_ms=ttl_ms,
+    )
+
+
+def _error(error: LockdError) -> pb.Error:
+    """A session error message for `error`."""
+    return pb.Error(
+        code=error.code.value[0],
+        message=error.message,
+        reason=error.reason,
+        metadata=error.metadata,
+    )
 
 
 def _deadline_ns(context: Context) -> int | None:
@@ -88,12 +109,41 @@ class LockService(pb_grpc.LockServiceServicer):
             )
             raise
         m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
-        return pb.AcquireResponse(
-            lease_id=granted.lease,
-            fencing_token=granted.token,
-            validity_ms=(granted.deadline_ns - received) // MS,
-            ttl_ms=ttl,
-        )
+        return _granted(granted, received, ttl)
+
+    def _answer_now(self, request: pb.SessionRequest) -> pb.SessionResponse | None:
+        """Answer a session request without a task when every node is embedded and the
+        call needs no waiting: the hot path. None means "take the async path"."""
+        m = self.manager
+        response = pb.SessionResponse(id=request.id)
+        kind = request.WhichOneof("call")
+        try:
+            if kind == "acquire":
+                received = time.monotonic_ns()
+                start = time.perf_counter()
+                name = m.check_name(request.acquire.name)
+                ttl = m.check_ttl(request.acquire.ttl_ms)
+                granted = m.acquire_now(name, ttl) if request.acquire.wait_ms >= 0 else None
+                if granted is None:
+                    return None
+                m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
+                response.acquire.CopyFrom(_granted(granted, received, ttl))
+            elif kind == "release":
+                rel = request.release
+                released = m.release_now(m.check_name(rel.name), m.check_lease(rel.lease_id))
+                response.release.nodes_released = released.released
+            elif kind == "renew":
+                received = time.monotonic_ns()
+                ren = request.renew
+                renewed = m.renew_now(
+                    m.check_name(ren.name), m.check_lease(ren.lease_id), ren.ttl_ms
+                )
+                response.renew.validity_ms = (renewed.deadline_ns - received) // MS
+            else:
+                return None
+        except LockdError as exc:
+            response.error.CopyFrom(_error(exc))
+        return response
 
     async def _release(self, request: pb.ReleaseRequest) -> pb.ReleaseResponse:
         m = self.manager
@@ -210,18 +260,18 @@ class LockService(pb_grpc.LockServiceServicer):
                         "session request has no call",
                     )
             except LockdError as exc:
-                response.error.CopyFrom(
-                    pb.Error(
-                        code=exc.code.value[0],
-                        message=exc.message,
-                        reason=exc.reason,
-                        metadata=exc.metadata,
-                    )
-                )
+                response.error.CopyFrom(_error(exc))
             responses.put_nowait(response)
+
+        inline = self.manager.driver.synchronous
 
         async def read() -> None:
             async for request in requests:
+                if inline and (now := self._answer_now(request)) is not None:
+                    if now.WhichOneof("result") == "acquire":
+                        granted_names[request.id] = request.acquire.name
+                    responses.put_nowait(now)
+                    continue
                 task = asyncio.create_task(answer(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
