@@ -90,13 +90,24 @@ class Engine:
     def _open(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         node_file = directory / NODE_NAME
-        fresh = not node_file.exists()
+        node = read_json(node_file)
+        fresh = node is None and not node_file.exists()
         marker = read_json(directory / SHUTDOWN_NAME)
-        if fresh:
-            write_json_durably(node_file, {"created": time.time(), "lockd": __version__})
-        elif marker is None:
-            self._delay(restart_delay_ms(self.config.max_ttl_ms), "unclean stop")
-        else:
+        # The longest TTL this node has ever been allowed to grant: lowering --max-ttl
+        # across an unclean stop must not shorten the delay below what was granted.
+        max_ttl_ever = max(self.config.max_ttl_ms, int((node or {}).get("max_ttl_ms", 0)))
+        if node is None or node.get("max_ttl_ms") != max_ttl_ever:
+            write_json_durably(
+                node_file,
+                {
+                    "created": (node or {}).get("created", time.time()),
+                    "lockd": __version__,
+                    "max_ttl_ms": max_ttl_ever,
+                },
+            )
+        if marker is None and not fresh:
+            self._delay(restart_delay_ms(max_ttl_ever), "unclean stop")
+        elif marker is not None:
             self.restart_reason = "clean shutdown with no live locks"
             left = int(marker.get("longest_lock_ms", 0))
             if marker.get("epoch") == self._epoch.decode():
