@@ -146,6 +146,7 @@ class LockManager:
         self._queues: dict[bytes, _Queue] = {}
         self._holders: dict[bytes, _Holder] = {}
         self._waiting = 0
+        self.shutting_down = False
         self._rng = random.Random()
         self._timeout_ns = config.node_timeout_ms * MS
 
@@ -215,6 +216,7 @@ class LockManager:
         """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease."""
         if wait_ms < 0:
             raise errors.invalid("BAD_WAIT", f"wait_ms={wait_ms} is negative")
+        self._check_running()
         started = time.monotonic_ns()
         until = started + wait_ms * MS
         if deadline_ns is not None:
@@ -267,7 +269,7 @@ class LockManager:
         """The uncontended fast path when every node answers inline: one attempt, no
         waiting, no task. None when that cannot grant (queued waiters, a live local
         holder, a failed attempt, a limit): the caller then takes `acquire`."""
-        if not self.driver.synchronous or name in self._queues:
+        if not self.driver.synchronous or name in self._queues or self.shutting_down:
             return None
         now = time.monotonic_ns()
         holder = self._holders.get(name)
@@ -295,6 +297,7 @@ class LockManager:
     ) -> Granted:
         attempt = 0
         while True:
+            self._check_running()
             queue.wake.clear()
             holder = self._holders.get(name)
             now = time.monotonic_ns()
@@ -331,12 +334,36 @@ class LockManager:
             else:
                 delay = retry_delay_ns(self._rng, attempt)
                 if now + delay > until:
-                    raise errors.unavailable(
-                        "QUORUM_UNAVAILABLE",
-                        f"cannot reach a quorum of {self.quorum} nodes: {outcome.detail}",
-                    )
+                    raise self._attempt_error(outcome)
             attempt += 1
             await _wait_event(queue.wake, now + delay)
+
+    def _attempt_error(self, outcome: NotGranted) -> errors.LockdError:
+        if outcome.reason is Reason.TOO_SLOW:
+            return errors.unavailable(
+                "TTL_TOO_SHORT",
+                f"a quorum agreed too late for the TTL ({outcome.detail}); ask for a longer TTL",
+            )
+        if outcome.reason is Reason.FENCE_CONTENDED:
+            return errors.unavailable("FENCE_CONTENDED", f"no fencing token: {outcome.detail}")
+        return errors.unavailable(
+            "QUORUM_UNAVAILABLE",
+            f"cannot reach a quorum of {self.quorum} nodes: {outcome.detail}",
+        )
+
+    def _check_running(self) -> None:
+        if self.shutting_down:
+            raise errors.unavailable(
+                "SHUTTING_DOWN", "this gateway is shutting down; try another gateway"
+            )
+
+    def shut_down(self) -> None:
+        """Graceful shutdown: waiting and new acquisitions end with SHUTTING_DOWN."""
+        self.shutting_down = True
+        for queue in self._queues.values():
+            queue.wake.set()
+            for turn in queue.waiters:
+                turn.set()
 
     def _held_error(self, started: int) -> errors.LockdError:
         waited = (time.monotonic_ns() - started) // MS

@@ -239,8 +239,42 @@ class RespNode(Node):
         self._restart_until = 0.0  # time.monotonic() before which acquisitions are refused
         self._restart_reason = ""
         self._last_error = ""
+        self._checked = False
+        self._check_lock = asyncio.Lock()
 
     async def start(self, on_release: ReleaseListener) -> None:
+        try:
+            await self._check()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            # A minority of nodes may be down: this one is checked when it first answers.
+            self._last_error = str(exc)
+            log.warning(
+                "node %s is unreachable (%s); will check it when it answers", self.address, exc
+            )
+        self._listener = asyncio.create_task(self._listen(on_release))
+
+    async def _ready(self) -> NodeFailure | None:
+        """None once the node passed `_check`; otherwise why it cannot be used yet."""
+        if self._checked:
+            return None
+        try:
+            await self._check()
+        except UnsafeNodeError as exc:
+            log.error("%s", exc)
+            return NodeFailure(str(exc))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._last_error = str(exc)
+            return _failure(exc)
+        return None
+
+    async def _check(self) -> None:
+        """Refuse an unsafe node, load the Lua library into Redis, note the run id."""
+        async with self._check_lock:
+            if not self._checked:
+                await self._check_now()
+                self._checked = True
+
+    async def _check_now(self) -> None:
         info = await self._client.info("server")
         if "lockd_version" in info:
             self.mode = Mode.LOCKD_ENGINE
@@ -257,7 +291,6 @@ class RespNode(Node):
             await self._check_redis()
             await self._client.function_load(lua_library(), replace=True)
         self._note_run_id(str(info.get("run_id", "")), int(info.get("uptime_in_seconds") or 0))
-        self._listener = asyncio.create_task(self._listen(on_release))
 
     async def _check_redis(self) -> None:
         config = await self._client.config_get("*")
@@ -324,6 +357,8 @@ class RespNode(Node):
         await self._client.aclose()
 
     async def call(self, call: Call) -> Reply:
+        if (failure := await self._ready()) is not None:
+            return failure
         c = self._client
         try:
             if isinstance(call, AcquireCall):
@@ -347,6 +382,7 @@ class RespNode(Node):
             return _failure(exc)
 
     async def view(self, name: bytes) -> LockView:
+        await self._check()
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.pttl(lock_key(name))
             pipe.get(fence_key(name))
@@ -354,6 +390,8 @@ class RespNode(Node):
         return LockView(int(pttl), int(counter or 0))
 
     async def info(self) -> NodeInfo:
+        if (failure := await self._ready()) is not None:
+            return NodeInfo(self.address, self.mode, False, error=failure.message)
         try:
             start = time.perf_counter()
             await self._client.ping()

@@ -143,6 +143,7 @@ class Gateway:
         """Graceful shutdown: NOT_SERVING, finish in-flight calls, close the nodes."""
         await self.health.enter_graceful_shutdown()
         self.service.draining.set()
+        self.manager.shut_down()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

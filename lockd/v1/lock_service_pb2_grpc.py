@@ -30,9 +30,9 @@ class LockServiceStub:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
     INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   WAIT_TIMEOUT (the lock stayed held for the whole wait)
+    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    SHUTTING_DOWN
+    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """
@@ -80,9 +80,9 @@ class LockServiceServicer:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
     INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   WAIT_TIMEOUT (the lock stayed held for the whole wait)
+    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    SHUTTING_DOWN
+    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """
@@ -177,9 +177,9 @@ class LockService:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
     INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   WAIT_TIMEOUT (the lock stayed held for the whole wait)
+    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    SHUTTING_DOWN
+    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """

@@ -1,0 +1,263 @@
+"""Operating the gateway: health checking, reflection, Prometheus metrics, TLS and
+mutual TLS, `lockd serve` as a process, and generated code that matches the proto."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import filecmp
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from lockd.cli import serve as serve_command
+from lockd.gateway import Gateway, GatewayConfig
+from lockd.v1 import lock_service_pb2 as pb
+from tests.gateway.helpers import Stub, channel, eventually, fails, running
+from tests.support import REPO, free_port, wait_for_port
+
+SERVICE = "lockd.v1.LockService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_serving_then_not_serving_during_graceful_stop(
+    embedded: GatewayConfig,
+) -> None:
+    async with running(embedded) as gateway, channel(gateway.port) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == SERVING
+        unknown = await fails(health.Check(health_pb2.HealthCheckRequest(service="nope.Nope")))
+        assert unknown.code == grpc.StatusCode.NOT_FOUND
+
+        stub = Stub(ch)
+        held = await stub.Acquire(pb.AcquireRequest(name="g", ttl_ms=5000))
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert (await watch.read()).status == SERVING
+        # An Acquire waiting when the stop begins is answered at once, not dropped and not
+        # kept waiting through the grace period: SHUTTING_DOWN sends it elsewhere.
+        in_flight = asyncio.ensure_future(
+            fails(stub.Acquire(pb.AcquireRequest(name="g", ttl_ms=1000, wait_ms=10_000)))
+        )
+        await eventually(lambda: _waiting(stub, "g"))
+        stopping = asyncio.ensure_future(gateway.stop(grace=3))
+        assert (await asyncio.wait_for(watch.read(), 2)).status == NOT_SERVING
+        watch.cancel()
+        failure = await asyncio.wait_for(in_flight, 2)
+        assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+        await asyncio.wait_for(stopping, 5)
+        refused = await fails(stub.Acquire(pb.AcquireRequest(name="g2", ttl_ms=1000), timeout=1))
+        assert refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert held.lease_id
+
+
+async def _waiting(stub: Stub, name: str) -> bool:
+    return (await stub.Describe(pb.DescribeRequest(name=name))).waiters == 1
+
+
+async def test_reflection_lists_the_lock_service(embedded: GatewayConfig) -> None:
+    async with running(embedded) as gateway, channel(gateway.port) as ch:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(ch)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+        ]
+        replies = [r async for r in reflection.ServerReflectionInfo(iter(requests))]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert {SERVICE, "grpc.health.v1.Health"} <= names
+        files = replies[1].file_descriptor_response.file_descriptor_proto
+        assert files and any(b"LockService" in f and b"Acquire" in f for f in files)
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_metrics_endpoint(embedded: GatewayConfig) -> None:
+    config = dataclasses.replace(embedded, metrics_listen="127.0.0.1:0")
+    async with running(config) as gateway, channel(gateway.port) as ch:
+        assert gateway.metrics_port
+        stub = Stub(ch)
+        name = "secret-lock-name"
+        leases = []
+        for _ in range(3):
+            got = await stub.Acquire(pb.AcquireRequest(name=name, ttl_ms=5000))
+            leases.append(got.lease_id)
+            await stub.Renew(pb.RenewRequest(name=name, lease_id=got.lease_id))
+            await stub.Release(pb.ReleaseRequest(name=name, lease_id=got.lease_id))
+        held = await stub.Acquire(pb.AcquireRequest(name=name, ttl_ms=5000))
+        leases.append(held.lease_id)
+        await fails(stub.Acquire(pb.AcquireRequest(name=name, ttl_ms=1000)))
+        waiter = asyncio.ensure_future(
+            stub.Acquire(pb.AcquireRequest(name=name, ttl_ms=1000, wait_ms=5000))
+        )
+        await eventually(lambda: _waiting(stub, name))
+
+        text = await asyncio.to_thread(_scrape, gateway.metrics_port)
+        assert "lockd_grants_total 4.0" in text
+        assert "lockd_releases_total 3.0" in text
+        assert "lockd_attempt_failures_total" in text
+        assert 'lockd_acquire_seconds_count{result="granted"}' in text
+        assert 'lockd_acquire_seconds_count{result="lock_held"} 1.0' in text
+        assert 'lockd_renew_seconds_count{result="renewed"} 3.0' in text
+        assert "lockd_waiters 1.0" in text
+        assert 'lockd_node_up{node="embedded:0"} 1.0' in text
+        assert "lockd_node_restart_delay_seconds" in text
+        for lease in leases:
+            for form in (lease.hex(), lease.hex().upper(), base64.b64encode(lease).decode()):
+                assert form not in text
+        assert name not in text  # names are unbounded label values: never exported
+        await stub.Release(pb.ReleaseRequest(name=name, lease_id=held.lease_id))
+        await waiter
+
+
+async def test_tls(embedded: GatewayConfig, certs: dict[str, Path]) -> None:
+    config = dataclasses.replace(
+        embedded, tls_cert=certs["server_pem"], tls_key=certs["server_key"]
+    )
+    async with running(config) as gateway:
+        ca = certs["ca_pem"].read_bytes()
+        target = f"127.0.0.1:{gateway.port}"
+        creds = grpc.ssl_channel_credentials(root_certificates=ca)
+        async with grpc.aio.secure_channel(target, creds) as ch:
+            got = await Stub(ch).Acquire(pb.AcquireRequest(name="tls", ttl_ms=1000))
+            assert len(got.lease_id) == 16
+        # Plaintext clients, and clients that do not trust the CA, are refused.
+        async with grpc.aio.insecure_channel(target) as ch:
+            plain = await fails(Stub(ch).Describe(pb.DescribeRequest(name="tls"), timeout=2))
+            assert plain.code == grpc.StatusCode.UNAVAILABLE
+        rogue_ca = grpc.ssl_channel_credentials(
+            root_certificates=certs["rogue-ca_pem"].read_bytes()
+        )
+        async with grpc.aio.secure_channel(target, rogue_ca) as ch:
+            untrusted = await fails(Stub(ch).Describe(pb.DescribeRequest(name="tls"), timeout=2))
+            assert untrusted.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_mutual_tls(embedded: GatewayConfig, certs: dict[str, Path]) -> None:
+    config = dataclasses.replace(
+        embedded,
+        tls_cert=certs["server_pem"],
+        tls_key=certs["server_key"],
+        tls_client_ca=certs["ca_pem"],
+    )
+    async with running(config) as gateway:
+        ca = certs["ca_pem"].read_bytes()
+        target = f"127.0.0.1:{gateway.port}"
+
+        def creds(cert: str | None) -> grpc.ChannelCredentials:
+            if cert is None:
+                return grpc.ssl_channel_credentials(root_certificates=ca)
+            return grpc.ssl_channel_credentials(
+                root_certificates=ca,
+                private_key=certs[f"{cert}_key"].read_bytes(),
+                certificate_chain=certs[f"{cert}_pem"].read_bytes(),
+            )
+
+        async with grpc.aio.secure_channel(target, creds("client")) as ch:
+            got = await Stub(ch).Acquire(pb.AcquireRequest(name="mtls", ttl_ms=1000))
+            assert len(got.lease_id) == 16
+        for cert in (None, "rogue"):
+            async with grpc.aio.secure_channel(target, creds(cert)) as ch:
+                refused = await fails(Stub(ch).Describe(pb.DescribeRequest(name="m"), timeout=2))
+                assert refused.code == grpc.StatusCode.UNAVAILABLE, (cert, refused)
+
+
+async def test_tls_settings_are_checked(embedded: GatewayConfig, certs: dict[str, Path]) -> None:
+    for bad in (
+        {"tls_cert": certs["server_pem"]},
+        {"tls_key": certs["server_key"]},
+        {"tls_client_ca": certs["ca_pem"]},
+    ):
+        gateway = Gateway(dataclasses.replace(embedded, listen="127.0.0.1:0", **bad))
+        with pytest.raises(ValueError, match="--tls-"):
+            await gateway.start()
+        await gateway.manager.close()
+
+
+def test_serve_help_explains_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lockd", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    options = [p for p in serve_command.params if isinstance(p, click.Option) and not p.hidden]
+    assert len(options) >= 12
+    for option in options:
+        flag = max(option.opts, key=len)
+        assert flag in out, flag
+        assert option.help and len(option.help) > 15, flag
+    for text in ("HOST:PORT", "redis://", "mutual TLS", "SIGTERM", "[default: 127.0.0.1:7400]"):
+        assert text in " ".join(out.split()), text
+
+
+async def test_serve_process_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "lockd", "serve", "--listen", f"127.0.0.1:{port}",
+           "--data-dir", str(tmp_path / "data"), "--shutdown-grace", "2s"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, port, proc)
+        async with channel(port) as ch:
+            stub = Stub(ch)
+            got = await stub.Acquire(pb.AcquireRequest(name="p", ttl_ms=5000))
+            assert len(got.lease_id) == 16 and got.fencing_token == 1
+            status = await stub.ClusterStatus(pb.ClusterStatusRequest())
+            assert len(status.nodes) == 5 and status.quorum == 3 and status.quorum_available
+            assert [n.mode for n in status.nodes] == [pb.NODE_MODE_EMBEDDED] * 5
+            await stub.Release(pb.ReleaseRequest(name="p", lease_id=got.lease_id))
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 10)
+        assert code == 0
+        assert time.monotonic() - start < 5
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode()
+        assert "listening" in output and "stopped" in output
+        assert got.lease_id.hex() not in output
+        # A clean stop: the engines restart without delay.
+        for i in range(5):
+            assert (tmp_path / "data" / f"node-{i}" / "shutdown.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_generated_code_is_not_stale(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
+           f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+           "protos/lockd/v1/lock_service.proto"]  # fmt: skip
+    subprocess.run(
+        cmd,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    generated = sorted(p.name for p in (tmp_path / "lockd" / "v1").iterdir())
+    assert generated == ["lock_service_pb2.py", "lock_service_pb2.pyi", "lock_service_pb2_grpc.py"]
+    for name in generated:
+        fresh, committed = tmp_path / "lockd" / "v1" / name, REPO / "lockd" / "v1" / name
+        assert filecmp.cmp(fresh, committed, shallow=False), f"{name} is stale: run `make proto`"
