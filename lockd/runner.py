@@ -78,35 +78,66 @@ async def run_under_lock(
         print(f"lockd run: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     env = dict(os.environ, LOCKD_FENCING_TOKEN=str(lease.token), LOCKD_LOCK_NAME=name)
-    try:
-        proc = await asyncio.create_subprocess_exec(*argv, env=env)
-    except OSError as exc:
-        print(f"lockd run: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
-        await _release(lease)
-        return EXIT_CANNOT_RUN
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, _forward, proc, sig)
-    exited = asyncio.create_task(proc.wait())
-    lost_wait = asyncio.create_task(lost.wait())
+    # Signals are caught before CMD starts (and passed on once it has), so none can
+    # kill `lockd run` and leave CMD running without anyone holding its lock.
+    received: list[int] = []
+    proc: asyncio.subprocess.Process | None = None
+
+    def on_signal(sig: int) -> None:
+        if proc is None:
+            received.append(sig)
+        else:
+            _forward(proc, sig)
+
+    for sig in _FORWARDED:
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await asyncio.wait({exited, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if not exited.done():
-            print(f"lockd run: lease on {name!r} lost; stopping the command", file=sys.stderr)
-            _forward(proc, signal.SIGTERM)
-            grace = max(0.0, lease.deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(asyncio.shield(exited), grace)
-            except TimeoutError:
-                _forward(proc, signal.SIGKILL)
-                await exited
-            return EXIT_LEASE_LOST
-        return _status(await exited)
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, env=env)
+        except OSError as exc:
+            print(f"lockd run: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+        for pending in received:
+            _forward(proc, pending)
+        return await _supervise(proc, lease, lost)
     finally:
-        lost_wait.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in _FORWARDED:
             loop.remove_signal_handler(sig)
         await _release(lease)
+
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process, lease: AsyncLease, lost: asyncio.Event
+) -> int:
+    """Wait for CMD; stop it if the lease is lost (by `on_lost`, or, should the watchdog
+    ever fail silently, by the lease no longer being held)."""
+
+    async def until_not_held() -> None:
+        while lease.held:
+            await asyncio.sleep(min(0.5, max(0.005, lease.remaining())))
+
+    exited = asyncio.create_task(proc.wait())
+    watchers = {asyncio.create_task(lost.wait()), asyncio.create_task(until_not_held())}
+    try:
+        await asyncio.wait({exited, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+        if exited.done():
+            return _status(exited.result())
+        print(f"lockd run: lease on {lease.name!r} lost; stopping the command", file=sys.stderr)
+        _forward(proc, signal.SIGTERM)
+        grace = max(0.0, lease.deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), grace)
+        except TimeoutError:
+            _forward(proc, signal.SIGKILL)
+            await exited
+        return EXIT_LEASE_LOST
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
 
 
 def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:

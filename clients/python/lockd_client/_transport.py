@@ -12,6 +12,7 @@ does not leave a second lease behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import random
@@ -69,6 +70,8 @@ class _Session:
         self._call = pb_grpc.LockServiceStub(channel).Session()  # type: ignore[no-untyped-call]
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[pb.SessionResponse]] = {}
+        self._abandoned: dict[int, str] = {}  # acquisitions whose caller left: id -> name
+        self._give_backs: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self.broken: BaseException | None = None
         self._reader = asyncio.create_task(self._read())
@@ -79,6 +82,8 @@ class _Session:
                 future = self._waiting.pop(response.id, None)
                 if future is not None and not future.done():
                     future.set_result(response)
+                elif response.id in self._abandoned:
+                    self._give_back(self._abandoned.pop(response.id), response)
             self.broken = _StreamBroken("the gateway closed the session")
         except BaseException as exc:  # every pending call must hear of it
             self.broken = exc
@@ -93,16 +98,47 @@ class _Session:
         rid = next(self._ids)
         future: asyncio.Future[pb.SessionResponse] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
+        delivered = False
         try:
             async with asyncio.timeout(timeout):  # the write too: it waits for a connection
                 try:
                     async with self._lock:  # one writer at a time on a stream
                         await self._call.write(pb.SessionRequest(id=rid, **request))
-                except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:
+                except (
+                    grpc.aio.AioRpcError,
+                    grpc.aio.UsageError,
+                    asyncio.InvalidStateError,  # the stream ended; the reader has not seen it yet
+                ) as exc:
                     raise _NotSent(str(exc)) from exc
-                return await asyncio.shield(future)
+                response = await asyncio.shield(future)
+                delivered = True
+                return response
         finally:
             self._waiting.pop(rid, None)
+            if not delivered and "acquire" in request:
+                self._abandon(rid, request["acquire"].name, future)
+
+    def _abandon(self, rid: int, name: str, future: asyncio.Future[pb.SessionResponse]) -> None:
+        """The caller of an Acquire left (cancelled, timed out) without its answer: a
+        grant that arrives anyway is released, not left to block the lock for a TTL."""
+        if not future.done():
+            if self.broken is None:  # a broken stream's grants are released by the gateway
+                self._abandoned[rid] = name
+        elif not future.cancelled() and future.exception() is None:
+            self._give_back(name, future.result())
+
+    def _give_back(self, name: str, response: pb.SessionResponse) -> None:
+        if response.WhichOneof("result") != "acquire":
+            return
+        release = pb.ReleaseRequest(name=name, lease_id=response.acquire.lease_id)
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await self.call(5.0, release=release)
+
+        task = asyncio.create_task(send())
+        self._give_backs.add(task)
+        task.add_done_callback(self._give_backs.discard)
 
     async def close(self) -> None:
         self._call.cancel()

@@ -361,7 +361,7 @@ class AsyncClient:
     async def close(self) -> None:
         """Stop watchdogs and close the connections (held leases stay held on the nodes
         until their TTL runs out)."""
-        for lease in self._watched:
+        for lease in list(self._watched):  # stop_watchdog() removes it from the set
             lease.stop_watchdog()
         self._watched.clear()
         await self._transport.close()

@@ -43,6 +43,16 @@ class _LoopThread:
             raise RuntimeError("blocking lockd call from inside an on_lost callback")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the loop's thread, where the leases' state (and watchdogs) live."""
+        if threading.current_thread() is self._thread or not self.loop.is_running():
+            return fn()
+
+        async def on_loop() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result()
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
@@ -75,7 +85,9 @@ class Lease:
 
     def check(self) -> None:
         """Raise `LeaseLost` if the lease may be lost."""
-        self._lease.check()
+        # On the loop's thread: declaring the lease lost stops its watchdog task and
+        # calls on_lost, neither of which may happen from another thread.
+        self._runner.call(self._lease.check)
 
     def renew(self, ttl: float | None = None) -> None:
         """Extend the lease now."""
@@ -140,9 +152,9 @@ class Client:
         """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed)."""
         holder: list[Lease] = []
 
-        def lost(_: AsyncLease) -> None:
-            if on_lost is not None and holder:
-                on_lost(holder[0])
+        def lost(inner: AsyncLease) -> None:
+            if on_lost is not None:  # it may be lost before acquire() has returned
+                on_lost(holder[0] if holder else Lease(self._runner, inner))
 
         lease = Lease(
             self._runner,
