@@ -6,7 +6,8 @@ Workloads (each client is its own process, so no client shares a GIL):
 - contended: 8 clients on one lock: successful handoffs/s, failed attempts/s, and handoff
   latency (a release returning → the next holder's acquire returning).
 lockd runs as a real `lockd serve` process on its embedded default (five engines, durable
-fencing). Its clients use the `Session` stream, the client library's hot path.
+fencing). Its clients use the client library (`lockd_client.AsyncClient`, whose hot path
+is one `Session` stream per client).
 """
 
 from __future__ import annotations
@@ -25,43 +26,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import grpc
 import redis
 
-from lockd.v1 import lock_service_pb2 as pb
-from lockd.v1 import lock_service_pb2_grpc as pb_grpc
 from tests.support import free_port, redis_server, wait_for_port
 
 Row = tuple[str, str, str]
 TTL_MS = 10_000
 DURATION_S = 4.0
-
-
-class _Session:
-    """A minimal Session-stream client (ids → futures)."""
-
-    async def open(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
-        self.stream = pb_grpc.LockServiceStub(self.channel).Session()
-        self.ids = itertools.count(1)
-        self.waiting: dict[int, asyncio.Future[pb.SessionResponse]] = {}
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for response in self.stream:
-            self.waiting.pop(response.id).set_result(response)
-
-    async def call(self, **kwargs: Any) -> pb.SessionResponse:
-        rid = next(self.ids)
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[rid] = future
-        await self.stream.write(pb.SessionRequest(id=rid, **kwargs))
-        return await future
-
-    async def close(self) -> None:
-        await self.stream.done_writing()
-        await self.reader
-        await self.channel.close()
 
 
 # -- one client process per system ------------------------------------------------------
@@ -70,27 +41,30 @@ class _Session:
 def _lockd_worker(
     target: str, names: list[str], seconds: float, wait_ms: int, work_s: float
 ) -> dict[str, Any]:
+    """A lockd client: the client library (Session stream), no watchdog (short holds)."""
+    from lockd_client import AsyncClient, LockError
+
     async def run() -> dict[str, Any]:
-        s = _Session()
-        await s.open(target)
+        client = AsyncClient(target)
         out: dict[str, Any] = {"ok": 0, "failed": 0, "lat": [], "grants": [], "releases": []}
         stop = time.monotonic() + seconds
         for name in itertools.cycle(names):
             if time.monotonic() >= stop:
                 break
             t0 = time.monotonic_ns()
-            got = await s.call(acquire=pb.AcquireRequest(name=name, ttl_ms=TTL_MS, wait_ms=wait_ms))
-            if got.WhichOneof("result") != "acquire":
+            try:
+                lease = await client.acquire(name, TTL_MS / 1000, wait_ms / 1000, watchdog=False)
+            except LockError:
                 out["failed"] += 1
                 continue
             out["grants"].append(time.monotonic_ns())
             if work_s:
                 await asyncio.sleep(work_s)
-            await s.call(release=pb.ReleaseRequest(name=name, lease_id=got.acquire.lease_id))
+            await lease.release()
             out["releases"].append(time.monotonic_ns())
             out["lat"].append(time.monotonic_ns() - t0)
             out["ok"] += 1
-        await s.close()
+        await client.close()
         return out
 
     return asyncio.run(run())
