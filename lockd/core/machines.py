@@ -185,7 +185,9 @@ class Acquire(_Machine):
     def _start_fence_round(self, now: int) -> list[Send]:
         self._fencing = True
         self._fence_round += 1
-        self._token = self._counter + 1
+        # Larger than any counter seen and than the last round's token, which unanswered
+        # nodes may have accepted: each round's token is new.
+        self._token = max(self._counter, self._token) + 1
         self._accepted = 0
         self._rejected = 0
         return self._broadcast(now, [FenceCall(self._fence_key, self._token)] * self.nodes)
