@@ -163,9 +163,9 @@ class Engine:
             self.aof.commit()
 
     @property
-    def fsync_pending(self) -> bool:
-        """True when `commit()` will fsync: worth batching replies of many clients first."""
-        return self.aof is not None and self.aof.fsync_pending
+    def commit_pending(self) -> bool:
+        """True when `commit()` has records to write: worth batching replies first."""
+        return self.aof is not None and self.aof.write_pending
 
     def cron(self) -> None:
         """Periodic duties (every 100 ms): active expiry, fsync, background rewrite."""

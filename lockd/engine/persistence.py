@@ -213,9 +213,9 @@ class AppendOnlyFile:
             self._rewrite.tail.append(record)
 
     @property
-    def fsync_pending(self) -> bool:
-        """True when the next `commit()` will fsync (`always` with a durable record queued)."""
-        return self._pending_durable and self.policy is FsyncPolicy.ALWAYS
+    def write_pending(self) -> bool:
+        """True when records are queued for the next `commit()`."""
+        return bool(self._pending)
 
     def commit(self) -> None:
         """Hand queued records to the OS; fsync now if the policy says so."""

@@ -87,9 +87,10 @@ class RespServer:
                 log.exception("engine cron failed")
 
     def send_after_commit(self, conn: Connection, data: bytes) -> None:
-        """Write replies once the engine committed; with an fsync due, wait for the end of
-        this event-loop turn so one fsync covers every connection (group commit)."""
-        if not self.engine.fsync_pending and not self._outbox:
+        """Write replies once the engine committed. Replies that follow a write wait for
+        the end of this event-loop turn, so one AOF write (and one fsync under `always`)
+        covers every connection's commands (group commit); read-only replies go at once."""
+        if not self.engine.commit_pending and not self._outbox:
             self.engine.commit()
             conn.write(data)
             return
