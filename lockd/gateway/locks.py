@@ -202,9 +202,16 @@ class LockManager:
         await asyncio.gather(*(node.close() for node in self.nodes), return_exceptions=True)
 
     def on_release(self, lock_key: bytes) -> None:
-        """A node says `lock_key` was released: wake that lock's head waiter."""
+        """A node says `lock_key` was released: wake that lock's head waiter.
+
+        The local holder is forgotten too: the release may have come through another
+        gateway (clients fail over), and waiting for its expiry would stall the queue. If
+        it is in fact still held, the next attempt says so and the wait resumes."""
         name = name_of(lock_key)
-        queue = self._queues.get(name) if name is not None else None
+        if name is None:
+            return
+        self._holders.pop(name, None)
+        queue = self._queues.get(name)
         if queue is not None:
             queue.wake.set()
 

@@ -171,6 +171,20 @@ async def test_two_gateways_exclude_each_other_and_hand_off_by_pubsub(
         assert got.fencing_token > held.fencing_token
         await sb.Release(pb.ReleaseRequest(name="x", lease_id=got.lease_id))
 
+        # A lease granted by A and released through B (its client failed over) still
+        # wakes A's waiters at once: A must not sleep until the lease's expiry.
+        held = await sa.Acquire(pb.AcquireRequest(name="y", ttl_ms=10_000))
+        waiter = asyncio.ensure_future(
+            sa.Acquire(pb.AcquireRequest(name="y", ttl_ms=1000, wait_ms=5000))
+        )
+        await eventually(lambda: _waiting(sa, "y"))
+        start = time.perf_counter()
+        await sb.Release(pb.ReleaseRequest(name="y", lease_id=held.lease_id))
+        got = await asyncio.wait_for(waiter, 3)
+        handoff = time.perf_counter() - start
+        assert handoff < 0.25, f"release through the other gateway took {handoff * 1000:.0f} ms"
+        await sa.Release(pb.ReleaseRequest(name="y", lease_id=got.lease_id))
+
         # Mutual exclusion with clients on both gateways contending.
         inside = 0
         tokens: list[int] = []
