@@ -11,6 +11,7 @@ sends (tag -1) of the machine's lease to every node; other outcomes send nothing
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from lockd.core import (
     Acquire,
@@ -79,7 +80,7 @@ class Driver:
         """Answer the latest request sent to `node`."""
         return self.deliver(self.latest(node).tag, reply, now)
 
-    def replies(self, replies: list[Reply | None], now: int | None = None) -> list[Send]:
+    def replies(self, replies: Sequence[Reply | None], now: int | None = None) -> list[Send]:
         """Answer the latest request of every node, in node order; None: no answer."""
         sends: list[Send] = []
         for node, reply in enumerate(replies):

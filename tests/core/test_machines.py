@@ -49,17 +49,18 @@ def parse(word: str) -> Reply | None:
     R300: delayed restart with 300 ms left; T: no answer (times out); t/f: True/False;
     Y6/N8: fence accepted/rejected with that counter."""
     kind, arg = word[0], word[1:]
-    return {
-        "A": lambda: AcquireReply(True, int(arg)),
-        "H": lambda: AcquireReply(False, int(arg)),
-        "F": lambda: NodeFailure("ERR boom"),
-        "R": lambda: NodeFailure("RESTARTDELAY", int(arg or 0)),
-        "T": lambda: None,
-        "t": lambda: True,
-        "f": lambda: False,
-        "Y": lambda: FenceReply(True, int(arg)),
-        "N": lambda: FenceReply(False, int(arg)),
-    }[kind]()
+    if kind in "AH":
+        return AcquireReply(kind == "A", int(arg))
+    if kind in "YN":
+        return FenceReply(kind == "Y", int(arg))
+    if kind in "tf":
+        return kind == "t"
+    if kind == "F":
+        return NodeFailure("ERR boom")
+    if kind == "R":
+        return NodeFailure("RESTARTDELAY", int(arg))
+    assert kind == "T", word
+    return None
 
 
 def answer(d: Driver, pattern: str, now: int, round_index: int = -1) -> None:

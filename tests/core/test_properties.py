@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import random
@@ -43,6 +44,7 @@ from lockd.core import (
     Reply,
     Send,
     drift_ns,
+    fence_key,
     lock_key,
     quorum,
     retry_delay_ns,
@@ -60,22 +62,23 @@ SIZES = st.sampled_from([1, 3, 5, 7])
 NAME = b"res"
 
 
-# -- one machine, scripted replies -------------------------------------------------------
-
-
 TICK = 100_000  # time moves on a 100 µs grid, so that validity can hit exactly zero
 SILENT = -1  # a round whose requests are never answered (a partition), only timed out
+
+
+# -- one machine, scripted replies -------------------------------------------------------
 
 
 def any_reply(data: st.DataObject, call: Call | None, good: int) -> Reply:
     """An answer to `call`: a success with probability `good`%, else a refusal or a
     failure; now and then an answer meant for another kind of call."""
     if call is None or data.draw(st.integers(0, 19)) == 19:
-        call = data.draw(
-            st.sampled_from(
-                [AcquireCall(b"", b"", b"", 1), FenceCall(b"", 1), ReleaseCall(b"", b"")]
-            )
-        )
+        calls: list[Call] = [
+            AcquireCall(b"", b"", b"", 1),
+            FenceCall(b"", 1),
+            ReleaseCall(b"", b""),
+        ]
+        call = data.draw(st.sampled_from(calls))
     success = data.draw(st.integers(0, 99)) < good
     failure = st.builds(NodeFailure, st.just("ERR x"), st.none() | st.integers(0, 500))
     if isinstance(call, AcquireCall):
@@ -89,7 +92,9 @@ def any_reply(data: st.DataObject, call: Call | None, good: int) -> Reply:
             return FenceReply(True, t)
         rejected = st.integers(t, t + 10).map(lambda c: FenceReply(False, c))
         return data.draw(rejected | failure | failure)
-    return data.draw(st.booleans() | failure) if not success else True
+    if success:
+        return True
+    return data.draw(st.one_of(st.booleans(), failure))
 
 
 def drive(data: st.DataObject, d: Driver, landmarks: tuple[int, ...] = ()) -> None:
@@ -124,7 +129,7 @@ def drive(data: st.DataObject, d: Driver, landmarks: tuple[int, ...] = ()) -> No
             d.tick(max(d.now, deadline) if deadline is not None else d.now)
         else:
             ahead = [t for t in landmarks if t >= d.now]
-            if ahead and data.draw(st.booleans()):
+            if len(ahead) > 0 and data.draw(st.booleans()):
                 d.now = data.draw(st.sampled_from(ahead))
             else:
                 d.now += data.draw(st.integers(0, 100)) * TICK
@@ -163,6 +168,8 @@ def first_quorum(
 def test_acquire_granted_iff_quorum_fenced_and_valid(
     nodes: int, ttl_ms: int, timeout_ms: int, rounds: int, data: st.DataObject
 ) -> None:
+    """Properties 1, 2 (and 4, 5 through the driver), against an oracle that sees only
+    which replies counted and when."""
     lease = b"L" * 16
     m = Acquire(NAME, ttl_ms, lease, nodes, timeout_ms * MS, max_fence_rounds=rounds)
     d = Driver(m, NAME)
@@ -210,11 +217,8 @@ def test_acquire_granted_iff_quorum_fenced_and_valid(
     if fence_rounds:
         assert acquired is not None, "fencing only after a quorum acquired"
         first = fence_rounds[0][0].call
-        counters = [
-            c.reply.counter
-            for c in d.counted
-            if isinstance(c.reply, AcquireReply) and c.now <= acquired.now
-        ]
+        before = d.counted[: d.counted.index(acquired) + 1]
+        counters = [c.reply.counter for c in before if isinstance(c.reply, AcquireReply)]
         assert isinstance(first, FenceCall) and first.token == 1 + max(counters)
     if isinstance(outcome, Granted):
         assert fenced is not None and isinstance(fenced.send.call, FenceCall)
@@ -357,6 +361,8 @@ def test_fence_rounds(
 def test_renew_renewed_iff_quorum_extended_in_time(
     nodes: int, ttl_ms: int, timeout_ms: int, data: st.DataObject
 ) -> None:
+    """Renewed iff a quorum extended while validity was left; otherwise lost and
+    released everywhere."""
     m = Renew(NAME, b"L", ttl_ms, nodes, timeout_ms * MS)
     d = Driver(m, NAME)
     d.start(1_000 * MS)
@@ -377,6 +383,7 @@ def test_renew_renewed_iff_quorum_extended_in_time(
 @SMALL
 @given(nodes=SIZES, timeout_ms=st.integers(1, 40), data=st.data())
 def test_release_counts_every_node_once(nodes: int, timeout_ms: int, data: st.DataObject) -> None:
+    """Release finishes once every node answered or timed out, and counts them right."""
     m = Release(NAME, b"L", nodes, timeout_ms * MS)
     d = Driver(m, NAME)
     d.start(0)
@@ -434,6 +441,8 @@ class Node:
 
 @dataclasses.dataclass
 class Grant:
+    """A granted acquisition in the simulation, and when its holder let go (if it did)."""
+
     name: bytes
     lease: bytes
     started_ns: int
@@ -442,6 +451,7 @@ class Grant:
 
     @property
     def safe_until(self) -> int:
+        """The end of the window in which the holder may rely on the lock."""
         end = self.outcome.deadline_ns
         return end if self.released_ns is None else min(end, self.released_ns)
 
@@ -460,8 +470,8 @@ class Net:
 class Cluster:
     """Nodes, a lossy reordering network, and an event queue in virtual time."""
 
-    def __init__(self, nodes: int, net: Net, rng: random.Random) -> None:
-        self.nodes = [Node() for _ in range(nodes)]
+    def __init__(self, nodes: list[Node], net: Net, rng: random.Random) -> None:
+        self.nodes = nodes
         self.net = net
         self.rng = rng
         self.now = 0
@@ -510,15 +520,16 @@ class Cluster:
         ticks: set[int] = set()
         finished = False
 
+        def answer(tag: int) -> Callable[[Reply], None]:
+            return lambda reply: handle(d.deliver(tag, reply, self.now))
+
         def handle(sends: list[Send]) -> None:
             nonlocal finished
             for send in sends:
                 if send.tag < 0:
                     self.send(send, None)
                 else:
-                    self.send(
-                        send, lambda reply, tag=send.tag: handle(d.deliver(tag, reply, self.now))
-                    )
+                    self.send(send, answer(send.tag))
             if d.machine.outcome is not None:
                 if not finished:
                     finished = True
@@ -534,6 +545,8 @@ class Cluster:
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
+    """Clients, each making up to `attempts` acquisitions of one of `names` locks."""
+
     clients: int
     attempts: int
     names: int
@@ -547,8 +560,7 @@ def simulate(
     nodes: int, net: Net, work: Workload, rng: random.Random, node: Callable[[], Node] = Node
 ) -> tuple[list[Grant], Cluster]:
     """Clients that acquire, hold, maybe release, and try again, all at once."""
-    cluster = Cluster(nodes, net, rng)
-    cluster.nodes = [node() for _ in range(nodes)]
+    cluster = Cluster([node() for _ in range(nodes)], net, rng)
     grants: list[Grant] = []
     ttl_ns = work.ttl_ms * MS
 
@@ -583,7 +595,7 @@ def simulate(
         cluster.drive(d, d.start(started), done)
 
     for client in range(work.clients):
-        cluster.at(rng.randrange(work.spread_ms * MS + 1), lambda c=client: attempt(c, 0))
+        cluster.at(rng.randrange(work.spread_ms * MS + 1), functools.partial(attempt, client, 0))
     cluster.run()
     return grants, cluster
 
@@ -596,7 +608,7 @@ def violations(grants: list[Grant], cluster: Cluster) -> list[str]:
     for a in grants:
         if a.outcome.validity_ns <= 0:
             found.append(f"granted without validity: {a}")
-        fence = b"fence:{" + a.name + b"}"
+        fence = fence_key(a.name)
         fenced = sum(node.counters.get(fence, 0) >= a.outcome.token for node in cluster.nodes)
         if fenced < q:
             found.append(f"token {a.outcome.token} is past the counters of a quorum: {a}")
@@ -641,6 +653,7 @@ WORKLOADS = st.builds(
 def test_tokens_are_unique_and_grow_in_real_time(
     nodes: int, net: Net, work: Workload, rng: random.Random
 ) -> None:
+    """Property 3 (and mutual exclusion while no node forgets its keys)."""
     grants, cluster = simulate(nodes, net, work, rng)
     assert violations(grants, cluster) == []
 
