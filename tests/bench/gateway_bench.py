@@ -283,8 +283,12 @@ def run_all(seconds: float = DURATION_S) -> tuple[list[Row], dict[str, Any]]:
 
 
 def gateway_vs_peers() -> list[Row]:
-    """The table rows (for `make bench`)."""
-    return run_all()[0]
+    """The table rows (for `make bench`); also draws docs/bench-gateway.svg."""
+    from tests.bench.plot import gateway_svg
+
+    rows, raw = run_all()
+    gateway_svg(raw, Path(__file__).resolve().parents[2] / "docs" / "bench-gateway.svg")
+    return rows
 
 
 if __name__ == "__main__":
