@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check lint types bench proto redis-server clean
+.PHONY: install run test check lint types bench proto redis-server jepsen clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ check: lint types test
 bench: install redis-server
 	$(BIN)/pip install -q redlock-py pottery
 	$(BIN)/python -m tests.bench
+
+# Long Jepsen runs, five minutes per nemesis, results under var/jepsen (docs/CORRECTNESS.md).
+jepsen: install
+	for n in kill power-loss pause clock partition; do \
+	  $(BIN)/lockd jepsen run --nemesis $$n --time-limit 300 --out var/jepsen || exit $$?; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

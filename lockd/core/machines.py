@@ -100,6 +100,11 @@ class Acquire(_Machine):
 
     Granted iff a quorum set the key and then a quorum accepted token T, with validity
     left. Any failure releases every node (a timed-out node may have set the key).
+
+    The `unsafe_*` switches exist only for the simulator's planted bugs (`lockd sim
+    --unsafe`): `unsafe_single_phase_token` skips phase 2 and takes as token the largest
+    counter of the granting nodes (with engines whose `lockd_acquire` increments it:
+    `EngineConfig.unsafe_single_phase_token`); `unsafe_no_drift` drops the drift term.
     """
 
     def __init__(
@@ -110,12 +115,18 @@ class Acquire(_Machine):
         nodes: int,
         node_timeout_ns: int,
         max_fence_rounds: int = 5,
+        *,
+        unsafe_single_phase_token: bool = False,
+        unsafe_no_drift: bool = False,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
         self.name = name
         self.ttl_ms = ttl_ms
         self.lease = lease
         self.max_fence_rounds = max_fence_rounds
+        self.unsafe_single_phase_token = unsafe_single_phase_token
+        self.unsafe_no_drift = unsafe_no_drift
+        self._granting_counter = 0  # single-phase token: largest counter of granting nodes
         self.started_ns = 0
         self._lock_key = lock_key(name)
         self._fence_key = fence_key(name)
@@ -145,6 +156,7 @@ class Acquire(_Machine):
             self._counter = max(self._counter, reply.counter)
             if reply.acquired:
                 self._acquired.add(node)
+                self._granting_counter = max(self._granting_counter, reply.counter)
             else:
                 self._held += 1
         elif isinstance(reply, NodeFailure) and reply.restart_delay_ms is not None:
@@ -152,8 +164,13 @@ class Acquire(_Machine):
         else:
             self._failures.append(reply.message if isinstance(reply, NodeFailure) else repr(reply))
         if len(self._acquired) >= self.quorum:
-            if validity_ns(self.ttl_ms, self.started_ns, now) <= 0:
+            validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
+            if validity <= 0:
                 return self._fail(now, Reason.TOO_SLOW, "quorum reached after the TTL ran out")
+            if self.unsafe_single_phase_token:
+                self.outcome = Granted(self.lease, self._granting_counter, validity, now)
+                self._waiting.clear()
+                return []
             return self._start_fence_round(now)
         if self.nodes - self._answered + len(self._acquired) < self.quorum:
             return self._fail_phase1(now)
@@ -202,7 +219,7 @@ class Acquire(_Machine):
         else:
             self._rejected += 1
         if self._accepted >= self.quorum:
-            validity = validity_ns(self.ttl_ms, self.started_ns, now)
+            validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
             if validity <= 0:
                 return self._fail(now, Reason.TOO_SLOW, "fenced after the TTL ran out")
             self.outcome = Granted(self.lease, self._token, validity, now)
@@ -215,7 +232,7 @@ class Acquire(_Machine):
                     Reason.FENCE_CONTENDED,
                     f"no token accepted by a quorum in {self._fence_round} rounds",
                 )
-            if validity_ns(self.ttl_ms, self.started_ns, now) <= 0:
+            if validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift) <= 0:
                 return self._fail(now, Reason.TOO_SLOW, "fencing outlasted the TTL")
             return self._start_fence_round(now)
         return []
@@ -227,14 +244,23 @@ class Acquire(_Machine):
 
 class Renew(_Machine):
     """Extend a held lease on every node; renewed on a quorum with validity left,
-    otherwise lost (and released everywhere, so nobody waits on its leftovers)."""
+    otherwise lost (and released everywhere, so nobody waits on its leftovers).
+    `unsafe_no_drift` (simulator only) drops the drift term, as in `Acquire`."""
 
     def __init__(
-        self, name: bytes, lease: bytes, ttl_ms: int, nodes: int, node_timeout_ns: int
+        self,
+        name: bytes,
+        lease: bytes,
+        ttl_ms: int,
+        nodes: int,
+        node_timeout_ns: int,
+        *,
+        unsafe_no_drift: bool = False,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
         self.ttl_ms = ttl_ms
         self.lease = lease
+        self.unsafe_no_drift = unsafe_no_drift
         self.started_ns = 0
         self._lock_key = lock_key(name)
         self._ok = 0
@@ -253,7 +279,7 @@ class Renew(_Machine):
         else:
             self._not_ok += 1
         if self._ok >= self.quorum:
-            validity = validity_ns(self.ttl_ms, self.started_ns, now)
+            validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
             if validity > 0:
                 self.outcome = Renewed(validity, now)
                 self._waiting.clear()

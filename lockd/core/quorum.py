@@ -19,9 +19,14 @@ def drift_ns(ttl_ms: int) -> int:
     return ttl_ms * MS // 100 + 2 * MS
 
 
-def validity_ns(ttl_ms: int, started_ns: int, now_ns: int) -> int:
-    """How long a lease acquired from `started_ns` stays safe: ttl - elapsed - drift."""
-    return ttl_ms * MS - (now_ns - started_ns) - drift_ns(ttl_ms)
+def validity_ns(ttl_ms: int, started_ns: int, now_ns: int, unsafe_no_drift: bool = False) -> int:
+    """How long a lease acquired from `started_ns` stays safe: ttl - elapsed - drift.
+
+    `unsafe_no_drift` leaves the drift allowance out (Redlock without its clock-drift
+    term): UNSAFE, for the simulator's planted bug only.
+    """
+    drift = 0 if unsafe_no_drift else drift_ns(ttl_ms)
+    return ttl_ms * MS - (now_ns - started_ns) - drift
 
 
 def retry_delay_ns(rng: random.Random, attempt: int, base_ms: int = 5, cap_ms: int = 200) -> int:

@@ -68,12 +68,13 @@ class Clock:
 
 
 class WallClock(Clock):
-    """UNSAFE: reads `time.time_ns()`, so wall-clock steps move lock expiry.
+    """UNSAFE: reads the wall clock (`time.time_ns()`), so wall-clock steps move lock expiry.
 
     Only for demonstrating (in the harness and the simulator) what monotonic time buys.
+    The simulator passes its simulated wall time as `source` and steps it with `jump()`.
     """
 
     __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__(time.time_ns)
+    def __init__(self, source: Callable[[], int] | None = None) -> None:
+        super().__init__(source or time.time_ns)  # looked up now: tests patch time.time_ns

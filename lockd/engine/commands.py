@@ -7,10 +7,13 @@ subscription commands live in the RESP server, since they change the connection'
 from __future__ import annotations
 
 import fnmatch
+import math
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lockd import __version__
+from lockd.engine.clock import WallClock
 from lockd.resp.replies import (
     NOT_INTEGER,
     OK,
@@ -338,6 +341,57 @@ def cmd_bgrewriteaof(engine: Engine, args: list[bytes]) -> Reply:
     return Status("Background append only file rewriting started")
 
 
+_WALL_OFFSETS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+"""Wall-clock steps of nodes on the monotonic clock: recorded, and without effect on TTLs."""
+
+
+def _float_arg(raw: bytes) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CommandError("ERR value is not a valid float") from None
+    if not math.isfinite(value):
+        raise CommandError("ERR value is not a valid float")
+    return value
+
+
+def cmd_lockd_clock(engine: Engine, args: list[bytes]) -> Reply:
+    """LOCKD.CLOCK GET | RATE r | JUMP ms | OFFSET ms: clock faults for the Jepsen harness.
+
+    JUMP and OFFSET step the node's *wall* clock, as `date -s` would: on the monotonic
+    clock (the default) TTLs do not move; with --unsafe-wall-clock every deadline does.
+    RATE makes the clock the TTLs are measured on drift (1.0 = true time). GET replies
+    [now ms, wall offset ms, rate, "monotonic" | "wall"]."""
+    if not engine.config.clock_control:
+        raise CommandError(
+            "ERR LOCKD.CLOCK is disabled: it injects clock faults for tests; start the "
+            "engine with --enable-clock-control to allow it"
+        )
+    sub = args[1].upper()
+    clock = engine.clock
+    wall = isinstance(clock, WallClock)
+    if sub == b"GET" and len(args) == 2:
+        offset = clock.offset_ms if wall else _WALL_OFFSETS.get(engine, 0.0)
+        source = b"wall" if wall else b"monotonic"
+        return [clock.now_ms(), repr(offset).encode(), repr(clock.rate).encode(), source]
+    if len(args) != 3 or sub not in (b"RATE", b"JUMP", b"OFFSET"):
+        raise CommandError("ERR syntax: LOCKD.CLOCK GET | RATE <r> | JUMP <ms> | OFFSET <ms>")
+    value = _float_arg(args[2])
+    if sub == b"RATE":
+        try:
+            clock.set_rate(value)
+        except ValueError as exc:
+            raise CommandError(f"ERR {exc}") from None
+        return OK
+    current = clock.offset_ms if wall else _WALL_OFFSETS.get(engine, 0.0)
+    step = value if sub == b"JUMP" else value - current
+    if wall:
+        clock.jump(step)
+    else:
+        _WALL_OFFSETS[engine] = current + step
+    return OK
+
+
 FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
     b"lockd_acquire": (2, 2, lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1]))),
     b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
@@ -370,6 +424,7 @@ COMMANDS: dict[bytes, tuple[Handler, int]] = {
     b"client": (cmd_client, -2),
     b"command": (cmd_command, -1),
     b"bgrewriteaof": (cmd_bgrewriteaof, 1),
+    b"lockd.clock": (cmd_lockd_clock, -2),
 }
 
 

@@ -12,8 +12,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from lockd import __version__
 from lockd.engine.clock import Clock
@@ -62,6 +63,18 @@ class EngineConfig:
     rewrite_min_size: int = 1 << 20
     hold_until_fsync: bool = False
     port: int = 0
+    # UNSAFE switches. Each breaks one guarantee on purpose so that the simulator
+    # (`lockd sim --unsafe`) and the harness can show their checkers catch it; never
+    # set them on a node that guards anything.
+    unsafe_no_restart_delay: bool = False
+    """UNSAFE: grant at once after an unclean stop, though locks may have been forgotten."""
+    unsafe_volatile_fence: bool = False
+    """UNSAFE: fencing counters in memory only (no reservation, not journalled)."""
+    unsafe_single_phase_token: bool = False
+    """UNSAFE: `lockd_acquire` increments the counter itself (the one-phase token scheme
+    that reverses under changing majorities); pairs with the core's flag of that name."""
+    clock_control: bool = False
+    """TEST ONLY: accept LOCKD.CLOCK (the Jepsen harness's clock faults)."""
 
 
 class Engine:
@@ -105,24 +118,23 @@ class Engine:
                     "max_ttl_ms": max_ttl_ever,
                 },
             )
-        if marker is None and not fresh:
-            self._delay(restart_delay_ms(max_ttl_ever), "unclean stop")
-        elif marker is not None:
-            self.restart_reason = "clean shutdown with no live locks"
-            left = int(marker.get("longest_lock_ms", 0))
-            if marker.get("epoch") == self._epoch.decode():
-                left -= self.started_ms - int(marker.get("at_ms", self.started_ms))
-            self._delay(left, "clean shutdown with live locks")
         if marker is not None:
             (directory / SHUTDOWN_NAME).unlink()
-        self.reservation = FenceReservation(directory / RESERVATION_NAME, self.config.fence_block)
-        self.fence_floor = self.reservation.reserved
+        if not self.config.unsafe_volatile_fence:
+            self.reservation = FenceReservation(
+                directory / RESERVATION_NAME, self.config.fence_block
+            )
         self.aof = AppendOnlyFile(
             directory / AOF_NAME, self.config.appendfsync, self.config.hold_until_fsync
         )
-        count = self.keyspace.replay(self.aof.load(), self._epoch)
+        count = self.recover(
+            fresh=fresh,
+            marker=marker,
+            max_ttl_ever_ms=max_ttl_ever,
+            fence_reserved=self.reservation.reserved if self.reservation else 0,
+            records=self.aof.load(),
+        )
         self.aof.open()
-        self.aof.append(b"*2\r\n$5\r\nEPOCH\r\n$%d\r\n%b\r\n" % (len(self._epoch), self._epoch))
         self.aof.commit()
         log.info(
             "engine %s: %d AOF records, %d keys, fence floor %d, restart delay %d ms (%s)",
@@ -134,8 +146,36 @@ class Engine:
             self.restart_reason,
         )
 
+    def recover(
+        self,
+        *,
+        fresh: bool,
+        marker: dict[str, Any] | None,
+        max_ttl_ever_ms: int,
+        fence_reserved: int,
+        records: Iterable[list[bytes]],
+    ) -> int:
+        """Start from durable state: the delayed restart the last stop calls for (none
+        when `fresh`; `marker` is a clean shutdown's `shutdown_marker()`), the fence floor,
+        the journal replayed, then this boot's EPOCH record journalled. `_open` reads
+        these from the data directory; the simulator passes its simulated disk's.
+        Returns how many records were replayed."""
+        if marker is None and not fresh:
+            self._delay(restart_delay_ms(max_ttl_ever_ms), "unclean stop")
+        elif marker is not None:
+            self.restart_reason = "clean shutdown with no live locks"
+            left = int(marker.get("longest_lock_ms", 0))
+            if marker.get("epoch") == self._epoch.decode():
+                left -= self.started_ms - int(marker.get("at_ms", self.started_ms))
+            self._delay(left, "clean shutdown with live locks")
+        self.fence_floor = 0 if self.config.unsafe_volatile_fence else fence_reserved
+        count = self.keyspace.replay(iter(records), self._epoch)
+        epoch = self._epoch
+        self.keyspace.journal(b"*2\r\n$5\r\nEPOCH\r\n$%d\r\n%b\r\n" % (len(epoch), epoch), True)
+        return count
+
     def _delay(self, ms: int, reason: str) -> None:
-        if ms > 0:
+        if ms > 0 and not self.config.unsafe_no_restart_delay:
             self.restart_until_ms = self.started_ms + ms
             self.restart_reason = reason
 
@@ -147,15 +187,17 @@ class Engine:
         if self.aof is None or self.config.dir is None:
             return
         self.aof.close()
+        write_json_durably(self.config.dir / SHUTDOWN_NAME, self.shutdown_marker())
+
+    def shutdown_marker(self) -> dict[str, Any]:
+        """What a clean shutdown records for the next start: how long its live locks (and
+        any restart delay still running) last, on which clock epoch."""
         longest = max(self.keyspace.longest_ttl_ms(), self.restart_delay_remaining_ms())
-        write_json_durably(
-            self.config.dir / SHUTDOWN_NAME,
-            {
-                "epoch": self._epoch.decode(),
-                "at_ms": self.clock.now_ms(),
-                "longest_lock_ms": longest,
-            },
-        )
+        return {
+            "epoch": self._epoch.decode(),
+            "at_ms": self.clock.now_ms(),
+            "longest_lock_ms": longest,
+        }
 
     def commit(self) -> None:
         """Make queued mutations as durable as the fsync policy promises; call before replying."""
@@ -244,6 +286,9 @@ class Engine:
             ks.set_deadline(lock_key, self.clock.now_ms() + ms)
         else:
             return 0, counter
+        if self.config.unsafe_single_phase_token:
+            counter += 1
+            self._set_counter(fence_key, counter)
         return 1, counter
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
@@ -270,12 +315,23 @@ class Engine:
         current = self.counter(fence_key)
         if current >= target:
             return 0, current
-        self.keyspace.check_new_key(fence_key, 8)
-        if self.reservation is not None:
-            self.reservation.cover(target)
-        # No fsync needed even under `always`: the reservation already covers the value.
-        self.keyspace.set(fence_key, target, None, durable=False)
+        self._set_counter(fence_key, target)
         return 1, target
+
+    def _set_counter(self, fence_key: bytes, value: int) -> None:
+        ks = self.keyspace
+        ks.check_new_key(fence_key, 8)
+        if self.config.unsafe_volatile_fence:
+            journal, ks.journal = ks.journal, _unjournalled
+            try:
+                ks.set(fence_key, value, None, durable=False)
+            finally:
+                ks.journal = journal
+            return
+        if self.reservation is not None:
+            self.reservation.cover(value)
+        # No fsync needed even under `always`: the reservation already covers the value.
+        ks.set(fence_key, value, None, durable=False)
 
     # -- pub/sub -------------------------------------------------------------------------
 
@@ -319,6 +375,10 @@ class Engine:
     def pid(self) -> int:
         """The process id (for INFO)."""
         return os.getpid()
+
+
+def _unjournalled(record: bytes, durable: bool) -> None:
+    """The journal of `unsafe_volatile_fence` counters: nowhere."""
 
 
 def _positive(raw: bytes) -> int | None:

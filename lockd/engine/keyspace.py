@@ -226,7 +226,12 @@ class Keyspace:
         return records()
 
     def replay(self, records: Iterator[list[bytes]], epoch: bytes) -> int:
-        """Apply AOF records; deadlines from another clock epoch are treated as passed."""
+        """Apply AOF records; deadlines from another clock epoch are treated as passed.
+
+        Within the epoch, a key is kept while replaying even if its deadline has passed
+        (a later PEXPIREAT or PERSIST may have extended it: a renewed lock) and expired
+        keys are dropped at the end, as Redis does while loading.
+        """
         journal, self.journal = self.journal, _noop_journal
         same_epoch = False
         count = 0
@@ -238,16 +243,14 @@ class Keyspace:
                 if op == b"SET" and len(rec) == 3:
                     self.set(rec[1], rec[2], None)
                 elif op == b"SET" and len(rec) == 5 and rec[3] == b"PXAT":
-                    deadline = int(rec[4])
-                    if same_epoch and deadline > now:
-                        self.set(rec[1], rec[2], deadline)
+                    if same_epoch:
+                        self.set(rec[1], rec[2], int(rec[4]))
                     elif rec[1] in self._data:
                         self._remove(rec[1])
                 elif op == b"PEXPIREAT" and len(rec) == 3:
-                    deadline = int(rec[2])
                     if rec[1] in self._data:
-                        if same_epoch and deadline > now:
-                            self.set_deadline(rec[1], deadline)
+                        if same_epoch:
+                            self.set_deadline(rec[1], int(rec[2]))
                         else:
                             self._remove(rec[1])
                 elif op == b"PERSIST" and len(rec) == 2:
@@ -259,6 +262,8 @@ class Keyspace:
                     same_epoch = rec[1] == epoch
                 else:
                     raise RuntimeError(f"AOF record {count} is not understood: {rec[:3]!r}")
+            for key in [k for k, deadline in self._expires.items() if deadline <= now]:
+                self._remove(key)
         finally:
             self.journal = journal
         return count

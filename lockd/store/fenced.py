@@ -84,11 +84,14 @@ class FencedStore:
         directory: Path,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+        check_tokens: bool = True,
     ) -> None:
         if max_value_bytes < 0:
             raise ValueError("max_value_bytes must be >= 0")
         self.max_value_bytes = max_value_bytes
         self.compact_min_bytes = compact_min_bytes
+        self.check_tokens = check_tokens
+        """False only to show what fencing saves (`lockd store --unsafe-no-token-check`)."""
         self.log = StoreLog(directory)
         self.state = State()
         self.writes = 0  # accepted writes since open
@@ -195,7 +198,7 @@ class FencedStore:
         outcomes: list[int | LockdError] = []
         for w, _ in batch:
             top = highest.get(w.resource, state.highest.get(w.resource, 0))
-            if w.token < top:
+            if w.token < top and self.check_tokens:
                 outcomes.append(_stale(w, top))
                 continue
             where = (w.resource, w.key)
@@ -204,10 +207,10 @@ class FencedStore:
                 outcomes.append(_changed(w, now, top))
                 continue
             record = encode_write(w.resource, w.key, w.value, w.token)
-            highest[w.resource] = w.token
+            highest[w.resource] = max(top, w.token)
             current[where] = Entry(w.value, w.token, len(record))
             accepted.append((w, record))
-            outcomes.append(w.token)
+            outcomes.append(highest[w.resource])
         if self._failed is None and accepted:
             try:
                 await asyncio.to_thread(self.log.append, [r for _, r in accepted])

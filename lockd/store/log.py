@@ -26,13 +26,13 @@ import fcntl
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lockd.engine.persistence import fsync_dir
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 
-__all__ = ["Entry", "State", "StoreLog", "encode_write"]
+__all__ = ["Entry", "State", "StoreLog", "encode_write", "read_writes"]
 
 log = logging.getLogger("lockd.store")
 
@@ -87,6 +87,27 @@ def _decode_write(args: list[bytes]) -> tuple[str, str, bytes, int] | None:
     except ValueError:  # UnicodeDecodeError included
         return None
     return (resource, key, args[3], token) if token > 0 else None
+
+
+def read_writes(path: Path) -> Iterator[tuple[str, str, bytes, int]]:
+    """(resource, key, value, token) of every whole write in a store log, in log order.
+
+    Read-only (a torn tail just ends the iteration); the Jepsen harness checks the order
+    in which the store accepted tokens with it."""
+    data = path.read_bytes()
+    if data[: len(HEADER)] != HEADER:
+        raise ValueError(f"{path} is not a lockd store log")
+    parser = RequestParser()
+    parser.feed(data[len(HEADER) :])
+    while True:
+        try:
+            args = parser.next_command()
+        except ProtocolError:
+            return
+        write = None if args is None else _decode_write(args)
+        if write is None:
+            return
+        yield write
 
 
 class StoreLog:

@@ -52,6 +52,8 @@ class StoreConfig:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
     shutdown_grace_s: float = 5.0
+    check_tokens: bool = True
+    """False is UNSAFE: writes with stale tokens are accepted (the harness's control run)."""
 
 
 class FencedStoreService(pb_grpc.FencedStoreServicer):
@@ -104,7 +106,10 @@ class StoreServer:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.store = FencedStore(
-            Path(config.directory), config.max_value_bytes, config.compact_min_bytes
+            Path(config.directory),
+            config.max_value_bytes,
+            config.compact_min_bytes,
+            check_tokens=config.check_tokens,
         )
         self.health = health.aio.HealthServicer()
         # A CompareAndSet carries two values; leave room for them and the rest.
@@ -168,9 +173,12 @@ async def serve(
     listen: str,
     directory: str | os.PathLike[str],
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    check_tokens: bool = True,
 ) -> None:
     """Run a store server until SIGTERM or SIGINT, then stop it gracefully."""
-    config = StoreConfig(Path(directory), listen, max_value_bytes)
+    config = StoreConfig(Path(directory), listen, max_value_bytes, check_tokens=check_tokens)
+    if not check_tokens:
+        log.warning("UNSAFE: the token check is off; stale writers are accepted")
     server, _ = await create_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,302 @@
+"""`lockd jepsen run`: start the cluster, run workers and nemesis, check, report.
+
+The run lays out `DIR/<test>/<timestamp>/`: history.jsonl, results.json (top-level
+`valid`, then one entry per checker), report.html, run.json (the configuration and
+seed), logs/ (every process's output) and data/ (their directories); `DIR/<test>/latest`
+points at the newest run. Whatever happens, every process the run started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lockd.jepsen.checkers import Validity, merge
+from lockd.jepsen.checkers.availability import check_availability
+from lockd.jepsen.checkers.mutex import check_mutex
+from lockd.jepsen.checkers.store import check_store
+from lockd.jepsen.checkers.tokens import check_tokens
+from lockd.jepsen.client import COUNTER
+from lockd.jepsen.cluster import Cluster, ClusterConfig
+from lockd.jepsen.generator import clock_offsets, schedule
+from lockd.jepsen.history import NEMESIS, Event, HistoryWriter, load, pair, validate
+from lockd.jepsen.nemesis import Nemesis
+
+__all__ = ["RunConfig", "check_history", "exit_code", "run"]
+
+log = logging.getLogger("lockd.jepsen")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; `lockd jepsen run` builds one from its flags."""
+
+    out: Path
+    seed: int
+    nemeses: tuple[str, ...] = ()
+    nodes: int = 5
+    gateways: int = 2
+    clients: int = 8
+    keys: int = 1
+    time_limit_s: float = 60.0
+    heal_s: float | None = None
+    ttl_s: float = 1.0
+    max_ttl_ms: int = 2000
+    think_max_s: float = 0.2
+    node_timeout_ms: int = 200
+    unsafe_store: bool = False
+    unsafe_wall_clock: bool = False
+    unfenced_read: bool = False
+    test_name: str | None = None
+    check_time_limit_s: float = 60.0
+    check_memory_mb: int = 1024
+    command: str = ""
+
+    @property
+    def name(self) -> str:
+        """The test's name: workload, unsafe switches and nemeses."""
+        if self.test_name:
+            return self.test_name
+        parts = ["fenced-counter"]
+        parts += [
+            flag
+            for flag, on in (
+                ("unsafe-store", self.unsafe_store),
+                ("unsafe-wall-clock", self.unsafe_wall_clock),
+                ("unfenced-read", self.unfenced_read),
+            )
+            if on
+        ]
+        parts.append("+".join(self.nemeses) if self.nemeses else "no-faults")
+        return "-".join(parts)
+
+    @property
+    def heal_time_s(self) -> float:
+        """Length of the final healed phase: past every restart delay, then some."""
+        if self.heal_s is not None:
+            return self.heal_s
+        return max(5.0, 2 * self.max_ttl_ms / 1000 + 3.0)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON data for run.json and the history's meta line."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
+        out["out"] = str(self.out)
+        out["nemeses"] = list(self.nemeses)
+        out["test"] = self.name
+        out["heal_s"] = self.heal_time_s
+        return out
+
+
+def exit_code(valid: Validity) -> int:
+    """0 valid, 1 invalid, 2 unknown."""
+    return 0 if valid is True else 1 if valid is False else 2
+
+
+def _keys(config: RunConfig) -> list[str]:
+    return [f"lock-{i}" for i in range(config.keys)]
+
+
+async def _final_reads(cluster: Cluster, keys: Sequence[str], record: Any) -> None:
+    """Read every counter once more after the healed phase (process "final")."""
+    from lockd_client import AsyncStoreClient
+
+    async with AsyncStoreClient(cluster.store_endpoint, timeout=5.0) as store:
+        for key in keys:
+            record(Event("invoke", "final", "read", time.monotonic_ns(), key))
+            try:
+                result = await store.read(key, COUNTER)
+            except Exception as exc:
+                record(Event("info", "final", "read", time.monotonic_ns(), key, error=repr(exc)))
+                continue
+            value = {
+                "value": int(result.value) if result.value else None,
+                "highest": result.highest_token,
+            }
+            record(Event("ok", "final", "read", time.monotonic_ns(), key, value))
+
+
+async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+    """Start everything, run the schedule and the healed phase, stop everything."""
+    cluster = Cluster(
+        ClusterConfig(
+            directory,
+            nodes=config.nodes,
+            gateways=config.gateways,
+            max_ttl_ms=config.max_ttl_ms,
+            node_timeout_ms=config.node_timeout_ms,
+            unsafe_store=config.unsafe_store,
+            unsafe_wall_clock=config.unsafe_wall_clock,
+            power_loss="power-loss" in config.nemeses,
+            seed=config.seed,
+        )
+    )
+
+    def nemesis_event(f: str, value: dict[str, Any]) -> None:
+        history.append(Event("info", NEMESIS, f, time.monotonic_ns(), value=value))
+        log.info("nemesis %s %s", f, json.dumps(value)[:200])
+
+    nemesis = Nemesis(cluster, nemesis_event, config.seed)
+    faults = schedule(
+        config.seed,
+        config.nemeses,
+        config.time_limit_s,
+        nodes=config.nodes,
+        gateways=config.gateways,
+        ttl_s=config.ttl_s,
+    )
+    try:
+        log.info("starting %d engines, %d gateways, the store", config.nodes, config.gateways)
+        await cluster.start()
+        if "clock" in config.nemeses:
+            await nemesis.scramble(clock_offsets(config.seed, config.nodes))
+        endpoints = cluster.gateway_endpoints
+        keys = _keys(config)
+        for i in range(config.clients):
+            rotated = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
+            args = [
+                "--index", str(i),
+                "--concurrency", str(config.clients),
+                "--gateways", ",".join(rotated),
+                "--store", cluster.store_endpoint,
+                "--keys", ",".join(keys),
+                "--seed", str(config.seed),
+                "--ttl", str(config.ttl_s),
+                "--think-max", str(config.think_max_s),
+                "--time-limit", str(config.time_limit_s + config.heal_time_s + 30),
+            ]  # fmt: skip
+            if config.unfenced_read:
+                args.append("--unfenced-read")
+            await cluster.start_worker(i, args, history.append)
+        started = time.monotonic()
+        history.append(
+            Event("info", NEMESIS, "begin", time.monotonic_ns(), value={"faults": len(faults)})
+        )
+        scheduled_end = 0.0
+        for fid, fault in enumerate(faults):
+            # Keep the quiet gap even when restarts made the previous fault run long.
+            gap = fault.at_s - scheduled_end
+            await asyncio.sleep(max(started + fault.at_s - time.monotonic(), gap))
+            scheduled_end = fault.at_s + fault.duration_s
+            await nemesis.start(fault, fid)
+            await asyncio.sleep(fault.duration_s)  # from when it actually started
+            await nemesis.stop(fault, fid)
+            history.flush()
+        await asyncio.sleep(max(0.0, started + config.time_limit_s - time.monotonic()))
+        await nemesis.heal_all()
+        await asyncio.sleep(config.heal_time_s)
+        log.info("stopping the workers")
+        await asyncio.gather(*(w.finish(timeout=2 * config.ttl_s + 6.0) for w in cluster.workers))
+        await _final_reads(cluster, keys, history.append)
+    finally:
+        await cluster.stop()
+
+
+def check_history(
+    events: Sequence[Event],
+    config: dict[str, Any],
+    store_log: Path | None,
+) -> dict[str, Any]:
+    """Every checker over a history: {"valid": ..., "<checker>": {...}, ...}."""
+    client_events = [e for e in events if not e.is_nemesis]
+    nemesis = [e for e in events if e.is_nemesis]
+    problems = validate(client_events)  # a malformed history makes the verdict unknown
+    ops = pair(client_events, strict=False)
+    end = max((e.time for e in events), default=0)
+    results: dict[str, Any] = {}
+    results["store"] = check_store(
+        ops,
+        store_log,
+        time_limit_s=float(config.get("check_time_limit_s", 60.0)),
+        memory_limit_bytes=int(config.get("check_memory_mb", 1024)) << 20,
+    )
+    results["tokens"] = check_tokens(ops)
+    results["mutex"] = check_mutex(ops, nemesis, end)
+    results["availability"] = check_availability(
+        ops,
+        nemesis,
+        nodes=int(config.get("nodes", 5)),
+        gateways=int(config.get("gateways", 2)),
+        max_ttl_ms=int(config.get("max_ttl_ms", 2000)),
+        end=end,
+    )
+    results["stats"] = _stats(ops, nemesis, problems)
+    return {"valid": merge(r["valid"] for r in results.values()), **results}
+
+
+def _stats(ops: Sequence[Any], nemesis: Sequence[Event], problems: list[str]) -> dict[str, Any]:
+    by_f: dict[str, Counter[str]] = {}
+    for op in ops:
+        by_f.setdefault(op.f, Counter())[op.outcome] += 1
+    faults = Counter((e.value or {}).get("fault") for e in nemesis if e.f == "start")
+    oks = sum(c["ok"] for c in by_f.values())
+    return {
+        "valid": "unknown" if problems else oks > 0,
+        "history_problems": problems[:10],
+        "operations": len(ops),
+        "by_function": {f: dict(c) for f, c in sorted(by_f.items())},
+        "faults": dict(faults),
+    }
+
+
+def _link_latest(test_dir: Path, run_dir: Path) -> None:
+    latest = test_dir / "latest"
+    tmp = test_dir / f".latest-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(latest)
+
+
+async def _main(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await _execute(config, directory, history)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
+    """Run one test; returns its directory and results (also written there)."""
+    test_dir = config.out / config.name
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")[:-3]
+    directory = test_dir / stamp
+    directory.mkdir(parents=True)
+    _link_latest(test_dir, directory)
+    meta = {
+        **config.describe(),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "t0": time.monotonic_ns(),
+        "command": config.command or shlex.join(sys.argv),
+    }
+    (directory / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    history = HistoryWriter(directory / "history.jsonl", meta)
+    try:
+        asyncio.run(_main(config, directory, history))
+    except asyncio.CancelledError:  # SIGTERM: everything is stopped by now
+        raise KeyboardInterrupt from None
+    finally:
+        history.close()
+    log.info("checking the history")
+    _, events = load(directory / "history.jsonl")
+    results = check_history(events, meta, directory / "data" / "store" / "store.log")
+    (directory / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    from lockd.jepsen.report import write_report
+
+    write_report(directory / "report.html", meta, events, results)
+    return directory, results

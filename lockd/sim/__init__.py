@@ -1,0 +1,47 @@
+"""The deterministic simulator (`lockd sim`), in the FoundationDB / TigerBeetle
+tradition: the real engines and the real quorum core under virtual time, with a
+simulated network, clocks, disks, clients and fenced store, every random choice drawn
+from one seed, so that any failure replays exactly from it.
+
+`world` (time, network, clocks, disks, nodes, store), `schedule` (what a seed does),
+`clients` (the event loop driving the core machines), `simulation` (one run),
+`checks` (the properties), `run` (seeds, shrinking, traces).
+"""
+
+from lockd.sim.checks import PROPERTIES, Grant, History, Violation
+from lockd.sim.run import (
+    DEFAULT_STEPS,
+    Failure,
+    Summary,
+    explore,
+    format_trace,
+    replay_command,
+    run_seed,
+    schedule_for,
+    shrink,
+)
+from lockd.sim.schedule import Limits, Schedule, generate
+from lockd.sim.simulation import UNSAFE, Outcome, Simulation, liveness_bound_ns
+
+__all__ = [
+    "DEFAULT_STEPS",
+    "PROPERTIES",
+    "UNSAFE",
+    "Failure",
+    "Grant",
+    "History",
+    "Limits",
+    "Outcome",
+    "Schedule",
+    "Simulation",
+    "Summary",
+    "Violation",
+    "explore",
+    "format_trace",
+    "generate",
+    "liveness_bound_ns",
+    "replay_command",
+    "run_seed",
+    "schedule_for",
+    "shrink",
+]

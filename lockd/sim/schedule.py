@@ -1,0 +1,339 @@
+"""What happens in one run, drawn from its seed before it starts: the setup (clients,
+clocks, disks, weather) and a schedule of timed steps, each a client session or a fault.
+
+Generation is pure (a seed in, a `Schedule` out), so a schedule with steps removed is
+still a schedule: the shrinker replays subsets of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from lockd.engine import FsyncPolicy
+
+__all__ = [
+    "Action",
+    "ClockJump",
+    "ClockRate",
+    "Crash",
+    "Heal",
+    "Limits",
+    "Partition",
+    "Pause",
+    "Schedule",
+    "Session",
+    "Setup",
+    "Step",
+    "Storm",
+    "generate",
+    "rng_for",
+]
+
+NODES = 5
+
+
+def rng_for(seed: int, stream: str) -> random.Random:
+    """The random stream `stream` of run `seed` (seeded by string: stable everywhere)."""
+    return random.Random(f"lockd-sim:{seed}:{stream}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """The simulator's fixed envelope (the same for every seed)."""
+
+    max_ttl_ms: int = 500
+    """Every node's --max-ttl; sessions ask for up to this."""
+    drift_bound: float = 0.005
+    """Clock rates stay within 1 ± this (both directions: 1% between two clocks, the
+    core's drift allowance), except in steps that say `beyond bound`."""
+    long_delay_max_ms: int = 1000
+    """The longest a delayed message can take (beyond the TTLs: Kleppmann's delay)."""
+    max_fence_rounds: int = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setup:
+    """Per-run constants."""
+
+    clients: int
+    names: tuple[bytes, ...]
+    node_rates: tuple[float, ...]
+    client_rates: tuple[float, ...]
+    wall_offsets_ms: tuple[int, ...]
+    boot_ms: tuple[int, ...]
+    fsync: tuple[FsyncPolicy, ...]
+    fence_block: int
+    node_timeout_ms: int
+    retry_cap_ms: int
+    loss: float
+    dup: float
+    long_p: float
+
+    def describe(self) -> str:
+        """One paragraph for traces."""
+        rates = " ".join(f"{r:.4f}" for r in self.node_rates)
+        crates = " ".join(f"{r:.4f}" for r in self.client_rates)
+        return (
+            f"{self.clients} clients, locks {', '.join(n.decode() for n in self.names)}; "
+            f"node clock rates {rates}; client clock rates {crates}; "
+            f"fsync {'/'.join(p.value for p in self.fsync)}; fence block {self.fence_block}; "
+            f"node timeout {self.node_timeout_ms} ms; loss {self.loss:.1%}, "
+            f"duplication {self.dup:.1%}, long delays {self.long_p:.1%}"
+        )
+
+
+# -- steps -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    """A client's unit of work: acquire `name` (retrying for up to `wait_ms`), do
+    `writes` read-then-write rounds on the fenced store over `hold_ms` (renewing the
+    lease if `renew`), then release it — or, if not `release`, walk away and let it
+    expire. A client does its sessions one at a time, in order."""
+
+    client: int
+    name: bytes
+    ttl_ms: int
+    wait_ms: int
+    hold_ms: int
+    writes: int
+    renew: bool
+    release: bool
+
+    def __str__(self) -> str:
+        end = "release" if self.release else "abandon"
+        renew = ", renew" if self.renew else ""
+        return (
+            f"c{self.client} session on {self.name.decode()}: ttl {self.ttl_ms} ms, wait "
+            f"{self.wait_ms} ms, hold {self.hold_ms} ms, {self.writes} writes{renew}, {end}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Partition:
+    """From now on (until the next partition or heal), these client-node links drop
+    every message."""
+
+    cuts: frozenset[tuple[int, int]]
+    shape: str
+
+    def __str__(self) -> str:
+        return f"partition: {self.shape}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heal:
+    """Every link works again."""
+
+    def __str__(self) -> str:
+        return "heal the network"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Crash:
+    """Stop `nodes`: cleanly, or by power loss (the unfsynced journal tail is lost);
+    each comes back after `down_ms`."""
+
+    nodes: tuple[int, ...]
+    clean: bool
+    down_ms: int
+
+    def __str__(self) -> str:
+        how = "stop cleanly" if self.clean else "crash (power loss)"
+        nodes = ",".join(f"n{n}" for n in self.nodes)
+        return f"{how} {nodes}, restart after {self.down_ms} ms"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClockJump:
+    """Step node `node`'s wall clock (an NTP step). Monotonic time does not move."""
+
+    node: int
+    delta_ms: int
+
+    def __str__(self) -> str:
+        return f"n{self.node} wall clock jumps {self.delta_ms:+d} ms"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClockRate:
+    """Node `node`'s clocks run at `rate` times true time from now on."""
+
+    node: int
+    rate: float
+    beyond_bound: bool
+
+    def __str__(self) -> str:
+        note = " (beyond the drift bound)" if self.beyond_bound else ""
+        return f"n{self.node} clock rate {self.rate:.4f}{note}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pause:
+    """Client `client` stops for `ms` (GC, SIGSTOP, a suspended VM); its clock stops too."""
+
+    client: int
+    ms: int
+
+    def __str__(self) -> str:
+        return f"pause c{self.client} for {self.ms} ms"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Storm:
+    """For `ms`, extra loss, duplication and long delays on every node link."""
+
+    ms: int
+    loss: float
+    dup: float
+    long_p: float
+
+    def __str__(self) -> str:
+        return (
+            f"network storm for {self.ms} ms: +{self.loss:.0%} loss, +{self.dup:.0%} "
+            f"duplication, +{self.long_p:.0%} long delays"
+        )
+
+
+Action = Session | Partition | Heal | Crash | ClockJump | ClockRate | Pause | Storm
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """`action` at `at_ms` of true time; `index` is its place in the full schedule."""
+
+    index: int
+    at_ms: int
+    action: Action
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schedule:
+    """A run: setup plus steps (a subset of the generated ones when shrunk)."""
+
+    seed: int
+    setup: Setup
+    steps: tuple[Step, ...]
+    limits: Limits
+
+    def keep(self, indices: set[int]) -> Schedule:
+        """Only the steps whose index is in `indices`."""
+        return dataclasses.replace(self, steps=tuple(s for s in self.steps if s.index in indices))
+
+
+# -- generation --------------------------------------------------------------------------
+
+
+def generate(seed: int, steps: int, limits: Limits | None = None) -> Schedule:
+    """The schedule of run `seed` with `steps` steps."""
+    lim = limits or Limits()
+    rng = rng_for(seed, "schedule")
+    bound = lim.drift_bound
+    clients = rng.choice((2, 3, 3, 4))
+    setup = Setup(
+        clients=clients,
+        names=(b"a",) if rng.random() < 0.6 else (b"a", b"b"),
+        node_rates=tuple(1 + rng.uniform(-bound, bound) for _ in range(NODES)),
+        client_rates=tuple(1 + rng.uniform(-bound, bound) for _ in range(clients)),
+        wall_offsets_ms=tuple(rng.randrange(-500, 500) for _ in range(NODES)),
+        boot_ms=tuple(rng.randrange(10**9) for _ in range(NODES)),
+        fsync=tuple(rng.choice(list(FsyncPolicy)) for _ in range(NODES)),
+        fence_block=rng.choice((1, 16, 1024)),
+        node_timeout_ms=rng.choice((10, 50, 200)),
+        retry_cap_ms=rng.choice((50, 100, 200)),
+        loss=rng.choice((0.0, 0.01, 0.05)),
+        dup=rng.choice((0.0, 0.01, 0.05)),
+        long_p=rng.choice((0.0, 0.001, 0.01)),
+    )
+    fault_rate = rng.choice((0.1, 0.2, 0.35))
+    weights = {
+        "partition": rng.choice((0, 2, 4)),
+        "heal": 2,
+        "crash": rng.choice((0, 1, 2)),
+        "jump": rng.choice((0, 1, 3)),
+        "rate": rng.choice((0, 1, 2)),
+        "pause": rng.choice((0, 0, 1, 2)),
+        "storm": rng.choice((0, 1, 2)),
+    }
+    kinds = [k for k, w in weights.items() for _ in range(w)]
+    wild_clocks = rng.random() < 0.1  # this run's clocks may drift beyond the bound
+    gap_ms = rng.choice((30, 60, 120))
+    out: list[Step] = []
+    t = 0
+    for index in range(steps):
+        t += int(rng.expovariate(1 / gap_ms))
+        if rng.random() < fault_rate:
+            action = _fault(rng, rng.choice(kinds), setup, lim, wild_clocks)
+        else:
+            action = _session(rng, setup, lim)
+        out.append(Step(index, t, action))
+    return Schedule(seed, setup, tuple(out), lim)
+
+
+def _session(rng: random.Random, setup: Setup, lim: Limits) -> Session:
+    ttl = rng.randrange(5, lim.max_ttl_ms // 10 + 1) * 10
+    return Session(
+        client=rng.randrange(setup.clients),
+        name=rng.choice(setup.names),
+        ttl_ms=ttl,
+        wait_ms=rng.choice((0, rng.randrange(1000))),
+        hold_ms=rng.randrange(3 * ttl // 2 + 1),
+        writes=rng.randrange(4),
+        renew=rng.random() < 0.8,
+        release=rng.random() < 0.85,
+    )
+
+
+def _fault(rng: random.Random, kind: str, setup: Setup, lim: Limits, wild_clocks: bool) -> Action:
+    if kind == "partition":
+        return _partition(rng, setup.clients)
+    if kind == "crash":
+        r = rng.random()
+        count = 1 if r < 0.7 else (3 if r < 0.9 else NODES)
+        nodes = tuple(sorted(rng.sample(range(NODES), count)))
+        down = rng.choice((0, rng.randrange(100), rng.randrange(2000)))
+        return Crash(nodes, rng.random() < 0.25, down)
+    if kind == "jump":
+        return ClockJump(rng.randrange(NODES), rng.randrange(-2000, 2001))
+    if kind == "rate":
+        if wild_clocks and rng.random() < 0.3:
+            return ClockRate(rng.randrange(NODES), rng.uniform(0.9, 1.1), True)
+        bound = lim.drift_bound
+        return ClockRate(rng.randrange(NODES), 1 + rng.uniform(-bound, bound), False)
+    if kind == "pause":
+        return Pause(rng.randrange(setup.clients), rng.randrange(lim.max_ttl_ms // 2, 2000))
+    if kind == "storm":
+        return Storm(rng.randrange(100, 2000), rng.uniform(0.1, 0.5), 0.1, 0.05)
+    return Heal()
+
+
+def _partition(rng: random.Random, clients: int) -> Partition:
+    shape = rng.choice(("isolate", "split", "one-client", "ring"))
+    cuts: set[tuple[int, int]] = set()
+    if shape == "isolate":
+        lost = rng.sample(range(NODES), rng.choice((1, 2)))
+        cuts = {(c, n) for c in range(clients) for n in lost}
+        label = f"nodes {sorted(lost)} cut off from every client"
+    elif shape == "split":
+        label_parts = []
+        for c in range(clients):
+            seen = rng.sample(range(NODES), rng.choice((2, 3, 3, 4)))
+            cuts |= {(c, n) for n in range(NODES) if n not in seen}
+            label_parts.append(f"c{c} sees {sorted(seen)}")
+        label = "; ".join(label_parts)
+    elif shape == "one-client":
+        c = rng.randrange(clients)
+        lost = rng.sample(range(NODES), rng.choice((2, 3, 5)))
+        cuts = {(c, n) for n in lost}
+        label = f"c{c} cut off from nodes {sorted(lost)}"
+    else:
+        first = rng.randrange(NODES)
+        label_parts = []
+        for c in range(clients):
+            seen = [(first + c + i) % NODES for i in range(3)]
+            cuts |= {(c, n) for n in range(NODES) if n not in seen}
+            label_parts.append(f"c{c} sees {sorted(seen)}")
+        label = "majorities ring: " + "; ".join(label_parts)
+    return Partition(frozenset(cuts), label)

@@ -1,0 +1,158 @@
+"""`lockd jepsen run` end to end, as CI runs it: real processes, every nemesis.
+
+The safe configuration under all nemeses must be valid (exit 0); the store without its
+token check under the pause nemesis, and engines on the wall clock under clock jumps,
+must be caught (exit 1). Afterwards no process of the run may be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _run(out: Path, *flags: str, timeout: float = 170) -> tuple[int, dict[str, Any], Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lockd",
+            "--log-level",
+            "warning",
+            "jepsen",
+            "run",
+            "--out",
+            str(out),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    runs = sorted(p for p in out.glob("*/*") if p.is_dir() and not p.is_symlink())
+    assert runs, f"no run directory; output:\n{proc.stdout}\n{proc.stderr}"
+    results = json.loads((runs[-1] / "results.json").read_text())
+    return proc.returncode, results, runs[-1]
+
+
+def _strays(out: Path) -> list[str]:
+    """Live processes started by a run under `out` (the harness marks every child's
+    environment with LOCKD_JEPSEN_RUN, its run directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        for var in environ:
+            if var.startswith(b"LOCKD_JEPSEN_RUN=") and str(out) in var.decode():
+                found.append(f"{entry.name}: {cmdline[:200]}")
+    return found
+
+
+def _layout(run: Path) -> None:
+    assert (run.parent / "latest").resolve() == run.resolve()
+    for name in ("history.jsonl", "results.json", "report.html", "run.json"):
+        assert (run / name).is_file(), name
+    html = (run / "report.html").read_text()
+    assert "<svg" in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    meta = json.loads((run / "history.jsonl").read_text().splitlines()[0])
+    assert meta["type"] == "meta" and isinstance(meta["seed"], int)
+
+
+@pytest.mark.timeout(200)
+def test_safe_configuration_under_every_nemesis_is_valid(tmp_path: Path) -> None:
+    code, results, run = _run(tmp_path, "--time-limit", "40", "--seed", "5")
+    assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
+    assert code == 0
+    _layout(run)
+    assert set(results["stats"]["faults"]) == {"kill", "power-loss", "pause", "clock", "partition"}
+    assert results["tokens"]["grants"] > 50
+    assert results["mutex"]["lease_violations"] == 0
+    assert results["store"]["lost_updates"]["lost"] == 0
+    assert _strays(tmp_path) == []
+
+
+@pytest.mark.timeout(200)
+def test_store_without_its_token_check_is_caught(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--unsafe-store", "--nemesis", "pause", "--time-limit", "25",
+        "--heal-time", "3", "--seed", "3",
+    )  # fmt: skip
+    assert code == 1 and results["valid"] is False
+    store = results["store"]
+    assert store["valid"] is False and store["lost_updates"]["lost"] > 0
+    assert store["token_order"]["decreases"] > 0
+    assert results["mutex"]["held_overlaps_during_pauses"] > 0
+    assert _strays(tmp_path) == []
+
+
+@pytest.mark.timeout(200)
+def test_engines_on_the_wall_clock_are_caught(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--unsafe-wall-clock", "--nemesis", "clock", "--time-limit", "20",
+        "--heal-time", "3", "--seed", "4",
+    )  # fmt: skip
+    assert code == 1 and results["valid"] is False
+    assert results["mutex"]["valid"] is False and results["mutex"]["lease_violations"] > 0
+    assert results["store"]["valid"] is True  # fencing still holds the store safe
+    assert _strays(tmp_path) == []
+
+
+def _start(out: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
+    cmd = [sys.executable, "-m", "lockd", "jepsen", "run", "--out", str(out), "--nemesis",
+           "pause", "--time-limit", "120", "--clients", "2", "--seed", "1"]  # fmt: skip
+    with (out / "harness.out").open("w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_workers(out: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        histories = list(out.glob("*/*/history.jsonl"))
+        if histories and '"f":"acquire"' in histories[0].read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError("the run never got going")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_no_process(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C stops everything (exit 130); even a SIGKILLed harness leaves nothing
+    behind, since every child is told by the kernel to die with it."""
+    proc = _start(tmp_path)
+    try:
+        _wait_for_workers(tmp_path, proc)
+        expected = 5 + 1 + 2 + 2  # engines, store, gateways, workers
+        deadline = time.monotonic() + 20
+        while len(_strays(tmp_path)) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)  # the second worker may start after the first one's events
+        assert len(_strays(tmp_path)) == expected
+        proc.send_signal(sig)
+        code = proc.wait(30)
+        assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _strays(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _strays(tmp_path) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
