@@ -102,16 +102,27 @@ def test_store_without_its_token_check_is_caught(tmp_path: Path) -> None:
     assert _strays(tmp_path) == []
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(400)
 def test_engines_on_the_wall_clock_are_caught(tmp_path: Path) -> None:
-    code, results, _ = _run(
-        tmp_path, "--unsafe-wall-clock", "--nemesis", "clock", "--time-limit", "20",
-        "--heal-time", "3", "--seed", "4",
-    )  # fmt: skip
-    assert code == 1 and results["valid"] is False
-    assert results["mutex"]["valid"] is False and results["mutex"]["lease_violations"] > 0
-    assert results["store"]["valid"] is True  # fencing still holds the store safe
-    assert _strays(tmp_path) == []
+    # Whether a 20 s run lines a clock step up with a held lease depends on timing, not
+    # only on the seed (it was caught in 8 of 8 seeds, and missed once in CI-like runs):
+    # the bug must be caught within three seeded runs, and every run's store stays safe.
+    for seed in ("4", "5", "6"):
+        out = tmp_path / f"seed-{seed}"
+        out.mkdir()
+        code, results, _ = _run(
+            out, "--unsafe-wall-clock", "--nemesis", "clock", "--time-limit", "20",
+            "--heal-time", "3", "--seed", seed,
+        )  # fmt: skip
+        assert results["store"]["valid"] is True  # fencing still holds the store safe
+        assert _strays(out) == []
+        if code == 1:
+            assert results["valid"] is False
+            assert results["mutex"]["valid"] is False
+            assert results["mutex"]["lease_violations"] > 0
+            return
+        assert code == 0, f"seed {seed}: exit {code}"
+    pytest.fail("engines on the wall clock were not caught in three seeded runs")
 
 
 def _start(out: Path) -> subprocess.Popen[str]:
