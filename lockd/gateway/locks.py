@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from lockd import errors
 from lockd.core import (
     Acquire,
     Granted,
@@ -30,7 +31,6 @@ from lockd.core import (
     quorum,
     retry_delay_ns,
 )
-from lockd.gateway import errors
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics

@@ -11,21 +11,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from lockd import __version__
 from lockd.core import Granted
-from lockd.gateway.errors import DOMAIN, LockdError
+from lockd.errors import LockdError, abort
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import Mode
 from lockd.v1 import lock_service_pb2 as pb
 from lockd.v1 import lock_service_pb2_grpc as pb_grpc
 
-__all__ = ["LockService", "abort"]
+__all__ = ["LockService"]
 
 MS = 1_000_000
 _MODES = {
@@ -34,20 +32,6 @@ _MODES = {
     Mode.REDIS: pb.NODE_MODE_REDIS,
 }
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
-
-
-async def abort(context: Context, error: LockdError) -> NoReturn:
-    """End the call with `error`'s code, message and a google.rpc ErrorInfo detail."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
-    await context.abort(
-        error.code,
-        error.message,
-        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
-    )
-    raise AssertionError("unreachable")  # abort raises
 
 
 def _granted(granted: Granted, received_ns: int, ttl_ms: int) -> pb.AcquireResponse:

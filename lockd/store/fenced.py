@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from lockd.gateway.errors import LockdError, invalid, unavailable
+from lockd.errors import LockdError, invalid, unavailable
 from lockd.store.log import Entry, State, StoreLog, encode_write
 
 __all__ = [

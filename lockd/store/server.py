@@ -21,8 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lockd.gateway.errors import LockdError, invalid
-from lockd.gateway.service import abort
+from lockd.errors import LockdError, abort, invalid
 from lockd.store.fenced import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_MAX_VALUE_BYTES, FencedStore
 from lockd.v1 import fenced_store_pb2 as pb
 from lockd.v1 import fenced_store_pb2_grpc as pb_grpc

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockd.gateway.errors import LockdError
+from lockd.errors import LockdError
 from lockd.store.fenced import FencedStore
 from lockd_client.store import StaleToken, StoreClient
 

@@ -1,12 +1,18 @@
-"""Gateway errors: each maps to one gRPC status code and an ErrorInfo reason."""
+"""Errors of lockd's gRPC services (the gateway and the fenced store): each maps to one
+status code and a google.rpc ErrorInfo reason; `abort` ends a call with one."""
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "DOMAIN",
     "LockdError",
+    "abort",
     "deadline",
     "exhausted",
     "invalid",
@@ -52,3 +58,18 @@ def precondition(reason: str, message: str) -> LockdError:
 def deadline(reason: str, message: str) -> LockdError:
     """DEADLINE_EXCEEDED."""
     return LockdError(grpc.StatusCode.DEADLINE_EXCEEDED, reason, message)
+
+
+async def abort(context: Any, error: LockdError) -> NoReturn:
+    """End the call (a grpc.aio ServicerContext) with `error`'s code, message and a
+    google.rpc ErrorInfo detail."""
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    await context.abort(
+        error.code,
+        error.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+    raise AssertionError("unreachable")  # abort raises
