@@ -115,7 +115,7 @@ def engine(
 ) -> None:
     """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
     from lockd.engine import Engine, EngineConfig, FsyncPolicy, WallClock
-    from lockd.resp.server import serve
+    from lockd.engine.server import serve
 
     config = EngineConfig(
         dir=directory,

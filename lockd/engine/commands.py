@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -341,10 +340,6 @@ def cmd_bgrewriteaof(engine: Engine, args: list[bytes]) -> Reply:
     return Status("Background append only file rewriting started")
 
 
-_WALL_OFFSETS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
-"""Wall-clock steps of nodes on the monotonic clock: recorded, and without effect on TTLs."""
-
-
 def _float_arg(raw: bytes) -> float:
     try:
         value = float(raw)
@@ -371,7 +366,7 @@ def cmd_lockd_clock(engine: Engine, args: list[bytes]) -> Reply:
     clock = engine.clock
     wall = isinstance(clock, WallClock)
     if sub == b"GET" and len(args) == 2:
-        offset = clock.offset_ms if wall else _WALL_OFFSETS.get(engine, 0.0)
+        offset = clock.offset_ms if wall else engine.wall_offset_ms
         source = b"wall" if wall else b"monotonic"
         return [clock.now_ms(), repr(offset).encode(), repr(clock.rate).encode(), source]
     if len(args) != 3 or sub not in (b"RATE", b"JUMP", b"OFFSET"):
@@ -383,12 +378,12 @@ def cmd_lockd_clock(engine: Engine, args: list[bytes]) -> Reply:
         except ValueError as exc:
             raise CommandError(f"ERR {exc}") from None
         return OK
-    current = clock.offset_ms if wall else _WALL_OFFSETS.get(engine, 0.0)
+    current = clock.offset_ms if wall else engine.wall_offset_ms
     step = value if sub == b"JUMP" else value - current
     if wall:
         clock.jump(step)
     else:
-        _WALL_OFFSETS[engine] = current + step
+        engine.wall_offset_ms = current + step
     return OK
 
 

@@ -91,6 +91,8 @@ class Engine:
         self.restart_until_ms = self.started_ms
         self.restart_reason = "fresh data directory"
         self.fence_floor = 0
+        self.wall_offset_ms = 0.0
+        """Wall-clock steps (LOCKD.CLOCK) on a monotonic-clock node: recorded, no effect on TTLs."""
         self.aof: AppendOnlyFile | None = None
         self.reservation: FenceReservation | None = None
         self._epoch = clock_epoch().encode()

@@ -1,4 +1,4 @@
-"""RESP (the Redis serialization protocol): a sans-I/O parser and encoder, and the server."""
+"""RESP (the Redis serialization protocol): the sans-I/O parser and encoder, and reply values."""
 
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
 

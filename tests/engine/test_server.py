@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from lockd.engine import RELEASE_CHANNEL, Engine, EngineConfig, FsyncPolicy
+from lockd.engine.server import Limits, RespServer
 from lockd.resp.protocol import encode, encode_command
 from lockd.resp.replies import Push
-from lockd.resp.server import Limits, RespServer
 from tests.support import EngineProcess
 
 SUBSCRIBED_CONTEXT = (

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lockd.engine import Engine
+from lockd.engine.server import Connection, Limits, RespServer
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
-from lockd.resp.server import Connection, Limits, RespServer
 from tests.support import EngineProcess, redis_server, redis_server_binary
 
 # Bytes that steer the parser into its interesting states more often than uniform bytes.
