@@ -1,5 +1,6 @@
 """Errors of lockd's gRPC services (the gateway and the fenced store): each maps to one
-status code and a google.rpc ErrorInfo reason; `abort` ends a call with one."""
+status code and a google.rpc ErrorInfo reason from the `ErrorReason` enum
+(protos/lockd/v1/errors.proto); `abort` ends a call with one."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from lockd.v1.errors_pb2 import ErrorReason
+
 __all__ = [
     "DOMAIN",
+    "ErrorReason",
     "LockdError",
     "abort",
     "deadline",
@@ -26,36 +30,38 @@ DOMAIN = "lockd"
 class LockdError(Exception):
     """An error a caller can act on: status code, ErrorInfo reason, message, metadata."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: ErrorReason, message: str, **metadata: str
+    ) -> None:
         super().__init__(message)
         self.code = code
-        self.reason = reason
+        self.reason = ErrorReason.Name(reason)
         self.message = message
         self.metadata = metadata
 
 
-def invalid(reason: str, message: str) -> LockdError:
+def invalid(reason: ErrorReason, message: str) -> LockdError:
     """INVALID_ARGUMENT."""
     return LockdError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
 
 
-def exhausted(reason: str, message: str) -> LockdError:
+def exhausted(reason: ErrorReason, message: str) -> LockdError:
     """RESOURCE_EXHAUSTED."""
     return LockdError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message)
 
 
-def unavailable(reason: str, message: str, retry_after_ms: int | None = None) -> LockdError:
+def unavailable(reason: ErrorReason, message: str, retry_after_ms: int | None = None) -> LockdError:
     """UNAVAILABLE, with a retry hint when one is known."""
     extra = {} if retry_after_ms is None else {"retry_after_ms": str(retry_after_ms)}
     return LockdError(grpc.StatusCode.UNAVAILABLE, reason, message, **extra)
 
 
-def precondition(reason: str, message: str) -> LockdError:
+def precondition(reason: ErrorReason, message: str) -> LockdError:
     """FAILED_PRECONDITION."""
     return LockdError(grpc.StatusCode.FAILED_PRECONDITION, reason, message)
 
 
-def deadline(reason: str, message: str) -> LockdError:
+def deadline(reason: ErrorReason, message: str) -> LockdError:
     """DEADLINE_EXCEEDED."""
     return LockdError(grpc.StatusCode.DEADLINE_EXCEEDED, reason, message)
 

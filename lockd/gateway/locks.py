@@ -31,6 +31,7 @@ from lockd.core import (
     quorum,
     retry_delay_ns,
 )
+from lockd.errors import ErrorReason
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics
@@ -156,23 +157,23 @@ class LockManager:
         """The lock name as bytes, or INVALID_ARGUMENT."""
         raw = name.encode("utf-8", "surrogatepass")
         if not raw:
-            raise errors.invalid("BAD_NAME", "lock name is empty")
+            raise errors.invalid(ErrorReason.BAD_NAME, "lock name is empty")
         if len(raw) > self.config.max_name_bytes:
             raise errors.invalid(
-                "BAD_NAME",
+                ErrorReason.BAD_NAME,
                 f"lock name is {len(raw)} bytes; the limit is {self.config.max_name_bytes}",
             )
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise errors.invalid("BAD_NAME", "lock name is not valid UTF-8") from None
+            raise errors.invalid(ErrorReason.BAD_NAME, "lock name is not valid UTF-8") from None
         return raw
 
     def check_ttl(self, ttl_ms: int) -> int:
         """The TTL, or INVALID_ARGUMENT when outside [min, max]."""
         lo, hi = self.config.min_ttl_ms, self.config.max_ttl_ms
         if not lo <= ttl_ms <= hi:
-            raise errors.invalid("BAD_TTL", f"ttl_ms={ttl_ms} is outside [{lo}, {hi}] ms")
+            raise errors.invalid(ErrorReason.BAD_TTL, f"ttl_ms={ttl_ms} is outside [{lo}, {hi}] ms")
         return ttl_ms
 
     @staticmethod
@@ -180,7 +181,7 @@ class LockManager:
         """The lease id, or INVALID_ARGUMENT when it cannot be one."""
         if len(lease) != LEASE_BYTES:
             raise errors.invalid(
-                "BAD_LEASE_ID", f"lease_id must be {LEASE_BYTES} bytes, got {len(lease)}"
+                ErrorReason.BAD_LEASE_ID, f"lease_id must be {LEASE_BYTES} bytes, got {len(lease)}"
             )
         return lease
 
@@ -222,7 +223,7 @@ class LockManager:
     ) -> Granted:
         """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease."""
         if wait_ms < 0:
-            raise errors.invalid("BAD_WAIT", f"wait_ms={wait_ms} is negative")
+            raise errors.invalid(ErrorReason.BAD_WAIT, f"wait_ms={wait_ms} is negative")
         self._check_running()
         started = time.monotonic_ns()
         until = started + wait_ms * MS
@@ -231,19 +232,20 @@ class LockManager:
         self._prune_holders(started)
         if len(self._holders) >= self.config.max_locks:
             raise errors.exhausted(
-                "TOO_MANY_LOCKS", f"this gateway holds {len(self._holders)} leases, its limit"
+                ErrorReason.TOO_MANY_LOCKS,
+                f"this gateway holds {len(self._holders)} leases, its limit",
             )
         queue = self._queues.get(name)
         if queue is None:
             queue = self._queues[name] = _Queue()
         if len(queue.waiters) >= self.config.max_waiters_per_lock:
             raise errors.exhausted(
-                "TOO_MANY_WAITERS",
+                ErrorReason.TOO_MANY_WAITERS,
                 f"{len(queue.waiters)} callers already wait for this lock, its limit",
             )
         if self._waiting >= self.config.max_waiters:
             raise errors.exhausted(
-                "TOO_MANY_WAITERS",
+                ErrorReason.TOO_MANY_WAITERS,
                 f"{self._waiting} callers already wait at this gateway, its limit",
             )
         turn = Signal()
@@ -255,7 +257,7 @@ class LockManager:
                 turn.set()
             elif not await _wait_event(turn, until):
                 raise errors.deadline(
-                    "LOCK_HELD",
+                    ErrorReason.LOCK_HELD,
                     f"lock still held after waiting "
                     f"{(time.monotonic_ns() - started) // MS} ms "
                     "(queued behind other waiters)",
@@ -334,7 +336,7 @@ class LockManager:
                 delay = outcome.retry_after_ns + self._rng.randrange(MS, 5 * MS)
                 if now + delay > until:
                     raise errors.unavailable(
-                        "NODES_RESTARTING",
+                        ErrorReason.NODES_RESTARTING,
                         f"no quorum: {outcome.detail}",
                         retry_after_ms=-(-outcome.retry_after_ns // MS),
                     )
@@ -348,20 +350,22 @@ class LockManager:
     def _attempt_error(self, outcome: NotGranted) -> errors.LockdError:
         if outcome.reason is Reason.TOO_SLOW:
             return errors.unavailable(
-                "TTL_TOO_SHORT",
+                ErrorReason.TTL_TOO_SHORT,
                 f"a quorum agreed too late for the TTL ({outcome.detail}); ask for a longer TTL",
             )
         if outcome.reason is Reason.FENCE_CONTENDED:
-            return errors.unavailable("FENCE_CONTENDED", f"no fencing token: {outcome.detail}")
+            return errors.unavailable(
+                ErrorReason.FENCE_CONTENDED, f"no fencing token: {outcome.detail}"
+            )
         return errors.unavailable(
-            "QUORUM_UNAVAILABLE",
+            ErrorReason.QUORUM_UNAVAILABLE,
             f"cannot reach a quorum of {self.quorum} nodes: {outcome.detail}",
         )
 
     def _check_running(self) -> None:
         if self.shutting_down:
             raise errors.unavailable(
-                "SHUTTING_DOWN", "this gateway is shutting down; try another gateway"
+                ErrorReason.SHUTTING_DOWN, "this gateway is shutting down; try another gateway"
             )
 
     def shut_down(self) -> None:
@@ -374,7 +378,9 @@ class LockManager:
 
     def _held_error(self, started: int) -> errors.LockdError:
         waited = (time.monotonic_ns() - started) // MS
-        return errors.deadline("LOCK_HELD", f"lock held by another lease; waited {waited} ms")
+        return errors.deadline(
+            ErrorReason.LOCK_HELD, f"lock held by another lease; waited {waited} ms"
+        )
 
     async def _attempt(self, name: bytes, ttl_ms: int) -> Granted | NotGranted:
         machine = Acquire(
@@ -425,7 +431,7 @@ class LockManager:
             holder = self._holders.get(name)
             if holder is None or holder.lease != lease:
                 raise errors.invalid(
-                    "BAD_TTL",
+                    ErrorReason.BAD_TTL,
                     "ttl_ms is required: this gateway does not "
                     "know the lease's TTL (granted elsewhere or expired)",
                 )
@@ -443,7 +449,7 @@ class LockManager:
         self.metrics.leases_lost.inc()
         self.cancel_holder_if(name, machine.lease)
         detail = getattr(outcome, "detail", "")
-        raise errors.precondition("LEASE_LOST", f"lease lost: {detail}")
+        raise errors.precondition(ErrorReason.LEASE_LOST, f"lease lost: {detail}")
 
     async def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
         """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST."""
@@ -478,11 +484,11 @@ class LockManager:
             return outcome
         if outcome.answered == 0:
             raise errors.unavailable(
-                "QUORUM_UNAVAILABLE",
+                ErrorReason.QUORUM_UNAVAILABLE,
                 "no node answered the release; the lease expires at the end of its TTL",
             )
         raise errors.precondition(
-            "NOT_OWNED",
+            ErrorReason.NOT_OWNED,
             "this lease does not hold the lock (it expired, "
             "was released, or never held it); nothing was released",
         )

@@ -17,7 +17,7 @@ import grpc
 
 from lockd import __version__
 from lockd.core import Granted
-from lockd.errors import LockdError, abort
+from lockd.errors import ErrorReason, LockdError, abort
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import Mode
 from lockd.v1 import lock_service_pb2 as pb
@@ -84,7 +84,7 @@ class LockService(pb_grpc.LockServiceServicer):
                 m.release_in_background(name, granted.lease)
                 raise LockdError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "LOCK_HELD",
+                    ErrorReason.LOCK_HELD,
                     "granted after the RPC deadline; released again",
                 )
         except LockdError as exc:
@@ -240,7 +240,7 @@ class LockService(pb_grpc.LockServiceServicer):
                 else:
                     raise LockdError(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        "BAD_REQUEST",
+                        ErrorReason.BAD_REQUEST,
                         "session request has no call",
                     )
             except LockdError as exc:

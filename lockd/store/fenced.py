@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from lockd.errors import LockdError, invalid, unavailable
+from lockd.errors import ErrorReason, LockdError, invalid, unavailable
 from lockd.store.log import Entry, State, StoreLog, encode_write
 
 __all__ = [
@@ -51,7 +51,7 @@ class _Write:
 def _stale(w: _Write, highest: int) -> LockdError:
     return LockdError(
         grpc.StatusCode.FAILED_PRECONDITION,
-        "STALE_TOKEN",
+        ErrorReason.STALE_TOKEN,
         f"token {w.token} is stale for resource {w.resource!r}: token {highest} was already "
         "accepted",
         highest_token=str(highest),
@@ -64,7 +64,7 @@ def _changed(w: _Write, current: Entry | None, highest: int) -> LockdError:
     want = "no value" if w.expected is None else f"a {len(w.expected)}-byte value"
     return LockdError(
         grpc.StatusCode.FAILED_PRECONDITION,
-        "VALUE_CHANGED",
+        ErrorReason.VALUE_CHANGED,
         f"key {w.key!r} of resource {w.resource!r} {now}, not the expected {want}",
         found=str(current is not None).lower(),
         current_length=str(len(current.value) if current else 0),
@@ -143,17 +143,17 @@ class FencedStore:
             ("key", key, MAX_KEY_BYTES),
         ):
             if not name:
-                raise invalid("BAD_REQUEST", f"{what} must not be empty")
+                raise invalid(ErrorReason.BAD_REQUEST, f"{what} must not be empty")
             if len(name.encode()) > limit:
-                raise invalid("BAD_REQUEST", f"{what} is longer than {limit} bytes")
+                raise invalid(ErrorReason.BAD_REQUEST, f"{what} is longer than {limit} bytes")
 
     def _check(self, w: _Write) -> None:
         self._check_names(w.resource, w.key)
         if w.token <= 0 or w.token >= 1 << 64:
-            raise invalid("BAD_REQUEST", f"token must be 1 to 2^64-1, not {w.token}")
+            raise invalid(ErrorReason.BAD_REQUEST, f"token must be 1 to 2^64-1, not {w.token}")
         if len(w.value) > self.max_value_bytes:
             raise invalid(
-                "BAD_REQUEST",
+                ErrorReason.BAD_REQUEST,
                 f"value is {len(w.value)} bytes; this store takes at most {self.max_value_bytes}",
             )
 
@@ -162,9 +162,9 @@ class FencedStore:
     async def _submit(self, w: _Write) -> int:
         self._check(w)
         if self._failed is not None:
-            raise unavailable("STORE_FAILED", self._failed)
+            raise unavailable(ErrorReason.STORE_FAILED, self._failed)
         if self._closing or self._writer is None:
-            raise unavailable("SHUTTING_DOWN", "the store is not open")
+            raise unavailable(ErrorReason.SHUTTING_DOWN, "the store is not open")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append((w, future))
         self._wakeup.set()
@@ -184,7 +184,9 @@ class FencedStore:
                     self._failed = f"the store failed ({exc!r}); restart the store"
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(unavailable("STORE_FAILED", self._failed))
+                            future.set_exception(
+                                unavailable(ErrorReason.STORE_FAILED, self._failed)
+                            )
             elif self._closing:
                 return
             if self._closing:
@@ -218,7 +220,7 @@ class FencedStore:
                 self._failed = f"the store log could not be written ({exc}); restart the store"
                 log.error("store log %s: %s", self.log.path, self._failed)
         if self._failed is not None:
-            outcomes = [unavailable("STORE_FAILED", self._failed) for _ in batch]
+            outcomes = [unavailable(ErrorReason.STORE_FAILED, self._failed) for _ in batch]
         else:
             for w, record in accepted:
                 state.apply(w.resource, w.key, w.value, w.token, len(record))

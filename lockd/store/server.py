@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lockd.errors import LockdError, abort, invalid
+from lockd.errors import ErrorReason, LockdError, abort, invalid
 from lockd.store.fenced import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_MAX_VALUE_BYTES, FencedStore
 from lockd.v1 import fenced_store_pb2 as pb
 from lockd.v1 import fenced_store_pb2_grpc as pb_grpc
@@ -82,7 +82,9 @@ class FencedStoreService(pb_grpc.FencedStoreServicer):
         r = request
         try:
             if r.expected_absent and r.expected:
-                raise invalid("BAD_REQUEST", "expected must be empty when expected_absent is set")
+                raise invalid(
+                    ErrorReason.BAD_REQUEST, "expected must be empty when expected_absent is set"
+                )
             expected = None if r.expected_absent else r.expected
             highest = await self.store.compare_and_set(
                 r.resource, r.key, expected, r.value, r.token

@@ -33,7 +33,8 @@ class FencedStoreStub:
     acknowledged. Refused writes change nothing (they do not raise the highest token).
     A resource is normally the lock name whose lease carries the token.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto):
     INVALID_ARGUMENT    BAD_REQUEST (empty or too long resource or key, token 0, value
     over the server's size limit, expected_absent with expected)
     FAILED_PRECONDITION STALE_TOKEN (metadata: highest_token, token): a write with a
@@ -76,7 +77,8 @@ class FencedStoreServicer:
     acknowledged. Refused writes change nothing (they do not raise the highest token).
     A resource is normally the lock name whose lease carries the token.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto):
     INVALID_ARGUMENT    BAD_REQUEST (empty or too long resource or key, token 0, value
     over the server's size limit, expected_absent with expected)
     FAILED_PRECONDITION STALE_TOKEN (metadata: highest_token, token): a write with a
@@ -145,7 +147,8 @@ class FencedStore:
     acknowledged. Refused writes change nothing (they do not raise the highest token).
     A resource is normally the lock name whose lease carries the token.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto):
     INVALID_ARGUMENT    BAD_REQUEST (empty or too long resource or key, token 0, value
     over the server's size limit, expected_absent with expected)
     FAILED_PRECONDITION STALE_TOKEN (metadata: highest_token, token): a write with a

@@ -10,6 +10,7 @@
 from lockd_client._transport import TLS
 from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, LockInfo, NodeInfo
 from lockd_client.errors import (
+    ErrorReason,
     InvalidRequest,
     LeaseLost,
     LockError,
@@ -17,6 +18,7 @@ from lockd_client.errors import (
     NotOwned,
     Overloaded,
     Unavailable,
+    reason_name,
 )
 from lockd_client.store import AsyncStoreClient, StaleToken, StoreClient, StoreError, ValueChanged
 from lockd_client.sync import Client, Lease
@@ -28,6 +30,7 @@ __all__ = [
     "AsyncStoreClient",
     "Client",
     "ClusterInfo",
+    "ErrorReason",
     "InvalidRequest",
     "Lease",
     "LeaseLost",
@@ -42,4 +45,5 @@ __all__ = [
     "StoreError",
     "Unavailable",
     "ValueChanged",
+    "reason_name",
 ]

@@ -23,7 +23,14 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from lockd_client.errors import LockError, Unavailable, from_rpc_error, from_status
+from lockd_client.errors import (
+    ErrorReason,
+    LockError,
+    Unavailable,
+    from_rpc_error,
+    from_status,
+    reason_name,
+)
 from lockd_client.v1 import lock_service_pb2 as pb
 from lockd_client.v1 import lock_service_pb2_grpc as pb_grpc
 
@@ -236,7 +243,7 @@ class Transport:
                         f"({_describe(exc)}); the gateway releases an acquisition it could "
                         "not deliver",
                         name=name,
-                        reason="GATEWAY_UNREACHABLE",
+                        reason=reason_name(ErrorReason.GATEWAY_UNREACHABLE),
                     ) from exc
                 await asyncio.sleep(min(remaining, self._backoff(attempt)))
                 continue
@@ -244,7 +251,7 @@ class Transport:
                 raise Unavailable(
                     f"no answer from {endpoint.target} within {timeout:.3f} s",
                     name=name,
-                    reason="TIMEOUT",
+                    reason=reason_name(ErrorReason.TIMEOUT),
                 ) from exc
             if response.WhichOneof("result") == "error":
                 e = response.error
@@ -253,7 +260,7 @@ class Transport:
         raise Unavailable(
             f"no gateway answered (last: {_describe(last)})",
             name=name,
-            reason="GATEWAY_UNREACHABLE",
+            reason=reason_name(ErrorReason.GATEWAY_UNREACHABLE),
         )
 
     async def unary(
@@ -271,7 +278,7 @@ class Transport:
                 error = from_rpc_error(exc, name)
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or error.reason not in (
                     "",
-                    "GATEWAY_UNREACHABLE",
+                    reason_name(ErrorReason.GATEWAY_UNREACHABLE),
                 ):
                     raise error from exc
                 last = error

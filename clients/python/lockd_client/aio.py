@@ -22,7 +22,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 
 from lockd_client._transport import TLS, Transport
-from lockd_client.errors import LeaseLost, LockError, NotOwned, Unavailable
+from lockd_client.errors import (
+    ErrorReason,
+    LeaseLost,
+    LockError,
+    NotOwned,
+    Unavailable,
+    reason_name,
+)
 from lockd_client.v1 import lock_service_pb2 as pb
 
 __all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "LockInfo", "NodeInfo"]
@@ -119,23 +126,27 @@ class AsyncLease:
     def check(self) -> None:
         """Raise `LeaseLost` if the lease may be lost; call it before each fenced write."""
         if self._released:
-            raise LeaseLost("the lease was released", name=self.name, reason="RELEASED")
+            raise LeaseLost(
+                "the lease was released", name=self.name, reason=reason_name(ErrorReason.RELEASED)
+            )
         if self._lost is not None:
             raise LeaseLost(
                 f"lease lost: {self._lost.message}",
                 name=self.name,
-                reason=self._lost.reason or "LEASE_LOST",
+                reason=self._lost.reason or reason_name(ErrorReason.LEASE_LOST),
             )
         if time.monotonic() >= self.deadline - self.safety_margin:
             self._declare_lost(
                 LeaseLost(
                     "the lease's deadline passed without a renewal",
                     name=self.name,
-                    reason="EXPIRED",
+                    reason=reason_name(ErrorReason.EXPIRED),
                 )
             )
             assert self._lost is not None
-            raise LeaseLost(self._lost.message, name=self.name, reason="EXPIRED")
+            raise LeaseLost(
+                self._lost.message, name=self.name, reason=reason_name(ErrorReason.EXPIRED)
+            )
 
     async def renew(self, ttl: float | None = None) -> None:
         """Extend the lease now (the watchdog does this by itself)."""
@@ -200,7 +211,7 @@ class AsyncLease:
                         LeaseLost(
                             "could not renew before the deadline",
                             name=self.name,
-                            reason="RENEW_FAILED",
+                            reason=reason_name(ErrorReason.RENEW_FAILED),
                         )
                     )
                     return

@@ -2,7 +2,7 @@
 
 `LockError` is the root. A gRPC status (code + google.rpc ErrorInfo reason) maps to
 exactly one subclass; `from_status` does the mapping for both the unary calls and the
-Session stream.
+Session stream. Reasons are the names of `ErrorReason` (protos/lockd/v1/errors.proto).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from collections.abc import Mapping
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from lockd_client.v1.errors_pb2 import ErrorReason
+
 __all__ = [
+    "ErrorReason",
     "InvalidRequest",
     "LeaseLost",
     "LockError",
@@ -22,6 +25,7 @@ __all__ = [
     "Unavailable",
     "from_rpc_error",
     "from_status",
+    "reason_name",
 ]
 
 
@@ -76,6 +80,11 @@ class InvalidRequest(LockError):
     """The request can never succeed as sent (bad name, TTL, wait or lease id)."""
 
 
+def reason_name(reason: ErrorReason) -> str:
+    """The ErrorInfo reason string of an `ErrorReason` value (`LockError.reason`)."""
+    return ErrorReason.Name(reason)
+
+
 _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: LockTimeout,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
@@ -83,8 +92,8 @@ _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
 }
 _BY_REASON: dict[str, type[LockError]] = {
-    "NOT_OWNED": NotOwned,
-    "LEASE_LOST": LeaseLost,
+    reason_name(ErrorReason.NOT_OWNED): NotOwned,
+    reason_name(ErrorReason.LEASE_LOST): LeaseLost,
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -121,5 +130,5 @@ def from_rpc_error(error: grpc.RpcError, name: str | None = None) -> LockError:
                     reason = info.reason
                     metadata = dict(info.metadata)
     if code == grpc.StatusCode.UNAVAILABLE and not reason:
-        reason = "GATEWAY_UNREACHABLE"
+        reason = reason_name(ErrorReason.GATEWAY_UNREACHABLE)
     return from_status(code, message, reason, metadata, name)

@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 
-from lockd_client.errors import LockError
+from lockd_client.errors import ErrorReason, LockError, reason_name
 from lockd_client.v1 import fenced_store_pb2 as pb
 from lockd_client.v1 import fenced_store_pb2_grpc as pb_grpc
 
@@ -87,7 +87,7 @@ class StaleToken(StoreError):
             message or f"token {highest_token} was already accepted",
             resource=resource,
             code=grpc.StatusCode.FAILED_PRECONDITION,
-            reason="STALE_TOKEN",
+            reason=reason_name(ErrorReason.STALE_TOKEN),
             metadata=metadata,
         )
         self.highest_token = highest_token
@@ -111,7 +111,7 @@ class ValueChanged(StoreError):
             message or f"key {key!r} does not hold the expected value",
             resource=resource,
             code=grpc.StatusCode.FAILED_PRECONDITION,
-            reason="VALUE_CHANGED",
+            reason=reason_name(ErrorReason.VALUE_CHANGED),
             metadata=metadata,
         )
         self.key = key
@@ -132,9 +132,9 @@ def _error(err: grpc.RpcError, resource: str, key: str) -> StoreError:
                 if detail.Unpack(info):
                     reason, metadata = info.reason, dict(info.metadata)
     number = metadata.get("highest_token", "")
-    if reason == "STALE_TOKEN" and number.isdigit():
+    if reason == reason_name(ErrorReason.STALE_TOKEN) and number.isdigit():
         return StaleToken(resource, int(number), message, metadata=metadata)
-    if reason == "VALUE_CHANGED":
+    if reason == reason_name(ErrorReason.VALUE_CHANGED):
         length = metadata.get("current_length", "0")
         found, size = metadata.get("found") == "true", int(length) if length.isdigit() else 0
         return ValueChanged(resource, key, found, size, message, metadata=metadata)

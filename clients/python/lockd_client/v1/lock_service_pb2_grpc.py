@@ -28,12 +28,13 @@ if _version_not_supported:
 class LockServiceStub:
     """LockService grants, renews and releases named locks.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
-    INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
-    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto lists every reason with its status code):
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    DEADLINE_EXCEEDED   LOCK_HELD
+    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
+    FENCE_CONTENDED, SHUTTING_DOWN
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """
 
@@ -78,12 +79,13 @@ class LockServiceStub:
 class LockServiceServicer:
     """LockService grants, renews and releases named locks.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
-    INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
-    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto lists every reason with its status code):
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    DEADLINE_EXCEEDED   LOCK_HELD
+    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
+    FENCE_CONTENDED, SHUTTING_DOWN
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """
 
@@ -175,12 +177,13 @@ def add_LockServiceServicer_to_server(servicer, server):
 class LockService:
     """LockService grants, renews and releases named locks.
 
-    Errors are gRPC status codes with a google.rpc.ErrorInfo detail (domain "lockd"):
-    INVALID_ARGUMENT    BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
-    DEADLINE_EXCEEDED   LOCK_HELD (the lock stayed held for the whole wait)
-    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING (metadata: retry_after_ms),
-    TTL_TOO_SHORT, FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED (not this lease's), LEASE_LOST (could not renew)
+    Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
+    ErrorReason name (errors.proto lists every reason with its status code):
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    DEADLINE_EXCEEDED   LOCK_HELD
+    UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
+    FENCE_CONTENDED, SHUTTING_DOWN
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
     RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
     """
 
