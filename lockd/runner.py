@@ -2,7 +2,7 @@
 
 The lease is renewed by the client library's watchdog. If it is lost, CMD gets SIGTERM
 at once and SIGKILL when the lease's deadline arrives (never later), and `lockd run`
-exits with `EXIT_LEASE_LOST`. SIGINT and SIGTERM sent to `lockd run` are forwarded to
+exits with `exits.LEASE_LOST`. SIGINT and SIGTERM sent to `lockd run` are forwarded to
 CMD. The lock is released when CMD exits. CMD sees `LOCKD_FENCING_TOKEN` and
 `LOCKD_LOCK_NAME` in its environment.
 """
@@ -17,23 +17,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from lockd_client import AsyncClient, AsyncLease, LockError, LockTimeout, Unavailable
+from lockd import exits
+from lockd_client import AsyncClient, AsyncLease, LockError
 
-__all__ = [
-    "EXIT_LEASE_LOST",
-    "EXIT_NOT_ACQUIRED",
-    "EXIT_UNAVAILABLE",
-    "run_under_lock",
-]
-
-EXIT_NOT_ACQUIRED = 3
-"""The lock stayed held by someone else for the whole --wait."""
-EXIT_UNAVAILABLE = 4
-"""lockd could not be reached or had no quorum; also any other lock error."""
-EXIT_LEASE_LOST = 5
-"""The lease was lost while CMD ran; CMD was stopped."""
-EXIT_CANNOT_RUN = 127
-"""CMD could not be started (not found or not executable)."""
+__all__ = ["run_under_lock"]
 
 
 async def _spinner(client: AsyncClient, name: str) -> None:
@@ -71,12 +58,9 @@ async def run_under_lock(
     lost = asyncio.Event()
     try:
         lease = await _acquire(client, name, ttl, wait, lost)
-    except LockTimeout as exc:
+    except LockError as exc:
         print(f"lockd run: {exc}", file=sys.stderr)
-        return EXIT_NOT_ACQUIRED
-    except (Unavailable, LockError) as exc:
-        print(f"lockd run: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return exits.for_error(exc)
     env = dict(os.environ, LOCKD_FENCING_TOKEN=str(lease.token), LOCKD_LOCK_NAME=name)
     loop = asyncio.get_running_loop()
     # Signals are caught before CMD starts (and passed on once it has), so none can
@@ -97,7 +81,7 @@ async def run_under_lock(
             proc = await asyncio.create_subprocess_exec(*argv, env=env)
         except OSError as exc:
             print(f"lockd run: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
-            return EXIT_CANNOT_RUN
+            return exits.CANNOT_RUN
         for pending in received:
             _forward(proc, pending)
         return await _supervise(proc, lease, lost)
@@ -134,7 +118,7 @@ async def _supervise(
         except TimeoutError:
             _forward(proc, signal.SIGKILL)
             await exited
-        return EXIT_LEASE_LOST
+        return exits.LEASE_LOST
     finally:
         for watcher in watchers:
             watcher.cancel()

@@ -1,12 +1,14 @@
-"""Durations (`500ms`, `10s`, `2m`) and sizes (`64mb`) for flags and environment variables."""
+"""Units: nanoseconds per millisecond, and durations (`500ms`, `10s`, `2m`) and sizes
+(`64mb`) as flags and environment variables write them."""
 
 from __future__ import annotations
 
 import re
 
-import click
+__all__ = ["MS", "parse_duration_ms", "parse_size"]
 
-__all__ = ["DURATION", "SIZE", "parse_duration_ms", "parse_size"]
+MS = 1_000_000
+"""Nanoseconds per millisecond: lockd keeps time in integer ns and speaks ms on the wire."""
 
 _DURATION_UNITS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _SIZE_UNITS = {
@@ -37,25 +39,3 @@ def parse_size(text: str) -> int:
     if m is None or m.group(2) not in _SIZE_UNITS:
         raise ValueError(f"{text!r} is not a size: use e.g. 512kb, 64mb or 2gb")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-
-
-class _Parsed(click.ParamType):  # type: ignore[type-arg]
-    def __init__(self, name: str, parse: object) -> None:
-        self.name = name
-        self._parse = parse
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return self._parse(str(value))  # type: ignore[operator, no-any-return]
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = _Parsed("duration", parse_duration_ms)
-"""A click type giving milliseconds."""
-SIZE = _Parsed("size", parse_size)
-"""A click type giving bytes."""

@@ -23,6 +23,7 @@ from lockd.core.messages import (
     Send,
     fence_key,
     lock_key,
+    lock_name,
 )
 from lockd.core.quorum import drift_ns, quorum, retry_delay_ns, validity_ns
 
@@ -49,6 +50,7 @@ __all__ = [
     "drift_ns",
     "fence_key",
     "lock_key",
+    "lock_name",
     "quorum",
     "retry_delay_ns",
     "validity_ns",

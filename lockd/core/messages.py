@@ -24,17 +24,29 @@ __all__ = [
     "Send",
     "fence_key",
     "lock_key",
+    "lock_name",
 ]
+
+
+LOCK_PREFIX = b"lock:{"
+FENCE_PREFIX = b"fence:{"
 
 
 def lock_key(name: bytes) -> bytes:
     """The node key holding the lease id of lock `name` (hash-tagged with its fence key)."""
-    return b"lock:{" + name + b"}"
+    return LOCK_PREFIX + name + b"}"
+
+
+def lock_name(key: bytes) -> bytes | None:
+    """The lock name inside a node lock key (the inverse of `lock_key`), else None."""
+    if key.startswith(LOCK_PREFIX) and key.endswith(b"}"):
+        return key[len(LOCK_PREFIX) : -1]
+    return None
 
 
 def fence_key(name: bytes) -> bytes:
     """The node key holding the fencing counter of lock `name`."""
-    return b"fence:{" + name + b"}"
+    return FENCE_PREFIX + name + b"}"
 
 
 # -- calls to one node -------------------------------------------------------------------

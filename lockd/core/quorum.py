@@ -1,12 +1,13 @@
-"""Quorum and validity arithmetic (DESIGN §4), as pure functions of integers."""
+"""Redlock's timing and quorum rules (DESIGN §3-4) as pure functions of integers: quorum,
+drift, validity, the restart delay, retry backoff. The engine and the gateway use these."""
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["drift_ns", "quorum", "retry_delay_ns", "validity_ns"]
+from lockd.units import MS
 
-MS = 1_000_000
+__all__ = ["drift_ns", "quorum", "restart_delay_ms", "retry_delay_ns", "validity_ns"]
 
 
 def quorum(nodes: int) -> int:
@@ -17,6 +18,12 @@ def quorum(nodes: int) -> int:
 def drift_ns(ttl_ms: int) -> int:
     """Clock-drift allowance for a TTL: 1% of it plus 2 ms (Redlock's)."""
     return ttl_ms * MS // 100 + 2 * MS
+
+
+def restart_delay_ms(max_ttl_ms: int) -> int:
+    """How long a node refuses acquisitions after an unclean stop: the longest TTL it may
+    have granted plus that TTL's drift allowance (so it outlasts every lock it forgot)."""
+    return (max_ttl_ms * MS + drift_ns(max_ttl_ms)) // MS
 
 
 def validity_ns(ttl_ms: int, started_ns: int, now_ns: int, unsafe_no_drift: bool = False) -> int:

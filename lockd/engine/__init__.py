@@ -1,7 +1,7 @@
 """The engine node: a small Redis-like keyspace that holds locks and fencing counters."""
 
 from lockd.engine.clock import Clock, WallClock
-from lockd.engine.engine import RELEASE_CHANNEL, Engine, EngineConfig, restart_delay_ms
+from lockd.engine.engine import RELEASE_CHANNEL, Engine, EngineConfig
 from lockd.engine.persistence import FsyncPolicy
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "EngineConfig",
     "FsyncPolicy",
     "WallClock",
-    "restart_delay_ms",
 ]

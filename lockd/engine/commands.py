@@ -53,13 +53,6 @@ def _int_arg(raw: bytes) -> int:
     return value
 
 
-def _ttl_of(engine: Engine, key: bytes) -> int:
-    if engine.keyspace.get(key) is None:
-        return -2
-    deadline = engine.keyspace.deadline(key)
-    return -1 if deadline is None else max(0, deadline - engine.clock.now_ms())
-
-
 def cmd_ping(engine: Engine, args: list[bytes]) -> Reply:
     if len(args) > 2:  # arity -1 in the command table, but Redis takes at most one message
         raise CommandError("ERR wrong number of arguments for 'ping' command")
@@ -179,11 +172,11 @@ def _expire(engine: Engine, args: list[bytes], unit: int, name: str) -> Reply:
 
 
 def cmd_pttl(engine: Engine, args: list[bytes]) -> Reply:
-    return _ttl_of(engine, args[1])
+    return engine.pttl(args[1])
 
 
 def cmd_ttl(engine: Engine, args: list[bytes]) -> Reply:
-    ms = _ttl_of(engine, args[1])
+    ms = engine.pttl(args[1])
     return ms if ms < 0 else (ms + 500) // 1000
 
 
@@ -392,6 +385,7 @@ FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes
     b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
     b"lockd_extend": (1, 2, lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
     b"lockd_fence_advance": (1, 1, lambda e, k, a: list(e.fence_advance(k[0], a[0]))),
+    b"lockd_describe": (2, 0, lambda e, k, a: list(e.lock_describe(k[0], k[1]))),
 }
 """Native versions of the Lua library's functions: (keys, arguments, implementation)."""
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from lockd import __version__
-from lockd.engine.clock import Clock
+from lockd.core.quorum import restart_delay_ms
+from lockd.engine.clock import Clock, WallClock
 from lockd.engine.commands import dispatch, info_text
 from lockd.engine.keyspace import Keyspace
 from lockd.engine.persistence import (
@@ -34,7 +35,7 @@ from lockd.engine.persistence import (
 )
 from lockd.resp.replies import CommandError, Reply
 
-__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig", "restart_delay_ms"]
+__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig"]
 
 log = logging.getLogger("lockd.engine")
 
@@ -44,11 +45,6 @@ RELEASE_CHANNEL = b"lockd:released"
 MAX_TOKEN = 2**53 - 1  # the Lua library computes in doubles; stay exact in both
 
 Subscriber = Callable[[bytes, bytes], None]
-
-
-def restart_delay_ms(max_ttl_ms: int) -> int:
-    """How long a node refuses acquisitions after an unclean stop: max-TTL plus drift."""
-    return max_ttl_ms + max_ttl_ms // 100 + 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +58,7 @@ class EngineConfig:
     fence_block: int = 1024
     rewrite_min_size: int = 1 << 20
     hold_until_fsync: bool = False
+    host: str = "127.0.0.1"
     port: int = 0
     # UNSAFE switches. Each breaks one guarantee on purpose so that the simulator
     # (`lockd sim --unsafe`) and the harness can show their checkers catch it; never
@@ -75,6 +72,8 @@ class EngineConfig:
     that reverses under changing majorities); pairs with the core's flag of that name."""
     clock_control: bool = False
     """TEST ONLY: accept LOCKD.CLOCK (the Jepsen harness's clock faults)."""
+    unsafe_wall_clock: bool = False
+    """UNSAFE: measure TTLs on the wall clock, so a clock step expires locks early."""
 
 
 class Engine:
@@ -82,7 +81,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or EngineConfig()
-        self.clock = clock or Clock()
+        self.clock = clock or (WallClock() if self.config.unsafe_wall_clock else Clock())
         self.run_id = secrets.token_hex(20)
         self.started_ms = self.clock.now_ms()
         self._started_wall = time.time()
@@ -308,6 +307,18 @@ class Engine:
             return 0
         self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
         return 1
+
+    def pttl(self, key: bytes) -> int:
+        """Milliseconds `key` has left, as Redis's PTTL: -2 absent, -1 no expiry."""
+        if self.keyspace.get(key) is None:
+            return -2
+        deadline = self.keyspace.deadline(key)
+        return -1 if deadline is None else max(0, deadline - self.clock.now_ms())
+
+    def lock_describe(self, lock_key: bytes, fence_key: bytes) -> tuple[int, int]:
+        """[PTTL of the lock (-2 when not held), fencing counter (never below the floor)]."""
+        counter = self.counter(fence_key)
+        return self.pttl(lock_key), counter
 
     def fence_advance(self, fence_key: bytes, token: bytes) -> tuple[int, int]:
         """Counter := T only if counter < T: [accepted 1/0, counter after]."""

@@ -14,9 +14,10 @@ import contextlib
 import dataclasses
 import logging
 
-from lockd.engine import Engine
+from lockd.engine import Engine, EngineConfig
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
 from lockd.resp.replies import OK, CommandError, Push, Status
+from lockd.serving import is_loopback, run_until_signal
 
 __all__ = ["Limits", "RespServer"]
 
@@ -255,22 +256,27 @@ async def serve(
     host: str,
     port: int,
     limits: Limits | None = None,
-    ready: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop gracefully (clean engine shutdown)."""
-    import signal
-
+    """Serve `engine` until SIGTERM or SIGINT, then stop gracefully (clean engine shutdown)."""
     server = RespServer(engine, host, port, limits)
-    bound = await server.start()
-    log.info("lockd engine listening on %s:%d", host, bound)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-    finally:
-        log.info("lockd engine stopping")
-        await server.stop()
+
+    async def start() -> None:
+        bound = await server.start()
+        log.info("lockd engine listening on %s:%d", host, bound)
+
+    await run_until_signal(start, server.stop, "lockd engine")
+
+
+async def run(config: EngineConfig, limits: Limits | None = None) -> None:
+    """`lockd engine`: open the node `config` describes and serve it until a signal."""
+    if not is_loopback(config.host):
+        log.warning(
+            "lockd engine listens on %s:%d with no authentication and no TLS: anyone who "
+            "can reach it can delete locks and rewrite fencing counters; bind it to a "
+            "private network only",
+            config.host,
+            config.port,
+        )
+    if config.unsafe_wall_clock:
+        log.warning("UNSAFE: TTLs are measured on the wall clock; a clock step expires locks early")
+    await serve(Engine(config), config.host, config.port, limits)

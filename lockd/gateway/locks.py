@@ -28,6 +28,7 @@ from lockd.core import (
     Released,
     Renew,
     Renewed,
+    lock_name,
     quorum,
     retry_delay_ns,
 )
@@ -36,12 +37,12 @@ from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics
 from lockd.gateway.nodes import LockView, Node, NodeInfo
+from lockd.units import MS
 
 __all__ = ["Description", "LockManager"]
 
 log = logging.getLogger("lockd.gateway")
 
-MS = 1_000_000
 HELD_RECHECK_MAX_S = 1.0
 LEASE_BYTES = 16
 
@@ -126,13 +127,6 @@ class _Queue:
     wake: Signal = dataclasses.field(default_factory=Signal)
 
 
-def name_of(lock_key: bytes) -> bytes | None:
-    """The lock name inside a node lock key (`lock:{name}`)."""
-    if lock_key.startswith(b"lock:{") and lock_key.endswith(b"}"):
-        return lock_key[6:-1]
-    return None
-
-
 class LockManager:
     """Acquire, renew, release and describe locks on a set of nodes."""
 
@@ -208,7 +202,7 @@ class LockManager:
         The local holder is forgotten too: the release may have come through another
         gateway (clients fail over), and waiting for its expiry would stall the queue. If
         it is in fact still held, the next attempt says so and the wait resumes."""
-        name = name_of(lock_key)
+        name = lock_name(lock_key)
         if name is None:
             return
         self._holders.pop(name, None)

@@ -5,9 +5,67 @@ Lease ids never appear here; lock names do not either (unbounded label values).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import socket
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+__all__ = ["Metrics", "MetricsServer"]
+
+SCRAPE_TIMEOUT_S = 5.0
+"""How long one scrape connection may take to send its request and read the answer."""
+MAX_SCRAPES = 16
+"""Scrape connections served at once; more are closed at once (Prometheus retries)."""
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT_S  # socket timeout: a client that stalls is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: one line per scrape would flood the gateway's log."""
+
+
+class MetricsServer(ThreadingMixIn, WSGIServer):
+    """The /metrics HTTP endpoint: a thread per scrape, at most MAX_SCRAPES at once, each
+    bounded by SCRAPE_TIMEOUT_S, so slow or stalled clients cannot pile up threads."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that stalled past the timeout or went away is not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    @classmethod
+    def start(cls, registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
+        """Serve `registry` at http://host:port/metrics from a daemon thread."""
+        if ":" in host:
+            cls = type("MetricsServer6", (cls,), {"address_family": socket.AF_INET6})
+        server = make_server(host, port, make_wsgi_app(registry), cls, handler_class=_Handler)
+        assert isinstance(server, MetricsServer)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
+
 
 _LATENCY_BUCKETS = (
     0.0005,

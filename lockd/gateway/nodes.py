@@ -35,7 +35,8 @@ from lockd.core import (
     fence_key,
     lock_key,
 )
-from lockd.engine import RELEASE_CHANNEL, Engine, restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
+from lockd.engine import RELEASE_CHANNEL, Engine
 from lockd.resp.replies import CommandError
 
 __all__ = [
@@ -200,10 +201,7 @@ class EmbeddedNode(Node):
         return reply
 
     async def view(self, name: bytes) -> LockView:
-        pttl = self.engine.execute([b"PTTL", lock_key(name)])
-        counter = self.engine.counter(fence_key(name))
-        assert isinstance(pttl, int)
-        return LockView(pttl, counter)
+        return LockView(*self.engine.lock_describe(lock_key(name), fence_key(name)))
 
     async def info(self) -> NodeInfo:
         e = self.engine
@@ -383,11 +381,12 @@ class RespNode(Node):
 
     async def view(self, name: bytes) -> LockView:
         await self._check()
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.pttl(lock_key(name))
-            pipe.get(fence_key(name))
-            pttl, counter = await pipe.execute()
-        return LockView(int(pttl), int(counter or 0))
+        # lockd_describe, not GET: a `lockd engine` reports its counters above the fence
+        # floor it restarted with, as the embedded engine does.
+        pttl, counter = await self._client.fcall(
+            "lockd_describe", 2, lock_key(name), fence_key(name)
+        )
+        return LockView(int(pttl), int(counter))
 
     async def info(self) -> NodeInfo:
         if (failure := await self._ready()) is not None:

@@ -11,22 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from pathlib import Path
-from threading import Thread
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from lockd.engine import Engine, EngineConfig
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.locks import LockManager
-from lockd.gateway.metrics import Metrics
+from lockd.gateway.metrics import Metrics, MetricsServer
 from lockd.gateway.nodes import EmbeddedNode, Node, RespNode
 from lockd.gateway.service import LockService
+from lockd.rpc import DecodeErrors, bind, credentials, mark_serving, standard
+from lockd.serving import host_port, run_until_signal
 from lockd.v1 import lock_service_pb2 as pb
 from lockd.v1 import lock_service_pb2_grpc as pb_grpc
 
@@ -57,13 +52,6 @@ def build_nodes(config: GatewayConfig) -> list[Node]:
     return nodes
 
 
-def _host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"listen address {listen!r} must look like HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 class Gateway:
     """One gateway process's worth of parts."""
 
@@ -71,64 +59,42 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.manager = LockManager(build_nodes(config), config, self.metrics)
-        self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(interceptors=[DecodeErrors()])
         self.service = LockService(self.manager)
         pb_grpc.add_LockServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.service, self.server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        self.health = standard(self.server, SERVICE_NAME)
         self.port = 0
         self.metrics_port = 0
-        self._metrics_server: tuple[WSGIServer, Thread] | None = None
+        self._metrics_server: MetricsServer | None = None
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Connect the nodes, bind, start serving; returns the gRPC port."""
-        await self.manager.start()
-        host, port = _host_port(self.config.listen)
-        address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        creds = self._credentials()
-        if creds is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, creds)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
-        await self.server.start()
-        if self.config.metrics_listen:
-            mhost, mport = _host_port(self.config.metrics_listen)
-            self._metrics_server = start_http_server(mport, mhost, self.metrics.registry)
-            self.metrics_port = self._metrics_server[0].server_port
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        c = self.config
+        try:
+            await self.manager.start()
+            creds = credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
+            self.port = bind(self.server, c.listen, creds, "lockd gateway")
+            await self.server.start()
+            if c.metrics_listen:
+                mhost, mport = host_port(c.metrics_listen)
+                self._metrics_server = MetricsServer.start(self.metrics.registry, mhost, mport)
+                self.metrics_port = self._metrics_server.server_port
+        except BaseException:
+            await self.manager.close()
+            raise
+        await mark_serving(self.health, SERVICE_NAME)
         self._poller = asyncio.create_task(self._poll_nodes())
         log.info(
-            "lockd gateway listening on %s:%d (%d nodes, quorum %d)",
-            host,
+            "lockd gateway listening on %s (port %d; %d nodes, quorum %d)",
+            c.listen,
             self.port,
             len(self.manager.nodes),
             self.manager.quorum,
         )
         return self.port
-
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        c = self.config
-        if c.tls_cert is None and c.tls_key is None:
-            if c.tls_client_ca is not None:
-                raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-            return None
-        if c.tls_cert is None or c.tls_key is None:
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        ca = Path(c.tls_client_ca).read_bytes() if c.tls_client_ca else None
-        return grpc.ssl_server_credentials(
-            [(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
 
     async def _poll_nodes(self) -> None:
         """Keep node metrics fresh and notice restarted Redis nodes (run id changes)."""
@@ -150,24 +116,13 @@ class Gateway:
                 await self._poller
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
         if self._metrics_server is not None:
-            self._metrics_server[0].shutdown()
-            self._metrics_server[0].server_close()
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         await self.manager.close()
         log.info("lockd gateway stopped")
 
 
 async def serve(config: GatewayConfig) -> None:
-    """Run a gateway until SIGTERM or SIGINT."""
+    """Run a gateway until SIGTERM or SIGINT, then stop it gracefully."""
     gateway = Gateway(config)
-    try:
-        await gateway.start()
-    except BaseException:
-        await gateway.manager.close()
-        raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("lockd gateway shutting down (grace %.1f s)", config.shutdown_grace_s)
-    await gateway.stop()
+    await run_until_signal(gateway.start, gateway.stop, "lockd gateway")

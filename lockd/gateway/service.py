@@ -20,12 +20,12 @@ from lockd.core import Granted
 from lockd.errors import ErrorReason, LockdError, abort
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import Mode
+from lockd.units import MS
 from lockd.v1 import lock_service_pb2 as pb
 from lockd.v1 import lock_service_pb2_grpc as pb_grpc
 
 __all__ = ["LockService"]
 
-MS = 1_000_000
 _MODES = {
     Mode.EMBEDDED: pb.NODE_MODE_EMBEDDED,
     Mode.LOCKD_ENGINE: pb.NODE_MODE_LOCKD_ENGINE,

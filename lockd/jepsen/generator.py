@@ -21,6 +21,7 @@ __all__ = [
     "Fault",
     "Workload",
     "clock_offsets",
+    "parse_nemeses",
     "partition_links",
     "schedule",
 ]
@@ -242,6 +243,21 @@ def _fault(
             kind, at, r.uniform(3.0, 6.0), shape=shape, links=links, delay_ms=delay, loss=loss
         )
     raise ValueError(f"unknown nemesis {kind!r}; known: {', '.join(FAULTS)}")
+
+
+def parse_nemeses(text: str) -> tuple[str, ...]:
+    """The fault kinds of a `--nemesis` value: comma-separated kinds, `all` or `none`."""
+    if text.strip() in ("all", ""):
+        return FAULTS
+    if text.strip() == "none":
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULTS]
+    if unknown:
+        raise ValueError(
+            f"unknown nemesis {', '.join(unknown)}; known: {', '.join(FAULTS)}, all, none"
+        )
+    return kinds
 
 
 def schedule(

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lockd.jepsen.checkers import Validity, merge
+from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.availability import check_availability
 from lockd.jepsen.checkers.mutex import check_mutex
 from lockd.jepsen.checkers.store import check_store
@@ -35,7 +35,7 @@ from lockd.jepsen.generator import clock_offsets, schedule
 from lockd.jepsen.history import NEMESIS, Event, HistoryWriter, load, pair, validate
 from lockd.jepsen.nemesis import Nemesis
 
-__all__ = ["RunConfig", "check_history", "exit_code", "run"]
+__all__ = ["RunConfig", "check_history", "run"]
 
 log = logging.getLogger("lockd.jepsen")
 
@@ -98,11 +98,6 @@ class RunConfig:
         out["test"] = self.name
         out["heal_s"] = self.heal_time_s
         return out
-
-
-def exit_code(valid: Validity) -> int:
-    """0 valid, 1 invalid, 2 unknown."""
-    return 0 if valid is True else 1 if valid is False else 2
 
 
 def _keys(config: RunConfig) -> list[str]:

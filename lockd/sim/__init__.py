@@ -12,6 +12,7 @@ from lockd.sim.checks import PROPERTIES, Grant, History, Violation
 from lockd.sim.run import (
     DEFAULT_STEPS,
     Failure,
+    SimConfig,
     Summary,
     explore,
     format_trace,
@@ -33,6 +34,7 @@ __all__ = [
     "Limits",
     "Outcome",
     "Schedule",
+    "SimConfig",
     "Simulation",
     "Summary",
     "Violation",

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Sequence
 
+from lockd import exits
 from lockd.sim.checks import PROPERTIES, Violation, fmt_ns
 from lockd.sim.schedule import Schedule, Session, generate
 from lockd.sim.simulation import Outcome, Simulation
@@ -17,6 +18,7 @@ from lockd.sim.world import MS
 
 __all__ = [
     "Failure",
+    "SimConfig",
     "Summary",
     "explore",
     "format_trace",
@@ -261,26 +263,45 @@ def format_trace(schedule: Schedule, outcome: Outcome, limit: int | None = None)
 # -- the command ------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class SimConfig:
+    """What `lockd sim` runs: `seeds` seeds from `seed` (or, `seed` alone or with `keep`,
+    a replay of that one seed), with `steps` schedule steps each."""
+
+    seeds: int | None = None
+    seed: int | None = None
+    steps: int = DEFAULT_STEPS
+    unsafe: str | None = None
+    """A planted bug: one of UNSAFE, the real code's unsafe option run instead."""
+    keep: Sequence[int] | None = None
+    """Replay only these steps of the seed's schedule."""
+    jobs: int = 0
+    """Processes (0: one per CPU)."""
+    shrink: bool = True
+    trace: bool = False
+    keep_going: bool = False
+    as_json: bool = False
+
+
 def main(
-    seeds: int | None,
-    seed: int | None,
-    steps: int = DEFAULT_STEPS,
-    unsafe: str | None = None,
-    keep: Sequence[int] | None = None,
-    jobs: int = 0,
-    shrink_failure: bool = True,
-    trace: bool = False,
-    keep_going: bool = False,
-    as_json: bool = False,
+    config: SimConfig,
     echo: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
 ) -> int:
-    """`lockd sim`: run the seeds, report, shrink and trace the first failure. `--seed`
-    alone (or with `keep`) replays that one run. Returns the exit status: 0 when every
-    seed passed, 1 when one failed."""
+    """`lockd sim`: run the seeds, report, shrink and trace the first failure. `seed`
+    alone (or with `keep`) replays that one run. Returns the exit status (`lockd.exits`):
+    VALID when every seed passed, INVALID when one failed."""
+    seeds, seed, steps, unsafe, keep = (
+        config.seeds,
+        config.seed,
+        config.steps,
+        config.unsafe,
+        config.keep,
+    )
+    jobs, trace, keep_going = config.jobs, config.trace, config.keep_going
     first = seed or 0
     single = keep is not None or (seed is not None and seeds is None)
-    config = f"unsafe option {unsafe}" if unsafe else "safe configuration"
+    described = f"unsafe option {unsafe}" if unsafe else "safe configuration"
     data: dict[str, object] = {"steps": steps, "unsafe": unsafe, "first_seed": first}
     lines: list[str] = []
     failure: Failure | None = None
@@ -290,7 +311,7 @@ def main(
         part = "" if keep is None else f", {len(keep)} of {steps} steps"
         verdict = "FAILED" if outcome.violations else "passed"
         lines.append(
-            f"lockd sim: seed {first}{part}, {config}: {verdict} ({outcome.grants} grants, "
+            f"lockd sim: seed {first}{part}, {described}: {verdict} ({outcome.grants} grants, "
             f"{outcome.writes} acknowledged writes, {outcome.events} events, digest "
             f"{outcome.digest})"
         )
@@ -321,7 +342,7 @@ def main(
         failure = summary.failures[0] if summary.failures else None
         failed = failure is not None
         last = first + summary.run - 1
-        lines.append(f"lockd sim: seeds {first}..{last}, {steps} steps each, {config}")
+        lines.append(f"lockd sim: seeds {first}..{last}, {steps} steps each, {described}")
         lines.append(
             f"  {summary.passed} passed, {len(summary.failures)} failed in "
             f"{summary.elapsed_s:.1f} s: {summary.seeds_per_minute:.0f} seeds/min on "
@@ -354,7 +375,7 @@ def main(
             acknowledged_writes=summary.writes,
             crashes=summary.crashes,
             overlap_checked=summary.overlap_checked,
-            liveness_bound_ms=summary.bound_ns // 1_000_000,
+            liveness_bound_ms=summary.bound_ns // MS,
         )
     if failure is not None:
         lines.append(f"seed {failure.seed} FAILED:")
@@ -367,7 +388,7 @@ def main(
             "violations": [str(v) for v in failure.violations],
             "replay": replay,
         }
-        if shrink_failure:
+        if config.shrink:
             prop = failure.violations[0].prop
             kept, runs = shrink(failure.seed, steps, unsafe, prop, jobs)
             outcome = run_seed(failure.seed, steps, unsafe, kept, trace=True)
@@ -382,8 +403,8 @@ def main(
         if "replay_minimal" in detail:
             lines.append(f"replay the minimal schedule: {detail['replay_minimal']}")
         data["failure"] = detail
-    if as_json:
+    if config.as_json:
         echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         echo("\n".join(lines))
-    return 1 if failed else 0
+    return exits.INVALID if failed else exits.VALID

@@ -14,7 +14,8 @@ import dataclasses
 import hashlib
 
 from lockd.core import Reply, Send
-from lockd.engine import EngineConfig, restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
+from lockd.engine import EngineConfig
 from lockd.sim.checks import Grant, History, Violation, check, fmt_ns
 from lockd.sim.clients import SimClient, StoreRead, StoreWrite
 from lockd.sim.schedule import (

@@ -19,6 +19,7 @@ from lockd.engine import Clock, Engine, EngineConfig, FsyncPolicy, WallClock
 from lockd.engine.persistence import FenceReservation
 from lockd.gateway.nodes import EmbeddedNode
 from lockd.resp.protocol import RequestParser
+from lockd.units import MS
 
 __all__ = [
     "MS",
@@ -30,7 +31,6 @@ __all__ = [
     "World",
 ]
 
-MS = 1_000_000
 
 Handler = Callable[[Any], None]
 

@@ -65,7 +65,7 @@ def _changed(w: _Write, current: Entry | None, highest: int) -> LockdError:
     return LockdError(
         grpc.StatusCode.FAILED_PRECONDITION,
         ErrorReason.VALUE_CHANGED,
-        f"key {w.key!r} of resource {w.resource!r} {now}, not the expected {want}",
+        f"key {w.key!r} of resource {w.resource!r} {now}; the request expected {want}",
         found=str(current is not None).lower(),
         current_length=str(len(current.value) if current else 0),
         highest_token=str(highest),

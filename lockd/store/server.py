@@ -9,19 +9,16 @@ writes are committed, the log is closed. `create_server(config)` does both first
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from lockd.errors import ErrorReason, LockdError, abort, invalid
+from lockd.rpc import DecodeErrors, bind, credentials, mark_serving, standard
+from lockd.serving import host_port, run_until_signal
 from lockd.store.fenced import DEFAULT_COMPACT_MIN_BYTES, DEFAULT_MAX_VALUE_BYTES, FencedStore
 from lockd.v1 import fenced_store_pb2 as pb
 from lockd.v1 import fenced_store_pb2_grpc as pb_grpc
@@ -53,6 +50,11 @@ class StoreConfig:
     shutdown_grace_s: float = 5.0
     check_tokens: bool = True
     """False is UNSAFE: writes with stale tokens are accepted (the harness's control run)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve over TLS (with `tls_key`)."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
 
 
 class FencedStoreService(pb_grpc.FencedStoreServicer):
@@ -94,13 +96,6 @@ class FencedStoreService(pb_grpc.FencedStoreServicer):
         return pb.CompareAndSetResponse(highest_token=highest)
 
 
-def _host_port(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"listen address {listen!r} must look like HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
 class StoreServer:
     """One store process's worth of parts: the store, the gRPC server, health."""
 
@@ -112,42 +107,37 @@ class StoreServer:
             config.compact_min_bytes,
             check_tokens=config.check_tokens,
         )
-        self.health = health.aio.HealthServicer()
         # A CompareAndSet carries two values; leave room for them and the rest.
         limit = 2 * config.max_value_bytes + (64 << 10)
         self.server = grpc.aio.server(
+            interceptors=[DecodeErrors()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-            ]
+            ],
         )
         pb_grpc.add_FencedStoreServicer_to_server(  # type: ignore[no-untyped-call]
             FencedStoreService(self.store), self.server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        self.health = standard(self.server, SERVICE_NAME)
         self.port = 0
 
     async def start(self) -> int:
         """Open the store (replaying its log), bind, start serving; returns the port."""
-        host, port = _host_port(self.config.listen)
+        c = self.config
+        host_port(c.listen)  # a bad address fails before the log is opened
         await self.store.open()
         try:
-            address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-            self.port = self.server.add_insecure_port(address)
-            if self.port == 0:
-                raise OSError(f"cannot listen on {self.config.listen}")
+            creds = credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
+            self.port = bind(self.server, c.listen, creds, "lockd store")
             await self.server.start()
         except BaseException:
             await self.store.close()
             raise
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await mark_serving(self.health, SERVICE_NAME)
         log.info(
-            "lockd store listening on %s:%d (%s: %d keys, %d resources)",
-            host,
+            "lockd store listening on %s (port %d; %s: %d keys, %d resources)",
+            c.listen,
             self.port,
             self.config.directory,
             len(self.store.state.values),
@@ -169,24 +159,9 @@ async def create_server(config: StoreConfig) -> tuple[StoreServer, int]:
     return server, await server.start()
 
 
-async def serve(
-    *,
-    listen: str,
-    directory: str | os.PathLike[str],
-    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-    check_tokens: bool = True,
-) -> None:
+async def serve(config: StoreConfig) -> None:
     """Run a store server until SIGTERM or SIGINT, then stop it gracefully."""
-    config = StoreConfig(Path(directory), listen, max_value_bytes, check_tokens=check_tokens)
-    if not check_tokens:
+    if not config.check_tokens:
         log.warning("UNSAFE: the token check is off; stale writers are accepted")
-    server, _ = await create_server(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("lockd store shutting down (grace %.1f s)", config.shutdown_grace_s)
-        await server.stop()
+    server = StoreServer(config)
+    await run_until_signal(server.start, server.stop, "lockd store")

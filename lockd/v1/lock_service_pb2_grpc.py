@@ -128,6 +128,8 @@ class LockServiceServicer:
         """Session carries Acquire, Renew and Release on one long-lived stream, answered as
         each completes (possibly out of order): the client library's hot path, about three
         times cheaper per call than unary RPCs. Semantics and errors are the unary calls'.
+        A stream message that is not a valid SessionRequest ends the stream with
+        INVALID_ARGUMENT / BAD_REQUEST once the requests before it are answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

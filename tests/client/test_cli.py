@@ -66,12 +66,13 @@ def test_acquire_json_then_status_renew_release(
     assert released.stdout == f"released {lock_name} on 5 nodes\n"
     assert not client.describe(lock_name).held
 
-    # The lease is gone: releasing or renewing it again fails with exit status 1.
+    # The lease is gone: releasing it again fails with exit status 1 (not owned), renewing
+    # it with 5 (lease lost), as `lockd run` exits when it loses its lease.
     again = cli("release", lock_name, "--lease", got["lease_id"], *ep)
     assert again.returncode == 1
     assert "does not hold the lock" in again.stderr
     lost = cli("renew", lock_name, "--lease", got["lease_id"], *ep)
-    assert lost.returncode == 1
+    assert lost.returncode == 5
     assert "lost" in lost.stderr
 
 
@@ -160,6 +161,17 @@ def test_lockd_endpoint_environment_variable(
     # --endpoint wins over the environment.
     flag = cli("status", "--endpoint", serve.endpoint, env={"LOCKD_ENDPOINT": dead_endpoint()})
     assert flag.returncode == 0, flag.stderr
+
+
+def test_invalid_request_exits_2_from_every_command(serve: LockdProcess) -> None:
+    """One exit-status table (lockd.exits): a request lockd calls invalid is a usage error."""
+    ep = ("--endpoint", serve.endpoint)
+    acquire = cli("acquire", "x", "--ttl", "1h", *ep)
+    assert acquire.returncode == 2, acquire.stderr
+    assert "ttl" in acquire.stderr.lower()
+    run = cli("run", "x", "--ttl", "1h", *ep, "--", "true")
+    assert run.returncode == 2, run.stderr
+    assert "ttl" in run.stderr.lower()
 
 
 def test_bad_lease_id_is_a_usage_error(serve: LockdProcess) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lockd.core import drift_ns, quorum, retry_delay_ns, validity_ns
+from lockd.core import drift_ns, fence_key, lock_key, lock_name, quorum, retry_delay_ns, validity_ns
+from lockd.core.quorum import restart_delay_ms
 
 MS = 1_000_000
 
@@ -112,3 +115,14 @@ def test_retry_delay_is_deterministic_for_a_seed() -> None:
     a = [retry_delay_ns(random.Random(9), n) for n in range(10)]
     b = [retry_delay_ns(random.Random(9), n) for n in range(10)]
     assert a == b
+
+
+@given(st.binary(max_size=64))
+def test_lock_key_round_trips_through_lock_name(name: bytes) -> None:
+    assert lock_name(lock_key(name)) == name
+    assert lock_name(fence_key(name)) is None
+
+
+@pytest.mark.parametrize(("max_ttl_ms", "delay_ms"), [(1000, 1012), (60_000, 60_602), (99, 101)])
+def test_restart_delay_is_max_ttl_plus_its_drift(max_ttl_ms: int, delay_ms: int) -> None:
+    assert restart_delay_ms(max_ttl_ms) == delay_ms

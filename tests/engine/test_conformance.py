@@ -792,6 +792,19 @@ def test_acquire_then_conflicting_acquire(t: Target) -> None:
     assert t.pttl(lock) <= 5000
 
 
+def test_describe_reads_pttl_and_counter_without_writing(t: Target) -> None:
+    lock, fence = t.key("lock"), t.key("fence")
+    assert t.fcall("lockd_describe", [lock, fence]) == [-2, 0]
+    assert t.call("EXISTS", lock, fence) == 0
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_fence_advance", [fence], 7) == [1, 7]
+    pttl, counter = t.fcall("lockd_describe", [lock, fence])  # type: ignore[misc]
+    assert 4000 < pttl <= 5000 and counter == 7
+    assert t.error("FCALL", "lockd_describe", 1, lock) == (
+        "ERR lockd_describe takes 2 keys and 0 arguments, got 1 and 0"
+    )
+
+
 def test_reacquire_by_same_lease_refreshes_ttl(t: Target) -> None:
     lock, fence = t.key("lock"), t.key("fence")
     assert t.fcall("lockd_acquire", [lock, fence], "a", 1000) == [1, 0]

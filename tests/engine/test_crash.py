@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from lockd.engine import restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
 from lockd.engine.persistence import AOF_NAME, SHUTDOWN_NAME
 from tests.support import EngineProcess
 
@@ -156,6 +156,10 @@ def test_counters_never_go_backwards_when_unfsynced_writes_are_lost(
         assert reported[key] >= value, (key, reported[key], value)
     top = max(v for _, v in acked)
     assert int(info_lockd(client)["fence_floor"]) >= top
+    # lockd_describe (what a gateway's Describe reads) reports the floor too, where a
+    # plain GET sees nothing.
+    for key in reported:
+        assert client.fcall("lockd_describe", 2, "lock:none", key) == [-2, reported[key]]
     # lockd_acquire reports the same floor once the restart delay has passed.
     left = restart_delay_left(client)
     assert left is not None and 0 < left <= restart_delay_ms(300)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 import lockd.engine.engine as engine_module
-from lockd.engine import Clock, Engine, EngineConfig, FsyncPolicy, persistence, restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
+from lockd.engine import Clock, Engine, EngineConfig, FsyncPolicy, persistence
 from lockd.engine.persistence import AOF_NAME, RESERVATION_NAME, SHUTDOWN_NAME, clock_epoch
 from lockd.resp.protocol import encode_command
 from lockd.resp.replies import CommandError, Reply

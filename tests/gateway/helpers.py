@@ -25,11 +25,7 @@ Stub = lock_service_pb2_grpc.LockServiceStub
 async def running(config: GatewayConfig) -> AsyncIterator[Gateway]:
     """A started gateway in this event loop, stopped (gracefully, quickly) at the end."""
     gateway = Gateway(dataclasses.replace(config, listen="127.0.0.1:0"))
-    try:
-        await gateway.start()
-    except BaseException:
-        await gateway.manager.close()
-        raise
+    await gateway.start()  # closes what it opened if it fails
     try:
         yield gateway
     finally:

@@ -8,8 +8,10 @@ import base64
 import dataclasses
 import filecmp
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -261,3 +263,38 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     for name in generated:
         fresh, committed = tmp_path / "lockd" / "v1" / name, REPO / "lockd" / "v1" / name
         assert filecmp.cmp(fresh, committed, shallow=False), f"{name} is stale: run `make proto`"
+
+
+async def test_metrics_endpoint_drops_stalled_clients(
+    embedded: GatewayConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scrapers that never finish their request hold no thread for long, and at most
+    MAX_SCRAPES at once: the rest are closed at once, and scraping works again after."""
+    from lockd.gateway import metrics
+
+    monkeypatch.setattr(metrics._Handler, "timeout", 0.5)
+    config = dataclasses.replace(embedded, metrics_listen="127.0.0.1:0")
+
+    def scrape_threads() -> int:
+        return sum("process_request" in t.name for t in threading.enumerate())
+
+    async with running(config) as gateway:
+        stalled = []
+        for _ in range(metrics.MAX_SCRAPES + 24):
+            s = socket.create_connection(("127.0.0.1", gateway.metrics_port))
+            s.sendall(b"GET /metr")  # and never the rest
+            s.settimeout(5)
+            stalled.append(s)
+        started = time.monotonic()
+        closed = await asyncio.to_thread(lambda: [s.recv(1) for s in stalled])
+        assert closed == [b""] * len(stalled)  # every one closed by the server ...
+        assert time.monotonic() - started < 3  # ... within the timeout, not 60 s
+        assert scrape_threads() <= metrics.MAX_SCRAPES
+        for s in stalled:
+            s.close()
+        assert "lockd_grants_total" in await asyncio.to_thread(_scrape, gateway.metrics_port)
+
+        async def settled() -> bool:
+            return scrape_threads() == 0
+
+        await eventually(settled)

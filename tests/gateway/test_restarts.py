@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lockd.engine import restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
 from lockd.gateway import GatewayConfig
 from lockd.v1 import lock_service_pb2 as pb
 from tests.gateway.helpers import Stub, channel, client, fails, start_all, urls
@@ -118,11 +118,15 @@ async def test_unclean_gateway_stop_delays_then_grants_larger(tmp_path: Path) ->
             assert short.elapsed < 0.2
             # A wait longer than the delay is granted when it ends.
             start = time.perf_counter()
-            waiter = asyncio.ensure_future(
-                stub.Acquire(pb.AcquireRequest(name="v", ttl_ms=1000, wait_ms=3000))
-            )
             granted_after: list[float] = []
-            waiter.add_done_callback(lambda _: granted_after.append(time.perf_counter() - start))
+
+            async def wait_for_v() -> pb.AcquireResponse:
+                # Timed here, not in a done callback, which may run after `await waiter`.
+                granted = await stub.Acquire(pb.AcquireRequest(name="v", ttl_ms=1000, wait_ms=3000))
+                granted_after.append(time.perf_counter() - start)
+                return granted
+
+            waiter = asyncio.ensure_future(wait_for_v())
             status = await stub.ClusterStatus(pb.ClusterStatusRequest())
             assert not status.quorum_available
             assert all(0 < n.restart_delay_remaining_ms <= 1012 for n in status.nodes)

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from lockd.core import AcquireCall, AcquireReply, FenceCall, FenceReply, NodeFailure, lock_key
-from lockd.engine import EngineConfig, FsyncPolicy, restart_delay_ms
+from lockd.core.quorum import restart_delay_ms
+from lockd.engine import EngineConfig, FsyncPolicy
 from lockd.sim.checks import Grant, History, check
 from lockd.sim.schedule import Limits, Session, generate
 from lockd.sim.simulation import liveness_bound_ns

@@ -62,18 +62,16 @@ def threaded_server(directory: Path, **settings: int) -> Iterator[StoreServer]:
 
 
 class StoreProcess:
-    """`serve()` in a separate Python process (the launcher the CLI command will replace)."""
+    """`lockd store` in a separate process."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
-        code = (
-            "import asyncio, logging; from lockd.store.server import serve; "
-            "logging.basicConfig(level='INFO'); "
-            f"asyncio.run(serve(listen='127.0.0.1:{self.port}', directory={str(directory)!r}))"
-        )
+        command = ["store", "--listen", f"127.0.0.1:{self.port}", "--dir", str(directory)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "lockd", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for_port(self.port, self.proc)

@@ -5,6 +5,7 @@
 --   FCALL lockd_release       1 <lock key> <lease id>                     -> 1 | 0
 --   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms>            -> 1 | 0
 --   FCALL lockd_fence_advance 1 <fence key> <token>                       -> {accepted, counter}
+--   FCALL lockd_describe      2 <lock key> <fence key>                    -> {pttl ms, counter}
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
@@ -100,7 +101,17 @@ local function fence_advance(keys, args)
   return {1, target}
 end
 
+-- Read-only: the lock's PTTL (-2 when not held) and the fencing counter.
+local function describe(keys, args)
+  local bad = arity_error('lockd_describe', keys, args, 2, 0)
+  if bad then return bad end
+  local n, err = counter(keys[2])
+  if not n then return err end
+  return {redis.call('PTTL', keys[1]), n}
+end
+
 redis.register_function('lockd_acquire', acquire)
 redis.register_function('lockd_release', release)
 redis.register_function('lockd_extend', extend)
 redis.register_function('lockd_fence_advance', fence_advance)
+redis.register_function{function_name='lockd_describe', callback=describe, flags={'no-writes'}}

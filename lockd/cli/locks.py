@@ -1,0 +1,163 @@
+"""Lock commands: `lockd acquire`, `release`, `renew`, `status` and `run`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lockd import exits
+from lockd.cli.client import client_options, lease_id, run_client, table
+from lockd.cli.params import DURATION
+
+if TYPE_CHECKING:
+    from lockd_client import AsyncClient
+
+__all__ = ["acquire", "release", "renew", "run", "status"]
+
+
+@click.command()
+@click.argument("name")
+@click.option("--ttl", default="30s", type=DURATION, help="Lease time to live.")
+@click.option("--wait", default="0s", type=DURATION, help="How long to wait for the lock.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@client_options
+def acquire(name: str, ttl: int, wait: int, as_json: bool, **conn: Any) -> None:
+    """Acquire NAME and print its fencing token, lease id and deadline.
+
+    The lease is not renewed: it lasts TTL unless renewed with `lockd renew`. Exit status
+    3 when the lock stayed held for the whole wait, 4 when lockd is unavailable."""
+
+    async def go(client: AsyncClient) -> int:
+        lease = await client.acquire(name, ttl / 1000, wait / 1000, watchdog=False)
+        validity_ms = max(0, round((lease.deadline - time.monotonic()) * 1000))
+        deadline = datetime.now(UTC) + timedelta(milliseconds=validity_ms)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "name": name,
+                        "token": lease.token,
+                        "lease_id": lease.lease_id.hex(),
+                        "validity_ms": validity_ms,
+                        "ttl_ms": ttl,
+                        "deadline": deadline.isoformat(timespec="milliseconds"),
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"lock      {name}\ntoken     {lease.token}\nlease id  "
+                f"{lease.lease_id.hex()}\nvalid for {validity_ms} ms (until "
+                f"{deadline.isoformat(timespec='milliseconds')})"
+            )
+        return 0
+
+    run_client(go, **conn)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@client_options
+def release(name: str, lease: str, **conn: Any) -> None:
+    """Release NAME held by lease --lease (exit 1 if that lease does not hold it)."""
+    lease_bytes = lease_id(lease)
+
+    async def go(client: AsyncClient) -> int:
+        nodes = await client.release(name, lease_bytes)
+        click.echo(f"released {name} on {nodes} nodes")
+        return 0
+
+    run_client(go, **conn)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@click.option("--ttl", default="30s", type=DURATION, help="New time to live.")
+@client_options
+def renew(name: str, lease: str, ttl: int, **conn: Any) -> None:
+    """Extend the lease --lease on NAME to a fresh TTL (exit 5 if it was lost)."""
+    lease_bytes = lease_id(lease)
+
+    async def go(client: AsyncClient) -> int:
+        validity = await client.renew(name, lease_bytes, ttl / 1000)
+        click.echo(f"renewed {name}: valid for {round(validity * 1000)} ms")
+        return 0
+
+    run_client(go, **conn)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@client_options
+def status(name: str | None, as_json: bool, **conn: Any) -> None:
+    """Show the cluster (nodes, restart delays), or one lock when NAME is given."""
+
+    async def go(client: AsyncClient) -> int:
+        if name is not None:
+            info = await client.describe(name)
+            if as_json:
+                click.echo(json.dumps(dataclasses.asdict(info)))
+                return 0
+            rows = [
+                ("lock", info.name),
+                ("held", "yes" if info.held else "no"),
+                ("ttl left", f"{info.ttl_remaining * 1000:.0f} ms"),
+                ("fencing counter", str(info.fencing_counter)),
+                ("waiters", str(info.waiters)),
+                ("nodes holding", f"{info.nodes_holding} of {info.nodes_answered} answering"),
+            ]
+            click.echo(table(["", ""], rows, header=False))
+            return 0
+        cluster = await client.cluster_status()
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(cluster)))
+            return exits.OK if cluster.quorum_available else exits.UNAVAILABLE
+        nodes = [
+            (
+                n.address,
+                n.mode,
+                "up" if n.reachable else "DOWN",
+                f"{n.latency_ms:.2f} ms" if n.reachable else "-",
+                f"{n.restart_delay:.1f} s ({n.restart_reason})" if n.restart_delay else "-",
+                n.error or "",
+            )
+            for n in cluster.nodes
+        ]
+        click.echo(table(["node", "mode", "state", "latency", "restart delay", "error"], nodes))
+        ready = "available" if cluster.quorum_available else "NOT AVAILABLE"
+        click.echo(
+            f"\nquorum {cluster.quorum} of {len(cluster.nodes)}: {ready} "
+            f"(gateway {client.endpoint}, lockd {cluster.version})"
+        )
+        return exits.OK if cluster.quorum_available else exits.UNAVAILABLE
+
+    run_client(go, **conn)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--ttl", default="30s", type=DURATION, help="Lease TTL (renewed while CMD runs).")
+@click.option("--wait", default="60s", type=DURATION, help="How long to wait for the lock.")
+@client_options
+def run(name: str, command: tuple[str, ...], ttl: int, wait: int, **conn: Any) -> None:
+    """Run COMMAND while holding NAME:  lockd run NAME -- CMD ARGS...
+
+    CMD gets LOCKD_FENCING_TOKEN and LOCKD_LOCK_NAME. If the lease is lost CMD gets
+    SIGTERM, then SIGKILL by the lease's deadline. SIGINT/SIGTERM are forwarded to CMD.
+    Exit status: CMD's (128+N if killed by signal N); 3 lock not acquired within --wait;
+    4 lockd unavailable; 5 lease lost while CMD ran; 127 CMD could not be started."""
+    from lockd.runner import run_under_lock
+
+    async def go(client: AsyncClient) -> int:
+        return await run_under_lock(client, name, ttl / 1000, wait / 1000, command)
+
+    run_client(go, **conn)

@@ -1,0 +1,276 @@
+"""Server commands: `lockd serve` (the gateway), `lockd engine` (one node), `lockd store`
+(the fenced sample storage). Each builds its config object and calls the programmatic
+`run`/`serve` of its package."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from lockd.cli.params import DURATION, SIZE
+
+__all__ = ["engine", "serve", "store"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", help="Address to listen on.")
+@click.option(
+    "--port",
+    default=7379,
+    type=click.IntRange(0, 65535),
+    help="TCP port for RESP clients (0 picks a free one).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default="./var/engine",
+    type=click.Path(path_type=Path),
+    help="Data directory (append-only file, fencing reservation).",
+)
+@click.option(
+    "--appendfsync",
+    default="everysec",
+    type=click.Choice(["always", "everysec", "no"]),
+    help="When the append-only file is fsynced. Fencing counters are durable "
+    "under every policy (reserved ahead with fsync).",
+)
+@click.option(
+    "--max-ttl",
+    default="60s",
+    type=DURATION,
+    help="Longest lock TTL this node grants; after an unclean stop it refuses "
+    "acquisitions for max-ttl plus drift.",
+)
+@click.option(
+    "--maxmemory",
+    default="0",
+    type=SIZE,
+    help="Memory cap for keys (0 = none). Above it new keys are refused with "
+    "OOM; nothing is ever evicted.",
+)
+@click.option(
+    "--fence-block",
+    default=1024,
+    type=click.IntRange(1),
+    help="Fencing values reserved per fsync of the reservation file.",
+)
+@click.option(
+    "--hold-aof-until-fsync",
+    is_flag=True,
+    hidden=True,
+    help="TEST ONLY: keep AOF writes in this process until fsync, so that "
+    "kill -9 loses exactly what a power cut would.",
+)
+@click.option(
+    "--enable-clock-control",
+    is_flag=True,
+    help="TEST ONLY: accept LOCKD.CLOCK RATE|JUMP|OFFSET|GET, with which the Jepsen "
+    "harness drifts this node's clock and steps its wall clock.",
+)
+@click.option(
+    "--unsafe-wall-clock",
+    is_flag=True,
+    help="UNSAFE: measure TTLs on the wall clock, so a clock step expires locks early "
+    "(the harness shows with it what monotonic time buys).",
+)
+def engine(
+    host: str,
+    port: int,
+    directory: Path,
+    appendfsync: str,
+    max_ttl: int,
+    maxmemory: int,
+    fence_block: int,
+    hold_aof_until_fsync: bool,
+    enable_clock_control: bool,
+    unsafe_wall_clock: bool,
+) -> None:
+    """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
+    from lockd.engine import EngineConfig, FsyncPolicy
+    from lockd.engine.server import run
+
+    config = EngineConfig(
+        dir=directory,
+        appendfsync=FsyncPolicy(appendfsync),
+        max_ttl_ms=max_ttl,
+        maxmemory=maxmemory,
+        fence_block=fence_block,
+        hold_until_fsync=hold_aof_until_fsync,
+        host=host,
+        port=port,
+        clock_control=enable_clock_control,
+        unsafe_wall_clock=unsafe_wall_clock,
+    )
+    try:
+        asyncio.run(run(config))
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"cannot run the engine on {directory}: {exc}") from exc
+
+
+@click.command()
+@click.option(
+    "--listen", default="127.0.0.1:7400", metavar="HOST:PORT", help="gRPC address to listen on."
+)
+@click.option(
+    "--data-dir",
+    default="./var/lockd",
+    type=click.Path(path_type=Path),
+    help="Data directory of the five embedded engines (one subdirectory each).",
+)
+@click.option(
+    "--nodes",
+    default="",
+    metavar="URL,...",
+    help="Use RESP nodes instead of embedded engines: comma-separated "
+    "redis://host:port URLs of `lockd engine` processes or Redis 7+/Valkey.",
+)
+@click.option("--max-ttl", default="60s", type=DURATION, help="Longest TTL a lease may ask for.")
+@click.option(
+    "--node-timeout",
+    default="200ms",
+    type=DURATION,
+    help="How long one node may take to answer before it counts as failed.",
+)
+@click.option(
+    "--appendfsync",
+    default="everysec",
+    type=click.Choice(["always", "everysec", "no"]),
+    help="fsync policy of the embedded engines.",
+)
+@click.option(
+    "--metrics-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (off when empty).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM certificate chain: serve gRPC over TLS.",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
+    "--max-waiters-per-lock",
+    default=1024,
+    type=click.IntRange(1),
+    help="Acquire calls that may wait for one lock at this gateway.",
+)
+@click.option(
+    "--shutdown-grace",
+    default="5s",
+    type=DURATION,
+    help="On SIGTERM, how long in-flight calls may take to finish.",
+)
+def serve(
+    listen: str,
+    data_dir: Path,
+    nodes: str,
+    max_ttl: int,
+    node_timeout: int,
+    appendfsync: str,
+    metrics_listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    max_waiters_per_lock: int,
+    shutdown_grace: int,
+) -> None:
+    """Run the gRPC lock service (lockd.v1) on five embedded engines, or on --nodes."""
+    from lockd.engine import FsyncPolicy
+    from lockd.gateway import GatewayConfig
+    from lockd.gateway import serve as run_gateway
+    from lockd.gateway.nodes import UnsafeNodeError
+
+    config = GatewayConfig(
+        listen=listen,
+        data_dir=data_dir,
+        nodes=tuple(u.strip() for u in nodes.split(",") if u.strip()),
+        max_ttl_ms=max_ttl,
+        node_timeout_ms=node_timeout,
+        appendfsync=FsyncPolicy(appendfsync),
+        metrics_listen=metrics_listen or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        max_waiters_per_lock=max_waiters_per_lock,
+        shutdown_grace_s=shutdown_grace / 1000,
+    )
+    try:
+        asyncio.run(run_gateway(config))
+    except (UnsafeNodeError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:7500",
+    metavar="HOST:PORT",
+    help="gRPC address of the FencedStore service.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default="./var/store",
+    type=click.Path(path_type=Path),
+    help="Data directory (an append-only log, fsynced before each answer).",
+)
+@click.option("--max-value", default="1mb", type=SIZE, help="Largest value accepted.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM certificate chain: serve gRPC over TLS.",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
+    "--unsafe-no-token-check",
+    is_flag=True,
+    help="UNSAFE: accept writes whatever their token (the Jepsen harness's control "
+    "run, which must then find lost updates).",
+)
+def store(
+    listen: str,
+    directory: Path,
+    max_value: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    unsafe_no_token_check: bool,
+) -> None:
+    """Run the fenced sample storage (gRPC lockd.v1.FencedStore).
+
+    A write is accepted only if its fencing token is at least the highest token seen for
+    its resource; a refusal names the token that beat it (FAILED_PRECONDITION,
+    STALE_TOKEN)."""
+    from lockd.store.server import StoreConfig
+    from lockd.store.server import serve as run_store
+
+    config = StoreConfig(
+        directory=directory,
+        listen=listen,
+        max_value_bytes=max_value,
+        check_tokens=not unsafe_no_token_check,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+    )
+    try:
+        asyncio.run(run_store(config))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
