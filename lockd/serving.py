@@ -5,12 +5,16 @@ grpc so that `lockd engine` starts fast.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-__all__ = ["host_port", "is_loopback", "run_until_signal"]
+__all__ = ["AcceptErrors", "host_port", "is_loopback", "raise_fd_limit", "run_until_signal"]
 
 log = logging.getLogger("lockd")
 
@@ -33,10 +37,62 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (as Redis does at start), so
+    many clients do not exhaust file descriptors; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+class AcceptErrors:
+    """An event-loop exception handler that reports failed accepts (out of file
+    descriptors, most often) once per `interval_s` with a count, instead of a traceback
+    per attempt; everything else goes to the default handler."""
+
+    def __init__(self, what: str, interval_s: float = 10.0) -> None:
+        self.what = what
+        self.interval_s = interval_s
+        self.count = 0
+        self._last = -interval_s
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ValueError) and "_start_serving" in repr(
+            context.get("handle")
+        ):
+            # asyncio's retry of a refused accept fired after the server closed its socket
+            # (fd -1): nothing is left to serve, so nothing is lost.
+            log.debug("%s: accept retry after close ignored", self.what)
+            return
+        if "accept" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            log.error(
+                "%s cannot accept connections (%s): %d refused so far; raise the open-files "
+                "limit (ulimit -n) or reduce idle clients",
+                self.what,
+                context.get("exception") or context.get("message"),
+                self.count,
+            )
+
+
 async def run_until_signal(
     start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[None]], what: str
 ) -> None:
-    """Start, wait for SIGTERM or SIGINT, then stop (gracefully: `stop` owns the grace)."""
+    """Raise the open-files limit, start, wait for SIGTERM or SIGINT, then stop
+    (gracefully: `stop` owns the grace). Failed accepts are logged once per interval."""
+    limit = raise_fd_limit()
+    log.debug("%s may open %d files", what, limit)
+    asyncio.get_running_loop().set_exception_handler(AcceptErrors(what))
     await start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

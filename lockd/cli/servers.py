@@ -57,6 +57,25 @@ __all__ = ["engine", "serve", "store"]
     help="Fencing values reserved per fsync of the reservation file.",
 )
 @click.option(
+    "--max-client-input",
+    default="128mb",
+    type=SIZE,
+    help="Bytes all clients together may have sent in commands not yet complete; past "
+    "it the connections holding the most are closed.",
+)
+@click.option(
+    "--idle-timeout",
+    default="5m",
+    type=DURATION,
+    help="Close a client connection silent this long (0: never; subscribers exempt).",
+)
+@click.option(
+    "--tcp-keepalive",
+    default="60s",
+    type=DURATION,
+    help="Send TCP keepalive probes after this much silence (0: off).",
+)
+@click.option(
     "--hold-aof-until-fsync",
     is_flag=True,
     hidden=True,
@@ -83,13 +102,16 @@ def engine(
     max_ttl: int,
     maxmemory: int,
     fence_block: int,
+    max_client_input: int,
+    idle_timeout: int,
+    tcp_keepalive: int,
     hold_aof_until_fsync: bool,
     enable_clock_control: bool,
     unsafe_wall_clock: bool,
 ) -> None:
     """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
     from lockd.engine import EngineConfig, FsyncPolicy
-    from lockd.engine.server import run
+    from lockd.engine.server import Limits, run
 
     config = EngineConfig(
         dir=directory,
@@ -103,8 +125,13 @@ def engine(
         clock_control=enable_clock_control,
         unsafe_wall_clock=unsafe_wall_clock,
     )
+    limits = Limits(
+        total_query_buffer=max_client_input,
+        idle_timeout_s=idle_timeout / 1000,
+        keepalive_s=max(0, round(tcp_keepalive / 1000)),
+    )
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, limits))
     except (OSError, RuntimeError) as exc:
         raise click.ClickException(f"cannot run the engine on {directory}: {exc}") from exc
 

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
+import time
 
 from lockd.engine import Engine, EngineConfig
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
@@ -29,11 +31,22 @@ _SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Per-connection limits (bytes)."""
+    """Bounds on what clients may make the engine hold (Redis's client-query-buffer-limit,
+    maxmemory-clients, timeout and tcp-keepalive are the model)."""
 
     max_bulk: int = 16 << 20
+    """Longest bulk string in a request."""
     query_buffer: int = 64 << 20
+    """Bytes one connection may have buffered for incomplete commands."""
     output_buffer: int = 32 << 20
+    """Bytes a connection that does not read may have queued (subscribers)."""
+    total_query_buffer: int = 128 << 20
+    """Bytes all connections together may buffer for incomplete commands; past it, the
+    connections holding the most are closed until the total is back under."""
+    idle_timeout_s: float = 300.0
+    """Close a connection silent this long (0: never); subscribers are exempt."""
+    keepalive_s: int = 60
+    """TCP keepalive probes after this much silence (0: off), so dead peers are noticed."""
 
 
 class RespServer:
@@ -52,6 +65,11 @@ class RespServer:
         self._outbox: list[tuple[Connection, bytes]] = []
         self._flush_scheduled = False
         self.protocol_errors = 0
+        self.query_buffered = 0
+        """Bytes buffered for incomplete commands, over every connection."""
+        self.evicted = 0
+        """Connections closed for the total query-buffer bound."""
+        self._last_idle_check = 0.0
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -84,8 +102,43 @@ class RespServer:
             try:
                 self.engine.cron()
                 self.flush()
+                self._close_idle()
             except Exception:  # a failing duty must not stop expiry or fsync for good
                 log.exception("engine cron failed")
+
+    def _close_idle(self) -> None:
+        """Once a second: close connections silent for longer than the idle timeout."""
+        timeout = self.limits.idle_timeout_s
+        now = time.monotonic()
+        if not timeout or now - self._last_idle_check < 1.0:
+            return
+        self._last_idle_check = now
+        idle = [c for c in self.connections if not c.channels and now - c.last_active > timeout]
+        for conn in idle:
+            conn.close()
+        if idle:
+            log.info("closed %d connection(s) idle for over %.0f s", len(idle), timeout)
+
+    def account(self, conn: Connection, buffered: int) -> None:
+        """`conn` now buffers `buffered` bytes of incomplete commands; past the total bound,
+        close the connections that hold the most until the total is back under it."""
+        self.query_buffered += buffered - conn.buffered
+        conn.buffered = buffered
+        if self.query_buffered <= self.limits.total_query_buffer:
+            return
+        closed = 0
+        for victim in sorted(self.connections, key=lambda c: c.buffered, reverse=True):
+            if self.query_buffered <= self.limits.total_query_buffer or not victim.buffered:
+                break
+            victim.evict()
+            closed += 1
+        self.evicted += closed
+        log.warning(
+            "closed %d connection(s) holding the most unfinished input: clients together "
+            "buffered more than %d bytes (total query buffer limit)",
+            closed,
+            self.limits.total_query_buffer,
+        )
 
     def send_after_commit(self, conn: Connection, data: bytes) -> None:
         """Write replies once the engine committed. Replies that follow a write wait for
@@ -123,14 +176,30 @@ class Connection(asyncio.Protocol):
         self.channels: set[bytes] = set()
         self.resp3 = False
         self._closing = False
+        self.buffered = 0
+        """Bytes of incomplete commands held (as last accounted to the server)."""
+        self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20)
         self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self.server.limits.keepalive_s:
+            _keepalive(sock, self.server.limits.keepalive_s)
+
+    def evict(self) -> None:
+        """Drop this connection and what it buffered (the total query-buffer bound)."""
+        self.server.query_buffered -= self.buffered
+        self.buffered = 0
+        self.parser = RequestParser(self.server.limits.max_bulk)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.account(self, 0)
         self.server.connections.discard(self)
         for channel in self.channels:
             self.engine.unsubscribe(channel, self.deliver)
@@ -148,6 +217,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self.last_active = time.monotonic()
         self.parser.feed(data)
         out: list[bytes] = []
         try:
@@ -159,9 +229,11 @@ class Connection(asyncio.Protocol):
             self.server.protocol_errors += 1
             out.append(encode(CommandError(str(exc))))
             self._closing = True
-        if not self._closing and self.parser.buffered() > self.server.limits.query_buffer:
+        buffered = self.parser.buffered()
+        if not self._closing and buffered > self.server.limits.query_buffer:
             out.append(encode(CommandError("ERR Protocol error: query buffer limit exceeded")))
             self._closing = True
+        self.server.account(self, 0 if self._closing else buffered)
         if out:
             self.server.send_after_commit(self, b"".join(out))
         if self._closing:
@@ -249,6 +321,15 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _keepalive(sock: socket.socket, idle_s: int) -> None:
+    """TCP keepalive: probe after `idle_s` of silence, every idle_s/3, give up after 3."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // 3))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 async def serve(

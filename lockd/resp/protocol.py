@@ -14,6 +14,9 @@ __all__ = ["ProtocolError", "RequestParser", "encode"]
 
 MAX_MULTIBULK = 1024 * 1024
 MAX_INLINE = 64 * 1024
+ARG_OVERHEAD = 48
+"""What one parsed argument costs beyond its bytes (a bytes object and a list slot), so
+a half-received array of a million empty arguments counts as the ~50 MB it holds."""
 DEFAULT_MAX_BULK = 512 * 1024 * 1024
 
 
@@ -45,7 +48,8 @@ class RequestParser:
         self._buf += data
 
     def buffered(self) -> int:
-        """Bytes received but not yet consumed (for query-buffer limits)."""
+        """Memory held for commands not yet complete: bytes received and not consumed, plus
+        the arguments of a half-received array (for query-buffer limits)."""
         return len(self._buf) - self._pos + self._args_size
 
     def offset(self) -> int:
@@ -114,7 +118,7 @@ class RequestParser:
             if buf[start + size : start + size + 2] != b"\r\n":
                 raise ProtocolError("ERR Protocol error: bulk string not terminated by CRLF")
             args.append(bytes(buf[start : start + size]))
-            self._args_size += size
+            self._args_size += size + ARG_OVERHEAD
             pos = start + size + 2
             self._pending -= 1
         self._pos = pos

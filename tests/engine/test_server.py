@@ -12,6 +12,7 @@ import contextlib
 import json
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -683,3 +684,130 @@ def test_sigterm_stops_gracefully(engine_process: EngineProcess) -> None:
     engine_process.start()
     assert engine_process.client().get("k") == b"v"
     assert not marker.exists()
+
+
+def test_total_query_buffer_closes_the_largest_holders() -> None:
+    """Ten stalled half-sent bulk strings, each under the per-connection limit, together
+    over the total: the engine closes the biggest until the total is under, keeps the
+    rest and keeps serving (before the bound, all ten were held)."""
+    total = 1 << 20
+
+    async def scenario() -> None:
+        limits = Limits(query_buffer=512 * 1024, max_bulk=1 << 20, total_query_buffer=total)
+        async with serving(limits) as harness:
+            good = await harness.connect()
+            await good.expect(cmd("PING"), b"+PONG\r\n")
+            hogs = []
+            for i in range(10):
+                hog = await harness.connect()
+                size = 150_000 + i * 10_000  # the later ones hold more
+                await hog.send_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$900000\r\n" + b"x" * size)
+                hogs.append(hog)
+            await asyncio.sleep(0.2)
+            server = harness.server
+            assert server.query_buffered <= total
+            assert server.evicted >= 3
+            survivors = [c for c in server.connections if c.buffered]
+            assert 0 < len(survivors) < 10
+            # The largest were closed, the smallest kept.
+            assert await hogs[-1].read_to_eof() == b""
+            await good.expect(cmd("PING"), b"+PONG\r\n")
+            assert server.query_buffered == sum(c.buffered for c in server.connections)
+
+    asyncio.run(scenario())
+
+
+def test_half_sent_array_of_empty_arguments_counts_its_memory() -> None:
+    """A million empty arguments are ~50 MB of Python objects, not 0 bytes."""
+
+    async def scenario() -> None:
+        async with serving(Limits(query_buffer=4 << 20)) as harness:
+            hog = await harness.connect()
+            sending = asyncio.create_task(hog.send_all(b"*1000000\r\n" + b"$0\r\n\r\n" * 200_000))
+            got = await hog.read_to_eof()
+            with contextlib.suppress(OSError):
+                await sending
+            assert got == b"-ERR Protocol error: query buffer limit exceeded\r\n"
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_are_closed_but_not_subscribers() -> None:
+    async def scenario() -> None:
+        async with serving(Limits(idle_timeout_s=0.3)) as harness:
+            idle = await harness.connect()
+            await idle.expect(cmd("PING"), b"+PONG\r\n")
+            sub = await harness.connect()
+            sub.send(cmd("SUBSCRIBE", "lockd:released"))
+            await sub.readline()
+            await asyncio.sleep(1.6)  # the check runs once a second
+            assert await idle.read_to_eof() == b""
+            assert len(harness.server.connections) == 1  # the subscriber stays
+            fresh = await harness.connect()
+            await fresh.expect(cmd("PING"), b"+PONG\r\n")
+
+    asyncio.run(scenario())
+
+
+def test_connections_get_tcp_keepalive() -> None:
+    async def scenario() -> None:
+        async with serving(Limits(keepalive_s=45)) as harness:
+            peer = await harness.connect()
+            await peer.expect(cmd("PING"), b"+PONG\r\n")
+            (conn,) = harness.server.connections
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 45
+
+    asyncio.run(scenario())
+
+
+def test_out_of_file_descriptors_is_logged_once_per_interval(tmp_path: Path) -> None:
+    """With a 64-file limit it cannot raise, an engine flooded with idle connections logs
+    refused accepts as one line with a count (not a traceback per attempt), and serves
+    again once they go."""
+    import resource
+
+    port_probe = socket.socket()
+    port_probe.bind(("127.0.0.1", 0))
+    port = port_probe.getsockname()[1]
+    port_probe.close()
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockd", "engine", "--port", str(port), "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=limit_files,
+    )
+    flood: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        for _ in range(120):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        time.sleep(2.5)
+        for s in flood:
+            s.close()
+        flood.clear()
+        time.sleep(1.5)  # the loop retries accepting after a second
+        client = redis.Redis(port=port, socket_timeout=5)
+        assert client.ping() is True
+        client.close()
+    finally:
+        for s in flood:
+            s.close()
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0].decode()
+    refused = [line for line in out.splitlines() if "cannot accept connections" in line]
+    assert 1 <= len(refused) <= 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]

@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 from lockd.resp.protocol import (
+    ARG_OVERHEAD,
     DEFAULT_MAX_BULK,
     MAX_INLINE,
     MAX_MULTIBULK,
@@ -243,8 +244,9 @@ def test_buffered_counts_unconsumed_bytes_and_partial_arguments() -> None:
     assert parser.buffered() == 0
     parser.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n01234")
     assert parser.next_command() is None
-    # "SET" and "k" are parsed and held; "$10\r\n01234" is still raw.
-    assert parser.buffered() == 3 + 1 + len(b"$10\r\n01234")
+    # "SET" and "k" are parsed and held (each with its object overhead); "$10\r\n01234"
+    # is still raw.
+    assert parser.buffered() == (3 + ARG_OVERHEAD) + (1 + ARG_OVERHEAD) + len(b"$10\r\n01234")
     parser.feed(b"56789\r\nPI")
     assert parser.next_command() == [b"SET", b"k", b"0123456789"]
     assert parser.buffered() == 2
