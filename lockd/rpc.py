@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from lockd.errors import ErrorReason, LockdError, abort, invalid
 from lockd.serving import host_port, is_loopback
@@ -67,12 +67,26 @@ def bind(
     return bound
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
 def standard(server: grpc.aio.Server, service_name: str) -> health.aio.HealthServicer:
-    """Register the standard health service and reflection; returns the health servicer."""
+    """Register the standard health service and reflection (grpc.reflection.v1 and
+    v1alpha); returns the health servicer."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    reflection.enable_server_reflection(
-        [service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    names = [service_name, health.SERVICE_NAME, REFLECTION_V1, reflection.SERVICE_NAME]
+    reflector = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, server)
+    # v1 is v1alpha renamed (the messages are identical on the wire): grpcio-reflection
+    # ships only v1alpha, so the same servicer answers under both names.
+    v1 = grpc.stream_stream_rpc_method_handler(
+        reflector.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
     )
     return servicer
 

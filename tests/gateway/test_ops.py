@@ -83,6 +83,25 @@ async def test_reflection_lists_the_lock_service(embedded: GatewayConfig) -> Non
         assert files and any(b"LockService" in f and b"Acquire" in f for f in files)
 
 
+async def test_reflection_v1_answers_as_v1alpha_does(embedded: GatewayConfig) -> None:
+    """grpcurl and other current clients ask grpc.reflection.v1 first."""
+    async with running(embedded) as gateway, channel(gateway.port) as ch:
+        v1 = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+        ]
+        replies = [r async for r in v1(iter(requests))]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert {SERVICE, "grpc.reflection.v1.ServerReflection"} <= names
+        files = replies[1].file_descriptor_response.file_descriptor_proto
+        assert any(b"LockService" in f for f in files)
+
+
 def _scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
