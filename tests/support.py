@@ -68,7 +68,8 @@ class EngineProcess:
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A redis-py client for this engine."""
-        return redis.Redis(port=self.port, socket_timeout=10, **kwargs)  # type: ignore[arg-type]
+        options: dict[str, object] = {"socket_timeout": 10, **kwargs}
+        return redis.Redis(port=self.port, **options)  # type: ignore[arg-type]
 
     def kill(self) -> None:
         """SIGKILL: an unclean stop."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import click
@@ -57,6 +58,25 @@ __all__ = ["engine", "serve", "store"]
     help="Fencing values reserved per fsync of the reservation file.",
 )
 @click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the password clients must AUTH with (Redis's requirepass); "
+    "LOCKD_ENGINE_PASSWORD gives it too. Without either, no authentication.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM certificate chain: serve RESP over TLS (gateways use rediss:// URLs).",
+)
+@click.option(
+    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
     "--max-client-input",
     default="128mb",
     type=SIZE,
@@ -102,6 +122,10 @@ def engine(
     max_ttl: int,
     maxmemory: int,
     fence_block: int,
+    password_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
     max_client_input: int,
     idle_timeout: int,
     tcp_keepalive: int,
@@ -113,6 +137,11 @@ def engine(
     from lockd.engine import EngineConfig, FsyncPolicy
     from lockd.engine.server import Limits, run
 
+    password = os.environ.get("LOCKD_ENGINE_PASSWORD") or None
+    if password_file is not None:
+        password = password_file.read_text().strip()
+        if not password:
+            raise click.BadParameter("the file is empty", param_hint="--password-file")
     config = EngineConfig(
         dir=directory,
         appendfsync=FsyncPolicy(appendfsync),
@@ -122,6 +151,10 @@ def engine(
         hold_until_fsync=hold_aof_until_fsync,
         host=host,
         port=port,
+        password=password,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
         clock_control=enable_clock_control,
         unsafe_wall_clock=unsafe_wall_clock,
     )
@@ -132,7 +165,7 @@ def engine(
     )
     try:
         asyncio.run(run(config, limits))
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise click.ClickException(f"cannot run the engine on {directory}: {exc}") from exc
 
 

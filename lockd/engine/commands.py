@@ -7,6 +7,7 @@ subscription commands live in the RESP server, since they change the connection'
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -292,20 +293,50 @@ def cmd_fcall(engine: Engine, args: list[bytes]) -> Reply:
 
 
 def cmd_hello(engine: Engine, args: list[bytes]) -> Reply:
-    """HELLO [2|3]: the connection switches protocol in the server; this is the reply."""
+    """HELLO [2|3 [AUTH user pass] [SETNAME name]]: the connection switches protocol (and
+    authenticates) in the server; this is the reply."""
     if len(args) > 1:
         version = parse_int(args[1])
         if version is None:
             raise CommandError("ERR Protocol version is not an integer or out of range")
         if version not in (2, 3):
             raise CommandError("NOPROTO unsupported protocol version")
-        if len(args) > 2:
-            raise CommandError("ERR HELLO options (AUTH, SETNAME) are not supported by lockd")
+        options = args[2:]
+        while options:
+            option = options[0].lower()
+            if option == b"auth" and len(options) >= 3:
+                check_password(engine, options[1], options[2])
+                options = options[3:]
+            elif option == b"setname" and len(options) >= 2:
+                options = options[2:]
+            else:
+                raise CommandError(f"ERR Syntax error in HELLO option '{_show(options[0])}'")
     return {
         b"server": b"lockd", b"version": __version__.encode(),
         b"proto": parse_int(args[1]) if len(args) > 1 else 2,
         b"id": 0, b"mode": b"standalone", b"role": b"master", b"modules": [],
     }  # fmt: skip
+
+
+def check_password(engine: Engine, user: bytes, password: bytes) -> None:
+    """Raise Redis's errors unless `user`/`password` is the configured default user's."""
+    expected = engine.config.password
+    if expected is None:
+        raise CommandError(
+            "ERR AUTH <password> called without any password configured for the default "
+            "user. Are you sure your configuration is correct?"
+        )
+    if user != b"default" or not hmac.compare_digest(password, expected.encode()):
+        raise CommandError("WRONGPASS invalid username-password pair or user is disabled.")
+
+
+def cmd_auth(engine: Engine, args: list[bytes]) -> Reply:
+    """AUTH [user] password (the server marks the connection authenticated on +OK)."""
+    if len(args) not in (2, 3):
+        raise CommandError("ERR syntax error")
+    user, password = (b"default", args[1]) if len(args) == 2 else (args[1], args[2])
+    check_password(engine, user, password)
+    return OK
 
 
 def cmd_client(engine: Engine, args: list[bytes]) -> Reply:
@@ -410,6 +441,7 @@ COMMANDS: dict[bytes, tuple[Handler, int]] = {
     b"config": (cmd_config, -2),
     b"fcall": (cmd_fcall, -3),
     b"hello": (cmd_hello, -1),
+    b"auth": (cmd_auth, -2),
     b"client": (cmd_client, -2),
     b"command": (cmd_command, -1),
     b"bgrewriteaof": (cmd_bgrewriteaof, 1),

@@ -60,6 +60,14 @@ class EngineConfig:
     hold_until_fsync: bool = False
     host: str = "127.0.0.1"
     port: int = 0
+    password: str | None = dataclasses.field(default=None, repr=False)
+    """Clients must AUTH (or HELLO ... AUTH default <password>) first, as with Redis's
+    requirepass; None accepts every connection."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve RESP over TLS (with `tls_key`)."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
     # UNSAFE switches. Each breaks one guarantee on purpose so that the simulator
     # (`lockd sim --unsafe`) and the harness can show their checkers catch it; never
     # set them on a node that guards anything.

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import ssl
 import time
 
 from lockd.engine import Engine, EngineConfig
@@ -75,7 +76,11 @@ class RespServer:
         """Listen; returns the bound port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self), self.host, self.port, reuse_address=True
+            lambda: Connection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            ssl=tls_context(self.engine.config),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._cron = asyncio.create_task(self._run_cron())
@@ -178,6 +183,7 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self.buffered = 0
         """Bytes of incomplete commands held (as last accounted to the server)."""
+        self.authenticated = server.engine.config.password is None
         self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,8 +246,11 @@ class Connection(asyncio.Protocol):
             self.server.send_after_commit(self, b"")
 
     def run(self, args: list[bytes]) -> bytes:
-        """One command's encoded reply; connection-level commands (pub/sub, QUIT) are here."""
+        """One command's encoded reply; connection-level commands (authentication, pub/sub,
+        QUIT) are here."""
         name = args[0].lower()
+        if not self.authenticated:
+            return self._unauthenticated(name, args)
         # Like Redis, a subscribed connection is restricted only in RESP2 (RESP3 has pushes).
         if self.channels and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
             return encode(
@@ -269,6 +278,30 @@ class Connection(asyncio.Protocol):
         if name == b"hello" and isinstance(reply, dict):
             self.resp3 = reply[b"proto"] == 3
         return encode(reply, self.resp3)
+
+    def _unauthenticated(self, name: bytes, args: list[bytes]) -> bytes:
+        """Before AUTH only AUTH, HELLO ... AUTH and QUIT run (Redis's requirepass)."""
+        if name == b"quit":
+            self._closing = True
+            return encode(OK)
+        hello_auth = name == b"hello" and any(a.lower() == b"auth" for a in args[2:3])
+        if name == b"auth" or hello_auth:
+            reply = self.engine.execute(args)
+            if not isinstance(reply, CommandError):
+                self.authenticated = True
+                if hello_auth and isinstance(reply, dict):
+                    self.resp3 = reply[b"proto"] == 3
+            return encode(reply, self.resp3)
+        if name == b"hello":
+            return encode(
+                CommandError(
+                    "NOAUTH HELLO must be called with the client already authenticated, "
+                    "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                    "authenticate the client and select the RESP protocol version at the "
+                    "same time"
+                )
+            )
+        return encode(CommandError("NOAUTH Authentication required."))
 
     def _subscribe(self, channels: list[bytes]) -> bytes:
         replies: list[bytes] = []
@@ -323,6 +356,23 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def tls_context(config: EngineConfig) -> ssl.SSLContext | None:
+    """The server-side TLS context `config` asks for (client certificates required when
+    it names a client CA), or None for plain TCP."""
+    if config.tls_cert is None and config.tls_key is None:
+        if config.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca is not None:
+        context.load_verify_locations(config.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def _keepalive(sock: socket.socket, idle_s: int) -> None:
     """TCP keepalive: probe after `idle_s` of silence, every idle_s/3, give up after 3."""
     with contextlib.suppress(OSError, AttributeError):
@@ -350,13 +400,23 @@ async def serve(
 
 async def run(config: EngineConfig, limits: Limits | None = None) -> None:
     """`lockd engine`: open the node `config` describes and serve it until a signal."""
-    if not is_loopback(config.host):
+    missing = [
+        what
+        for what, absent in (
+            ("no password (--password-file)", config.password is None),
+            ("no TLS (--tls-cert, --tls-key)", config.tls_cert is None),
+        )
+        if absent
+    ]
+    if missing and not is_loopback(config.host):
         log.warning(
-            "lockd engine listens on %s:%d with no authentication and no TLS: anyone who "
-            "can reach it can delete locks and rewrite fencing counters; bind it to a "
-            "private network only",
+            "lockd engine listens on %s:%d with %s: anyone who can reach it can %s",
             config.host,
             config.port,
+            " and ".join(missing),
+            "delete locks and rewrite fencing counters"
+            if config.password is None
+            else "read lease ids and passwords on the wire",
         )
     if config.unsafe_wall_clock:
         log.warning("UNSAFE: TTLs are measured on the wall clock; a clock step expires locks early")
