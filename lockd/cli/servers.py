@@ -1,6 +1,6 @@
 """Server commands: `lockd serve` (the gateway), `lockd engine` (one node), `lockd store`
-(the fenced sample storage). Each builds its config object and calls the programmatic
-`run`/`serve` of its package."""
+(the fenced sample storage) and `lockd cluster` (the production shape on one machine).
+Each builds its config object and calls the programmatic `run`/`serve` of its package."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 
 from lockd.cli.params import DURATION, SIZE
 
-__all__ = ["engine", "serve", "store"]
+__all__ = ["cluster", "engine", "serve", "store"]
 
 
 @click.command()
@@ -333,4 +333,47 @@ def store(
     try:
         asyncio.run(run_store(config))
     except (RuntimeError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.option(
+    "--listen", default="127.0.0.1:7400", metavar="HOST:PORT", help="gRPC address of the gateway."
+)
+@click.option(
+    "--data-dir",
+    default="./var/cluster",
+    type=click.Path(path_type=Path),
+    help="Data directories (engine-0 ... engine-4) and logs of the engines.",
+)
+@click.option(
+    "--engine-port",
+    default=7381,
+    type=click.IntRange(1, 65530),
+    help="The first engine's RESP port on 127.0.0.1; the others take the next four.",
+)
+@click.option(
+    "--appendfsync",
+    default="everysec",
+    type=click.Choice(["always", "everysec", "no"]),
+    help="fsync policy of the engines.",
+)
+@click.option("--max-ttl", default="60s", type=DURATION, help="Longest TTL a lease may ask for.")
+def cluster(listen: str, data_dir: Path, engine_port: int, appendfsync: str, max_ttl: int) -> None:
+    """Run the production shape on this machine: five `lockd engine` processes and a
+    gateway over them (RESP), for trying it out before deploying five machines
+    (docs/DEPLOYMENT.md)."""
+    from lockd.cluster import ClusterConfig, run
+    from lockd.engine import FsyncPolicy
+
+    config = ClusterConfig(
+        data_dir=data_dir,
+        listen=listen,
+        first_engine_port=engine_port,
+        appendfsync=FsyncPolicy(appendfsync),
+        max_ttl_ms=max_ttl,
+    )
+    try:
+        asyncio.run(run(config))
+    except (OSError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
