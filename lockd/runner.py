@@ -2,9 +2,11 @@
 
 The lease is renewed by the client library's watchdog. If it is lost, CMD gets SIGTERM
 at once and SIGKILL when the lease's deadline arrives (never later), and `lockd run`
-exits with `exits.LEASE_LOST`. SIGINT and SIGTERM sent to `lockd run` are forwarded to
-CMD. The lock is released when CMD exits. CMD sees `LOCKD_FENCING_TOKEN` and
-`LOCKD_LOCK_NAME` in its environment.
+exits with `exits.LEASE_LOST` after at most `RELEASE_AFTER_LOSS_S` more spent trying to
+release it (a courtesy: its TTL frees the lock anyway; a gateway that cannot be reached
+must not keep `lockd run` waiting out the client timeout). SIGINT and SIGTERM sent to
+`lockd run` are forwarded to CMD. The lock is released when CMD exits. CMD sees
+`LOCKD_FENCING_TOKEN` and `LOCKD_LOCK_NAME` in its environment.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from collections.abc import Sequence
 from lockd import exits
 from lockd_client import AsyncClient, AsyncLease, LockError
 
-__all__ = ["run_under_lock"]
+__all__ = ["RELEASE_AFTER_LOSS_S", "run_under_lock"]
+
+RELEASE_AFTER_LOSS_S = 1.0
+"""The longest a release of a lease no longer held may take."""
 
 
 async def _spinner(client: AsyncClient, name: str) -> None:
@@ -136,5 +141,11 @@ def _status(returncode: int) -> int:
 
 
 async def _release(lease: AsyncLease) -> None:
-    with contextlib.suppress(LockError):
-        await lease.release()
+    """Release the lease: with the client's timeout while it is held, and for at most
+    `RELEASE_AFTER_LOSS_S` once it is not (lost, or too close to its deadline)."""
+    with contextlib.suppress(LockError, TimeoutError):
+        if lease.held:
+            await lease.release()
+        else:
+            async with asyncio.timeout(RELEASE_AFTER_LOSS_S):
+                await lease.release()

@@ -135,15 +135,13 @@ def jepsen_run(
 @jepsen.command("check")
 @click.argument("history", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def jepsen_check(history: Path) -> None:
-    """Check a history.jsonl again (with the store log beside it, if there is one).
+    """Check a history.jsonl again (with the store log beside it, if there is one); the
+    format is in docs/CORRECTNESS.md. A history that breaks it is unknown, never a verdict.
 
     Exit status: 0 valid, 1 invalid, 2 unknown."""
-    from lockd.jepsen.history import load
-    from lockd.jepsen.run import check_history
+    from lockd.jepsen.run import check_file
 
-    meta, events = load(history)
-    store_log = history.parent / "data" / "store" / "store.log"
-    results = check_history(events, meta, store_log if store_log.exists() else None)
+    results = check_file(history)
     _print_verdict(history.parent, results)
     sys.exit(exits.for_validity(results["valid"]))
 
@@ -155,6 +153,9 @@ def _print_verdict(directory: Path, results: dict[str, Any]) -> None:
         if isinstance(r, dict) and "valid" in r
     ]
     click.echo(table(["checker", "valid"], rows))
+    problems = results.get("history", {}).get("problems", [])
+    for problem in problems:
+        click.echo(f"malformed history: {problem}")
     click.echo(f"\nvalid: {json.dumps(results['valid'])}   ({directory})")
 
 

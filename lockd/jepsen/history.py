@@ -7,19 +7,26 @@ worker goes on under a new process id. Nemesis events have process "nemesis". Ti
 `time.monotonic_ns()`, which on Linux is one clock for every process on the machine, so
 the harness and its workers agree on it. The first line is a `meta` record (seed,
 configuration); `load` returns it with the events sorted by time.
+
+`validate` lists everything that makes a history malformed: its shape (pairing, a
+process doing two things at once) and the fields the checkers read (`VALUES`), each
+problem naming the event's line. docs/CORRECTNESS.md ("The history format") is the
+reference for writing one by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
     "COMPLETIONS",
     "NEMESIS",
+    "OPERATIONS",
+    "VALUES",
     "Event",
     "HistoryError",
     "HistoryWriter",
@@ -35,6 +42,38 @@ TYPES = ("invoke", *COMPLETIONS)
 
 Process = int | str
 
+OPERATIONS = ("acquire", "release", "claim", "read", "write")
+"""The client operations (`f`) the checkers understand; any other makes a history malformed."""
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+Kind = tuple[str, Callable[[Any], bool]]
+"""A kind of value field: (description, test)."""
+_TOKEN: Kind = ("a positive integer", lambda v: _is_int(v) and v > 0)
+_INT: Kind = ("an integer", _is_int)
+_COUNT: Kind = ("a non-negative integer", lambda v: _is_int(v) and v >= 0)
+_INT_OR_NULL: Kind = ("an integer or null", lambda v: v is None or _is_int(v))
+_SECONDS: Kind = ("a non-negative number", lambda v: _is_number(v) and v >= 0)
+
+VALUES: dict[tuple[str, str], dict[str, tuple[bool, Kind]]] = {
+    ("acquire", "invoke"): {"ttl_s": (False, _SECONDS), "wait_s": (False, _SECONDS)},
+    ("acquire", "ok"): {"token": (True, _TOKEN), "deadline": (True, _INT)},
+    ("release", "invoke"): {"token": (True, _TOKEN)},
+    ("claim", "invoke"): {"token": (True, _TOKEN)},
+    ("read", "ok"): {"value": (True, _INT_OR_NULL), "highest": (True, _COUNT)},
+    ("write", "invoke"): {"value": (True, _INT), "token": (True, _TOKEN)},
+}
+"""(f, event type) -> the `value` fields the checkers read: name -> (required, kind).
+`value` must then be an object (or null when no field is required); where nothing is
+listed it may be anything."""
+
 
 class HistoryError(ValueError):
     """A malformed history (unpaired completion, a process doing two things at once...)."""
@@ -42,7 +81,8 @@ class HistoryError(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
-    """One history event. `value` is JSON data; `worker` is the client worker's index."""
+    """One history event. `value` is JSON data; `worker` is the client worker's index;
+    `line` is where `load` read it (not part of the event's data)."""
 
     type: str
     process: Process
@@ -52,6 +92,7 @@ class Event:
     value: Any = None
     error: str | None = None
     worker: int | None = None
+    line: int | None = dataclasses.field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this event (absent fields left out)."""
@@ -67,31 +108,45 @@ class Event:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Event:
-        """Parse one event; raises `HistoryError` when a field is missing or wrong."""
-        try:
-            kind, process, f, time = data["type"], data["process"], data["f"], data["time"]
-        except KeyError as exc:
-            raise HistoryError(f"event without {exc.args[0]!r}: {dict(data)}") from None
+    def from_json(cls, data: Any, line: int | None = None) -> Event:
+        """Parse one event; raises `HistoryError` when a field is missing or ill-typed."""
+        if not isinstance(data, Mapping):
+            raise HistoryError(f"not a JSON object: {data!r:.80}")
+        missing = [k for k in ("type", "process", "f", "time") if k not in data]
+        if missing:
+            raise HistoryError(f"event without {', '.join(map(repr, missing))}")
+        kind, process, f, time = data["type"], data["process"], data["f"], data["time"]
+        key, error, worker = data.get("key"), data.get("error"), data.get("worker")
         if kind not in TYPES:
-            raise HistoryError(f"unknown event type {kind!r}")
-        if not isinstance(process, int | str) or not isinstance(time, int):
-            raise HistoryError(f"bad process or time in {dict(data)}")
-        return cls(
-            kind,
-            process,
-            str(f),
-            time,
-            data.get("key"),
-            data.get("value"),
-            data.get("error"),
-            data.get("worker"),
-        )
+            raise HistoryError(f"unknown event type {kind!r} (one of {', '.join(TYPES)})")
+        for name, v, ok, kind_of in (
+            (
+                "process",
+                process,
+                _is_int(process) or isinstance(process, str),
+                "an int or a string",
+            ),
+            ("f", f, isinstance(f, str), "a string"),
+            ("time", time, _is_int(time), "an integer (ns)"),
+            ("key", key, key is None or isinstance(key, str), "a string"),
+            ("error", error, error is None or isinstance(error, str), "a string"),
+            ("worker", worker, worker is None or _is_int(worker), "an integer"),
+        ):
+            if not ok:
+                raise HistoryError(f"{name!r} must be {kind_of}, not {v!r:.40}")
+        return cls(kind, process, f, time, key, data.get("value"), error, worker, line)
 
     @property
     def is_nemesis(self) -> bool:
         """True for the nemesis's records."""
         return self.process == NEMESIS
+
+    @property
+    def where(self) -> str:
+        """Where the event is: its line, or (made in memory) what and when it is."""
+        if self.line is not None:
+            return f"line {self.line}"
+        return f"{self.type} {self.f} of process {self.process!r} at {self.time} ns"
 
 
 class HistoryWriter:
@@ -139,21 +194,25 @@ class HistoryWriter:
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[Event]]:
-    """(meta record, events sorted by time) of a history file."""
+    """(meta record, events sorted by time) of a history file; `HistoryError` names the
+    first line that is not a well-formed event (`validate` checks the rest)."""
     meta: dict[str, Any] = {}
     events: list[Event] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HistoryError(f"{path}:{number}: not JSON ({exc})") from None
-            if data.get("type") == "meta":
-                meta = data
-            else:
-                events.append(Event.from_json(data))
+                if isinstance(data, dict) and data.get("type") == "meta":
+                    meta = data
+                else:
+                    events.append(Event.from_json(data, number))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise HistoryError(f"{path}:{number}: not a line of JSON ({exc})") from None
+            except HistoryError as exc:
+                raise HistoryError(f"{path}:{number}: {exc}") from None
     events.sort(key=lambda e: e.time)
     return meta, events
 
@@ -189,33 +248,121 @@ class Op:
 def _walk(events: Iterable[Event]) -> Iterator[tuple[Event, Event | None, str | None]]:
     """(invocation, completion or None, problem) for every client operation."""
     open_: dict[Process, Event] = {}
-    retired: set[Process] = set()
+    retired: dict[Process, Event] = {}
+    workers: dict[Process, Event] = {}
     for event in events:
         if event.is_nemesis:
             continue
+        p, at = event.process, f"{event.where}: process {event.process!r}"
+        first = workers.setdefault(p, event)
+        if first.worker != event.worker:
+            problem = f"{at} has worker {event.worker!r}, but {first.worker!r} at {first.where}"
+            yield event, None, problem
         if event.type == "invoke":
-            if event.process in retired:
-                yield event, None, f"process {event.process} invoked after an info"
-            if event.process in open_:
-                yield open_[event.process], None, f"process {event.process} invoked twice"
-            open_[event.process] = event
+            if p in retired:
+                problem = f"{at} invoked after an info ({retired[p].where}) retired it"
+                yield event, None, problem
+            if p in open_:
+                earlier = open_[p]
+                problem = (
+                    f"{at} invoked twice: its {earlier.f} invoked at {earlier.where} "
+                    "has no completion"
+                )
+                yield earlier, None, problem
+            open_[p] = event
             continue
-        invoke = open_.pop(event.process, None)
+        invoke = open_.pop(p, None)
         if invoke is None:
-            yield event, None, f"{event.type} of process {event.process} without an invoke"
+            yield event, None, f"{event.where}: {event.type} of process {p!r} without an invoke"
             continue
         if invoke.f != event.f:
-            yield invoke, event, f"process {event.process}: {event.f} completes {invoke.f}"
+            yield invoke, event, f"{at}: {event.f} completes {invoke.f} ({invoke.where})"
+        elif invoke.key != event.key:
+            problem = f"{at}: a completion for key {event.key!r} of {invoke.key!r} ({invoke.where})"
+            yield invoke, event, problem
         if event.type == "info":
-            retired.add(event.process)
+            retired[p] = event
         yield invoke, event, None
     for invoke in open_.values():
         yield invoke, None, None
 
 
+def _value_problem(event: Event, f: str) -> str | None:
+    """What is wrong with the fields of `event.value` the checkers read, if anything."""
+    fields = VALUES.get((f, event.type))
+    if fields is None:
+        return None
+    what = f"{event.where}: {event.type} {f}"
+    if event.value is None and not any(required for required, _ in fields.values()):
+        return None
+    if not isinstance(event.value, Mapping):
+        return f"{what}: value must be an object with {', '.join(fields)}"
+    for name, (required, (kind, test)) in fields.items():
+        if name not in event.value:
+            if required:
+                return f"{what}: value has no {name!r}"
+        elif not test(event.value[name]):
+            return f"{what}: value's {name!r} must be {kind}, not {event.value[name]!r:.40}"
+    return None
+
+
+def _operation_problems(invoke: Event, complete: Event | None) -> Iterator[str]:
+    if invoke.f not in OPERATIONS:
+        yield f"{invoke.where}: unknown operation {invoke.f!r} (one of {', '.join(OPERATIONS)})"
+        return
+    if invoke.key is None:
+        yield f"{invoke.where}: {invoke.f} without a key"
+    for event in (invoke, complete):
+        problem = None if event is None else _value_problem(event, invoke.f)
+        if problem is not None:
+            yield problem
+
+
+def _ints(v: object) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _links(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(g, list) and len(g) == 2 and _ints(g) for g in v)
+
+
+_NEMESIS_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "fault": (lambda v: isinstance(v, str), "a string"),
+    "id": (lambda v: _is_int(v) or isinstance(v, str), "an integer or a string"),
+    "nodes": (_ints, "a list of integers"),
+    "gateways": (_ints, "a list of integers"),
+    "paused_workers": (_ints, "a list of integers"),
+    "links": (_links, "a list of [gateway, node] pairs of integers"),
+}
+"""The fields of nemesis values the checkers read (all optional): name -> (test, kind)."""
+
+
+def _nemesis_problem(event: Event) -> str | None:
+    """What is wrong with a nemesis record's fields the checkers read, if anything."""
+    where, v = event.where, event.value
+    if event.type != "info":
+        return f"{where}: a nemesis event is of type info, not {event.type!r}"
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        return f"{where}: a nemesis event's value must be an object or null"
+    for name, (test, kind) in _NEMESIS_FIELDS.items():
+        if name in v and not test(v[name]):
+            return f"{where}: nemesis {event.f}: {name!r} must be {kind}, not {v[name]!r:.40}"
+    return None
+
+
 def validate(events: Iterable[Event]) -> list[str]:
-    """Everything wrong with a history's shape (empty when well-formed)."""
-    return [problem for _, _, problem in _walk(events) if problem is not None]
+    """Everything that makes a history malformed (empty when it is well-formed): its
+    shape, the value fields the checkers read (`VALUES`), nemesis records."""
+    ordered = sorted(events, key=lambda e: e.time)
+    problems = [p for e in ordered if e.is_nemesis and (p := _nemesis_problem(e)) is not None]
+    for invoke, complete, problem in _walk(ordered):
+        if problem is not None:
+            problems.append(problem)
+        else:
+            problems += _operation_problems(invoke, complete)
+    return problems
 
 
 def pair(events: Iterable[Event], strict: bool = True) -> list[Op]:

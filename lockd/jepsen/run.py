@@ -32,10 +32,10 @@ from lockd.jepsen.checkers.tokens import check_tokens
 from lockd.jepsen.client import COUNTER
 from lockd.jepsen.cluster import Cluster, ClusterConfig
 from lockd.jepsen.generator import clock_offsets, schedule
-from lockd.jepsen.history import NEMESIS, Event, HistoryWriter, load, pair, validate
+from lockd.jepsen.history import NEMESIS, Event, HistoryError, HistoryWriter, load, pair, validate
 from lockd.jepsen.nemesis import Nemesis
 
-__all__ = ["RunConfig", "check_history", "run"]
+__all__ = ["CHECKERS", "RunConfig", "check_file", "check_history", "malformed", "run"]
 
 log = logging.getLogger("lockd.jepsen")
 
@@ -199,47 +199,103 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
         await cluster.stop()
 
 
+CHECKERS = ("store", "tokens", "mutex", "availability", "stats")
+"""The checkers of a well-formed history, in the order results list them."""
+
+# Configuration the checkers read from the meta record: name -> (default, integers only).
+_CONFIG = {
+    "nodes": (5, True),
+    "gateways": (2, True),
+    "max_ttl_ms": (2000, True),
+    "check_time_limit_s": (60.0, False),
+    "check_memory_mb": (1024, True),
+}
+
+
+def _config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The checkers' settings from a meta record, and what is wrong with it."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, (default, integer) in _CONFIG.items():
+        v = config.get(name, default)
+        ok = isinstance(v, int if integer else int | float) and not isinstance(v, bool)
+        if not ok or v <= 0:
+            kind = "a positive integer" if integer else "a positive number"
+            problems.append(f"meta record: {name!r} must be {kind}, not {v!r:.40}")
+        out[name] = v
+    return out, problems
+
+
+def malformed(problems: Sequence[str]) -> dict[str, Any]:
+    """The results for a malformed history: unknown, and no checker run (a checker reading
+    a history it cannot trust proves nothing, either way)."""
+    for problem in problems[:10]:
+        log.warning("malformed history: %s", problem)
+    reason = f"not checked: the history is malformed ({problems[0]})"
+    return {
+        "valid": "unknown",
+        "history": {"valid": "unknown", "problems": list(problems[:50]), "count": len(problems)},
+        **{name: {"valid": "unknown", "reason": reason} for name in CHECKERS},
+    }
+
+
 def check_history(
     events: Sequence[Event],
     config: dict[str, Any],
     store_log: Path | None,
 ) -> dict[str, Any]:
-    """Every checker over a history: {"valid": ..., "<checker>": {...}, ...}."""
+    """Every checker over a history: {"valid": ..., "history": ..., "<checker>": {...}}.
+
+    A malformed history (`validate`, or a bad meta record) is "unknown" with its
+    problems, each naming its line; the checkers then do not run. Without a store log
+    (None, or no such file) the store's token order is unknown."""
+    settings, problems = _config(config)
+    problems = validate(events) + problems
+    if problems:
+        return malformed(problems)
     client_events = [e for e in events if not e.is_nemesis]
     nemesis = [e for e in events if e.is_nemesis]
-    problems = validate(client_events)  # a malformed history makes the verdict unknown
-    ops = pair(client_events, strict=False)
+    ops = pair(client_events)
     end = max((e.time for e in events), default=0)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"history": {"valid": True, "problems": [], "count": 0}}
     results["store"] = check_store(
         ops,
         store_log,
-        time_limit_s=float(config.get("check_time_limit_s", 60.0)),
-        memory_limit_bytes=int(config.get("check_memory_mb", 1024)) << 20,
+        time_limit_s=float(settings["check_time_limit_s"]),
+        memory_limit_bytes=int(settings["check_memory_mb"]) << 20,
     )
     results["tokens"] = check_tokens(ops)
     results["mutex"] = check_mutex(ops, nemesis, end)
     results["availability"] = check_availability(
         ops,
         nemesis,
-        nodes=int(config.get("nodes", 5)),
-        gateways=int(config.get("gateways", 2)),
-        max_ttl_ms=int(config.get("max_ttl_ms", 2000)),
+        nodes=settings["nodes"],
+        gateways=settings["gateways"],
+        max_ttl_ms=settings["max_ttl_ms"],
         end=end,
     )
-    results["stats"] = _stats(ops, nemesis, problems)
+    results["stats"] = _stats(ops, nemesis)
     return {"valid": merge(r["valid"] for r in results.values()), **results}
 
 
-def _stats(ops: Sequence[Any], nemesis: Sequence[Event], problems: list[str]) -> dict[str, Any]:
+def check_file(history: Path) -> dict[str, Any]:
+    """`lockd jepsen check`: check a history.jsonl with the store log the run left beside
+    it (data/store/store.log); a file that cannot be read as a history is "unknown"."""
+    try:
+        meta, events = load(history)
+    except (HistoryError, OSError) as exc:
+        return malformed([str(exc)])
+    return check_history(events, meta, history.parent / "data" / "store" / "store.log")
+
+
+def _stats(ops: Sequence[Any], nemesis: Sequence[Event]) -> dict[str, Any]:
     by_f: dict[str, Counter[str]] = {}
     for op in ops:
         by_f.setdefault(op.f, Counter())[op.outcome] += 1
     faults = Counter((e.value or {}).get("fault") for e in nemesis if e.f == "start")
     oks = sum(c["ok"] for c in by_f.values())
     return {
-        "valid": "unknown" if problems else oks > 0,
-        "history_problems": problems[:10],
+        "valid": oks > 0,
         "operations": len(ops),
         "by_function": {f: dict(c) for f, c in sorted(by_f.items())},
         "faults": dict(faults),

@@ -251,6 +251,40 @@ def test_lost_lease_stops_command_before_deadline(
             run.stdout.close()
 
 
+def test_lost_lease_with_an_unreachable_gateway_exits_promptly(
+    new_serve: Callable[..., LockdProcess], tmp_path: Path
+) -> None:
+    """The gateway is stopped (SIGSTOP: connections hang, nothing is refused): the lease
+    is lost and CMD stopped in time, and `lockd run` exits 5 soon after, instead of
+    waiting out the client timeout (10 s) on a release nobody can answer."""
+    gateway = new_serve("--max-ttl", "10s")
+    marker, argv = trapper(tmp_path, status=0)
+    run = spawn_run(gateway.endpoint, "job", "--ttl", "3s", "--", *argv)
+    try:
+        pid = int(wait_for(marker, "started", run, timeout=30)[1])
+        stopped = time.monotonic()
+        gateway.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        while not dead(pid):
+            assert time.monotonic() < stopped + 3 + 5, "CMD still runs"
+            time.sleep(0.005)
+        died = time.monotonic()
+        assert died < stopped + 3  # before the lease's deadline (at most the TTL away)
+        status = run.wait(30)
+        exited = time.monotonic()
+        output = run.stdout.read().decode() if run.stdout else ""
+        assert status == 5, output
+        assert "term" in events(marker)
+        assert exited - died < 2.0, (exited - died, output)
+    finally:
+        if gateway.proc is not None and gateway.proc.poll() is None:
+            gateway.proc.send_signal(signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        if run.stdout is not None:
+            run.stdout.close()
+
+
 def test_waits_for_the_lock_then_runs(serve: LockdProcess, client: Client, lock_name: str) -> None:
     """With --wait, `lockd run` queues behind the holder and runs once it is released."""
     lease = client.acquire(lock_name, ttl=10)

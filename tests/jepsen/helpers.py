@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from lockd.jepsen.history import NEMESIS, Event
+from lockd.jepsen.client import CLAIM, COUNTER
+from lockd.jepsen.history import NEMESIS, Event, pair
+from lockd.store.log import StoreLog, encode_write
 
 MS = 1_000_000
 KEY = "lock-0"
@@ -72,3 +76,25 @@ class H:
     def nemesis(self, f: str, t: float, **value: Any) -> H:
         self.events.append(Event("info", NEMESIS, f, int(t * MS), value=value))
         return self
+
+
+def write_store_log(events: Sequence[Event], path: Path) -> Path:
+    """The store log (`path`, named store.log) of a history's acknowledged claims and
+    writes, in completion order: what `lockd store` would have written for it."""
+    ops = pair((e for e in events if not e.is_nemesis), strict=False)
+    done = [op for op in ops if op.outcome == "ok"]
+    records = []
+    for op in sorted(done, key=lambda o: o.end or 0):
+        v = op.invoke.value
+        if op.f == "claim":
+            records.append(encode_write(str(op.key), CLAIM, str(v["token"]).encode(), v["token"]))
+        elif op.f == "write":
+            value = str(v["value"]).encode()
+            records.append(encode_write(str(op.key), COUNTER, value, v["token"]))
+    log = StoreLog(path.parent)
+    log.open()
+    try:
+        log.append(records)
+    finally:
+        log.close()
+    return path

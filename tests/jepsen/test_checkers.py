@@ -12,7 +12,7 @@ from lockd.jepsen.checkers.tokens import check_tokens
 from lockd.jepsen.history import pair
 from lockd.jepsen.run import check_history
 from lockd.store.fenced import FencedStore
-from tests.jepsen.helpers import MS, H
+from tests.jepsen.helpers import MS, H, write_store_log
 
 CONFIG = {"nodes": 5, "gateways": 1, "max_ttl_ms": 2000}
 
@@ -35,17 +35,18 @@ def paused_holder(stale_write: str) -> H:
     return h.final(3000, 1, 2)
 
 
-def test_sequential_cycles_are_valid() -> None:
+def test_sequential_cycles_are_valid(tmp_path: Path) -> None:
     h = H().cycle(0, 0, 1, None).cycle(1, 100, 2, 1).cycle(0, 200, 5, 2).final(400, 3, 5)
-    results = check_history(h.events, CONFIG, None)
+    results = check_history(h.events, CONFIG, write_store_log(h.events, tmp_path / "store.log"))
     assert results["valid"] is True, results
     assert results["store"]["lost_updates"]["keys"]["lock-0"]["acknowledged"] == 3
     assert results["mutex"]["held_overlaps"] == 0
     assert results["tokens"]["grants"] == 3
 
 
-def test_fenced_store_refusing_the_paused_writer_is_valid() -> None:
-    results = check_history(paused_holder("refused").events, CONFIG, None)
+def test_fenced_store_refusing_the_paused_writer_is_valid(tmp_path: Path) -> None:
+    events = paused_holder("refused").events
+    results = check_history(events, CONFIG, write_store_log(events, tmp_path / "store.log"))
     assert results["valid"] is True, results
     assert results["store"]["stale_writes_refused"] == 1
     # A believed it held the lock while B did: counted, and what fencing saved.
@@ -70,7 +71,7 @@ def test_plain_register_semantics_cannot_hide_a_lost_read() -> None:
     assert store["lost_updates"]["lost"] == 1
 
 
-def test_unknown_write_may_have_happened_or_not() -> None:
+def test_unknown_write_may_have_happened_or_not(tmp_path: Path) -> None:
     for read_after in (None, 1):
         h = H().grant(0, 0, 5, 1)
         h.op(0, "claim", 10, 15, {"token": 1}, {"token": 1, "highest": 1})
@@ -78,7 +79,8 @@ def test_unknown_write_may_have_happened_or_not() -> None:
         h.op(0, "write", 30, 2000, {"value": 1, "token": 1}, kind="info", error="timeout")
         h.cycle(1, 2100, 2, read_after)
         h.final(3000, (read_after or 0) + 1, 2)
-        assert check_store(pair(h.events), None)["valid"] is True
+        log = write_store_log(h.events, tmp_path / f"{read_after}" / "store.log")
+        assert check_store(pair(h.events), log)["valid"] is True
     # ...but it cannot take effect after a larger token was seen: it was refused by then.
     h = H().grant(0, 0, 5, 1)
     h.op(0, "write", 30, None, {"value": 7, "token": 1})  # never completed

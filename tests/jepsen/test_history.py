@@ -29,11 +29,11 @@ def test_write_and_load_sorted_with_meta(tmp_path: Path) -> None:
 
 def test_pairing_and_retirement() -> None:
     events = [
-        Event("invoke", 0, "write", 1, "k", {"value": 1}),
+        Event("invoke", 0, "write", 1, "k", {"value": 1, "token": 1}),
         Event("invoke", 1, "read", 2, "k"),
         Event("info", 0, "write", 3, "k", error="timeout"),
-        Event("ok", 1, "read", 4, "k", {"value": 1}),
-        Event("invoke", 2, "write", 5, "k", {"value": 2}),  # process 0 went on as 2
+        Event("ok", 1, "read", 4, "k", {"value": 1, "highest": 1}),
+        Event("invoke", 2, "write", 5, "k", {"value": 2, "token": 1}),  # process 0 went on as 2
     ]
     assert validate(events) == []
     ops = pair(events)

@@ -9,7 +9,11 @@ failed because the lock was held (LockTimeout) are contention, not unavailabilit
 
 Recovery after a fault is the time from its heal to the next granted lock, when that
 comes before the next fault starts. The check fails only when the service did not
-recover: no acquire succeeded in the final healed phase. The rates are for the report.
+recover: no acquire completed in the final healed phase (from the last `healed` event)
+was granted, and not every one of them is explained by contention. A LockTimeout is
+contention when a grant on that lock may still have been live as the acquire began: its
+lease ran until after that (the later of its deadline and its completion plus the TTL
+asked for), and no `ok` release of it completed before. The rates are for the report.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from lockd.jepsen.history import Event, Op
+from lockd.units import MS
 
-__all__ = ["check_availability", "unhealthy_windows"]
+__all__ = ["HELD", "check_availability", "final_phase", "unhealthy_windows"]
+
+HELD = "LockTimeout"
+"""How the error of an acquire that failed because the lock stayed held begins."""
 
 SETTLE_NS = 500_000_000
-MS = 1_000_000
 
 
 def unhealthy_windows(
@@ -86,6 +93,56 @@ def _rate(ok: int, total: int) -> float | None:
     return round(ok / total, 4) if total else None
 
 
+def _held(op: Op) -> bool:
+    return (
+        op.outcome == "fail"
+        and op.complete is not None
+        and (op.complete.error or "").startswith(HELD)
+    )
+
+
+def _leases(ops: Sequence[Op]) -> dict[Any, list[tuple[int, int, int]]]:
+    """Per lock: (granted at, may be live until, released at or -1) of every grant."""
+    released: dict[tuple[Any, Any], int] = {}
+    for op in ops:
+        if op.f == "release" and op.outcome == "ok" and op.complete is not None:
+            token = (op.invoke.value or {}).get("token")
+            released.setdefault((op.key, token), op.complete.time)
+    out: dict[Any, list[tuple[int, int, int]]] = {}
+    for op in ops:
+        if op.f != "acquire" or op.outcome != "ok" or op.complete is None:
+            continue
+        done, asked = op.complete, op.invoke.value or {}
+        until = int(done.value["deadline"])
+        if "ttl_s" in asked:  # the nodes keep the key at most this long after the grant
+            until = max(until, done.time + int(asked["ttl_s"] * 1e9))
+        gone = released.get((op.key, done.value["token"]), -1)
+        out.setdefault(op.key, []).append((done.time, until, gone))
+    return out
+
+
+def final_phase(ops: Sequence[Op], healed_at: int) -> dict[str, Any]:
+    """Acquires completed (or, never completed, invoked) from `healed_at` on: granted,
+    contended (a LockTimeout while a lease may have been live) or unavailable."""
+    leases = _leases(ops)
+
+    def contended(op: Op) -> bool:
+        t, end = op.invoke.time, op.end if op.end is not None else op.invoke.time
+        return _held(op) and any(
+            granted <= end and until > t and not 0 <= gone <= t
+            for granted, until, gone in leases.get(op.key, ())
+        )
+
+    counts = {"grants": 0, "contended": 0, "unavailable": 0}
+    for op in ops:
+        if op.f != "acquire" or (op.end if op.end is not None else op.invoke.time) < healed_at:
+            continue
+        kind = "grants" if op.outcome == "ok" else "contended" if contended(op) else "unavailable"
+        counts[kind] += 1
+    recovered = counts["grants"] > 0 or (counts["contended"] > 0 and not counts["unavailable"])
+    return {"valid": recovered, "healed_at_ns": healed_at, **counts}
+
+
 def check_availability(
     ops: Sequence[Op],
     nemesis: Sequence[Event],
@@ -97,7 +154,7 @@ def check_availability(
 ) -> dict[str, Any]:
     """Acquire success while a majority is healthy; recovery after each fault."""
     bad = unhealthy_windows(nemesis, nodes=nodes, gateways=gateways, max_ttl_ms=max_ttl_ms, end=end)
-    acquires = [op for op in ops if op.f == "acquire" and op.invoke.worker is not None]
+    acquires = [op for op in ops if op.f == "acquire"]
     counts = {"healthy": [0, 0, 0, 0], "degraded": [0, 0, 0, 0]}  # ok, held, unavailable, info
     for op in acquires:
         bucket = counts["degraded" if _inside(op.invoke.time, bad) else "healthy"]
@@ -105,7 +162,7 @@ def check_availability(
             bucket[3] += 1
         elif op.outcome == "ok":
             bucket[0] += 1
-        elif op.outcome == "fail" and (op.complete.error or "").startswith("LockTimeout"):
+        elif _held(op):
             bucket[1] += 1
         elif op.outcome == "fail":
             bucket[2] += 1
@@ -130,9 +187,7 @@ def check_availability(
         )
     times = sorted(r["recovery_ms"] for r in recoveries if r["recovery_ms"] is not None)
     healed = [e.time for e in nemesis if e.f == "healed"]
-    final_ok = None
-    if healed:
-        final_ok = sum(1 for t in oks if t >= healed[-1])
+    final = final_phase(ops, healed[-1]) if healed else None
     summary = {
         name: {
             "acquires": sum(c),
@@ -146,11 +201,12 @@ def check_availability(
         for name, c in counts.items()
     }
     return {
-        "valid": final_ok is None or final_ok > 0,
+        "valid": final is None or final["valid"],
         "majority_healthy": summary["healthy"],
         "majority_unhealthy": summary["degraded"],
         "unhealthy_s": round(sum(e - s for s, e in bad) / 1e9, 3),
-        "final_phase_grants": final_ok,
+        "final_phase_grants": final["grants"] if final else None,
+        "final_phase": final,
         "recovery_ms": {
             "count": len(recoveries),
             "recovered": len(times),

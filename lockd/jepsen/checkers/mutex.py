@@ -8,6 +8,10 @@ For every grant there are two intervals, from the acquire's `ok`:
 - *lease*: the same, cut at the lease's deadline (the client's own clock). lockd promises
   these never overlap; an overlap means the service granted a lock that was still held,
   and fails the check.
+
+A client is a worker (the optional `worker` field: the harness's worker goes on under a
+new process id after an `info`), or, for operations without one, the process itself. A
+release ends the grant it names (same key and token), whichever process sends it.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ __all__ = ["Interval", "check_mutex", "intervals"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Interval:
-    """One grant: key, token, worker, start, believed end, lease end (ns)."""
+    """One grant: key, token, worker (None: unknown), process, start, believed end, lease
+    end (ns)."""
 
     key: str
     token: int
-    worker: int
+    worker: int | None
     process: Any
     start: int
     held_end: int
@@ -36,37 +41,44 @@ class Interval:
     deadline: int
     released: bool
 
+    @property
+    def client(self) -> tuple[str, Any]:
+        """Who held it: the worker, or the process when the worker is not known."""
+        return ("worker", self.worker) if self.worker is not None else ("process", self.process)
+
+
+def _client(op: Op) -> tuple[str, Any]:
+    w = op.invoke.worker
+    return ("worker", w) if w is not None else ("process", op.invoke.process)
+
 
 def intervals(ops: Sequence[Op], end_of_history: int) -> list[Interval]:
-    """Every acknowledged grant's intervals."""
-    by_worker: dict[int, list[Op]] = defaultdict(list)
+    """Every acknowledged grant's intervals (ops of a validated history)."""
+    releases: dict[tuple[Any, Any], list[int]] = defaultdict(list)  # (key, token) -> times
+    by_client: dict[tuple[str, Any], list[Op]] = defaultdict(list)
     for op in ops:
-        if op.invoke.worker is not None:
-            by_worker[op.invoke.worker].append(op)
+        by_client[_client(op)].append(op)
+        if op.f == "release" and isinstance(op.invoke.value, dict):
+            releases[(op.key, op.invoke.value.get("token"))].append(op.invoke.time)
     out: list[Interval] = []
-    for worker, wops in by_worker.items():
-        wops.sort(key=lambda o: o.invoke.time)
-        for i, op in enumerate(wops):
+    for cops in by_client.values():
+        cops.sort(key=lambda o: o.invoke.time)
+        for i, op in enumerate(cops):
             if op.f != "acquire" or op.outcome != "ok" or op.complete is None:
                 continue
             token = op.complete.value["token"]
             start = op.complete.time
-            end, released = end_of_history, False
-            for j in range(i + 1, len(wops)):
-                later = wops[j]
-                if later.f == "acquire":
-                    end = later.invoke.time
-                    break
-                v = later.invoke.value
-                if later.f == "release" and isinstance(v, dict) and v.get("token") == token:
-                    end, released = later.invoke.time, True
-                    break
+            end = next((o.invoke.time for o in cops[i + 1 :] if o.f == "acquire"), end_of_history)
+            release = min((t for t in releases[(op.key, token)] if t >= start), default=None)
+            released = release is not None and release <= end
+            if release is not None and released:
+                end = release
             deadline = int(op.complete.value["deadline"])
             out.append(
                 Interval(
                     str(op.key),
                     token,
-                    worker,
+                    op.invoke.worker,
                     op.invoke.process,
                     start,
                     max(start, end),
@@ -80,7 +92,7 @@ def intervals(ops: Sequence[Op], end_of_history: int) -> list[Interval]:
 
 
 def _overlaps(ivs: Sequence[Interval], lease: bool) -> list[tuple[Interval, Interval, int]]:
-    """(earlier, later, overlap ns) for intervals of one key held by different workers."""
+    """(earlier, later, overlap ns) for intervals of one key held by different clients."""
     found: list[tuple[Interval, Interval, int]] = []
     active: list[Interval] = []
 
@@ -90,14 +102,16 @@ def _overlaps(ivs: Sequence[Interval], lease: bool) -> list[tuple[Interval, Inte
     for iv in ivs:
         active = [a for a in active if end_of(a) > iv.start]
         for a in active:
-            if a.worker != iv.worker:
+            if a.client != iv.client:
                 found.append((a, iv, min(end_of(a), end_of(iv)) - iv.start))
         active.append(iv)
     return found
 
 
-def _paused(pauses: Sequence[tuple[int, int, int]], worker: int, start: int, end: int) -> bool:
-    return any(w == worker and s < end and e > start for w, s, e in pauses)
+def _paused(
+    pauses: Sequence[tuple[int, int, int]], worker: int | None, start: int, end: int
+) -> bool:
+    return worker is not None and any(w == worker and s < end and e > start for w, s, e in pauses)
 
 
 def pause_windows(nemesis: Sequence[Event]) -> list[tuple[int, int, int]]:
@@ -136,8 +150,8 @@ def check_mutex(ops: Sequence[Op], nemesis: Sequence[Event], end: int) -> dict[s
     def show(a: Interval, b: Interval, ns: int) -> dict[str, Any]:
         return {
             "key": a.key,
-            "first": {"worker": a.worker, "token": a.token},
-            "second": {"worker": b.worker, "token": b.token},
+            "first": {"worker": a.worker, "process": a.process, "token": a.token},
+            "second": {"worker": b.worker, "process": b.process, "token": b.token},
             "at_ns": b.start,
             "overlap_ms": round(ns / 1e6, 3),
         }

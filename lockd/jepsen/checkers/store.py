@@ -2,18 +2,22 @@
 
 The store is checked per resource (one lock name) as a *fenced register*: its state is
 (counter value, highest token accepted). A write or claim with token t is legal as `ok`
-only if t >= highest, and as `fail` (refused as stale) only if t < highest; a read must
-return exactly the state. So the WGL search proves both that the store behaved like one
-register and that it enforced the token rule; a store that accepts a stale write cannot
-be linearized.
+only if t >= highest, and as a stale refusal (`fail` whose error starts with
+`StaleToken`) only if t < highest; a `fail` for any other reason did not happen and says
+nothing about tokens. A read must return exactly the state. So the WGL search proves both
+that the store behaved like one register and that it enforced the token rule; a store
+that accepts a stale write cannot be linearized.
 
 Then: every acknowledged increment present (no two acknowledged writes wrote the same
 value, none above the final value), and, from the store's own log, tokens accepted in
-non-decreasing order per resource.
+non-decreasing order per resource. The log is read strictly: only an incomplete last
+record (a crash mid-append) is forgiven; a damaged record with whole records after it
+makes that part "unknown", as does a missing log.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +26,36 @@ from typing import Any
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.wgl import UNKNOWN, Operation, check
 from lockd.jepsen.history import Op
-from lockd.store.log import read_writes
+from lockd.store.log import HEADER, encode_write
 
-__all__ = ["FencedRegisterModel", "check_store", "store_operations", "token_order"]
+__all__ = [
+    "STALE",
+    "FencedRegisterModel",
+    "check_store",
+    "is_stale_refusal",
+    "store_operations",
+    "token_order",
+]
 
 State = tuple[int | None, int]  # (counter value, highest token)
 STORE_OPS = ("claim", "read", "write")
+STALE = "StaleToken"
+"""How the error of a claim or write refused for its stale token begins."""
+
+
+def is_stale_refusal(op: Op) -> bool:
+    """Whether a claim or write failed because the store had seen a larger token."""
+    return (
+        op.outcome == "fail"
+        and op.complete is not None
+        and (op.complete.error or "").startswith(STALE)
+    )
 
 
 class FencedRegisterModel:
-    """One resource of the store: ("read",), ("claim", t), ("write", v, t)."""
+    """One resource of the store: ("read",), ("claim", t), ("write", v, t); outputs
+    (value, highest) for reads, else "ok", "stale" (refused as stale), "refused" (not
+    applied, for another reason) or UNKNOWN."""
 
     def init(self) -> State:
         return (None, 0)
@@ -46,7 +70,9 @@ class FencedRegisterModel:
             return (applied, state) if token >= highest else (state,)
         if output == "ok":
             return (applied,) if token >= highest else ()
-        return (state,) if token < highest else ()  # refused as stale
+        if output == "refused":
+            return (state,)
+        return (state,) if token < highest else ()  # "stale"
 
     def partition(self, ops: Sequence[Operation]) -> dict[Any, list[Operation]]:
         groups: dict[Any, list[Operation]] = {}
@@ -74,14 +100,17 @@ def store_operations(ops: Sequence[Op]) -> list[Operation]:
             output: Any = (done.value["value"], done.value["highest"])
         else:
             call = ("claim", v["token"]) if op.f == "claim" else ("write", v["value"], v["token"])
-            output = {"ok": "ok", "fail": "fail"}.get(outcome, UNKNOWN)
+            if outcome == "fail":
+                output = "stale" if is_stale_refusal(op) else "refused"
+            else:
+                output = "ok" if outcome == "ok" else UNKNOWN
         ret = done.time if done is not None and output is not UNKNOWN else None
         meta = {"f": op.f, "process": op.invoke.process, "worker": op.invoke.worker}
         out.append(Operation(op.invoke.process, op.invoke.time, ret, call, output, op.key, meta))
     # Completion times of operations that saw each highest token, per resource.
     seen: dict[Any, list[tuple[int, float]]] = defaultdict(list)
     for o in out:
-        if o.ret is None or o.output == "fail":
+        if o.ret is None or o.output in ("stale", "refused"):
             continue
         highest = o.output[1] if o.input[0] == "read" else o.input[-1]
         seen[o.key].append((highest, o.ret))
@@ -99,26 +128,113 @@ def store_operations(ops: Sequence[Op]) -> list[Operation]:
     return result
 
 
-def token_order(log_path: Path) -> dict[str, Any]:
-    """Whether the store's log shows tokens accepted in non-decreasing order per resource."""
-    if not log_path.exists():
-        return {"valid": "unknown", "reason": f"no store log at {log_path}"}
+class _Damaged(Exception):
+    """A record that is not a well-formed write."""
+
+
+def _record(data: bytes, pos: int) -> tuple[tuple[str, str, int], int] | None:
+    """((resource, key, token), end) of the write record at `pos`; None if the data ends
+    inside it; `_Damaged` if it is not a well-formed write with a matching checksum."""
+    args: list[bytes] = []
+    count: int | None = None
+    at = pos
+    while count is None or len(args) < count:
+        end = data.find(b"\r\n", at)
+        if end < 0:
+            return None
+        head = data[at:end]
+        if count is None:
+            if head[:1] != b"*" or not head[1:].isdigit():
+                raise _Damaged(f"expected an array, found {head[:20]!r}")
+            count = int(head[1:])
+            if count != 6:
+                raise _Damaged(f"an array of {count}, not 6 (W resource key value token crc)")
+        else:
+            if head[:1] != b"$" or not head[1:].isdigit():
+                raise _Damaged(f"expected a bulk string, found {head[:20]!r}")
+            size = int(head[1:])
+            if len(data) < end + 2 + size + 2:
+                return None
+            if data[end + 2 + size : end + 4 + size] != b"\r\n":
+                raise _Damaged("a bulk string not ended by CRLF")
+            args.append(data[end + 2 : end + 2 + size])
+            end += size + 2
+        at = end + 2
+    try:
+        token = int(args[4])
+        resource, key = args[1].decode(), args[2].decode()
+    except ValueError:  # UnicodeDecodeError included
+        raise _Damaged("an unreadable resource, key or token") from None
+    if args[0] != b"W" or token <= 0:
+        raise _Damaged("not a write record")
+    if encode_write(resource, key, args[3], token) != data[pos:at]:
+        raise _Damaged("its checksum does not match")
+    return (resource, key, token), at
+
+
+def _whole_record_after(data: bytes, pos: int) -> bool:
+    """Whether a well-formed record starts anywhere after `pos`."""
+    start = data.find(b"*6\r\n", pos + 1)
+    while start >= 0:
+        with contextlib.suppress(_Damaged):
+            if _record(data, start) is not None:
+                return True
+        start = data.find(b"*6\r\n", start + 1)
+    return False
+
+
+def token_order(log_path: Path | None) -> dict[str, Any]:
+    """Whether the store's log shows tokens accepted in non-decreasing order per resource.
+
+    Unknown without a log, or when a damaged record has whole records after it (the log
+    is corrupt, not torn: what follows cannot be trusted, nor skipped); an incomplete or
+    damaged last record is a torn tail, and ends the scan."""
+    if log_path is None or not log_path.is_file():
+        where = "" if log_path is None else f" at {log_path}"
+        return {"valid": "unknown", "reason": f"no store log{where}: token order not checked"}
+    data = log_path.read_bytes()
+    if not data.startswith(HEADER):
+        if HEADER.startswith(data):  # torn while the header was written: no records
+            return {"valid": True, "records": 0, "decreases": 0, "examples": []}
+        return {"valid": "unknown", "reason": f"{log_path} is not a lockd store log"}
     top: dict[str, int] = {}
     decreases: list[dict[str, Any]] = []
     records = 0
-    for resource, key, _, token in read_writes(log_path):
+    pos = len(HEADER)
+    problem: str | None = None
+    torn = 0
+    while pos < len(data):
+        try:
+            found = _record(data, pos)
+            why = "incomplete"
+        except _Damaged as exc:
+            found, why = None, str(exc)
+        if found is None:
+            if _whole_record_after(data, pos):
+                problem = (
+                    f"{log_path}: record {records + 1} (byte {pos}) is damaged ({why}) and "
+                    "whole records follow it: the log is corrupt"
+                )
+            else:
+                torn = len(data) - pos
+            break
+        (resource, key, token), pos = found
         records += 1
         if token < top.get(resource, 0):
             decreases.append(
                 {"resource": resource, "key": key, "token": token, "after": top[resource]}
             )
         top[resource] = max(top.get(resource, 0), token)
-    return {
-        "valid": not decreases,
+    result: dict[str, Any] = {
+        "valid": False if decreases else "unknown" if problem else True,
         "records": records,
+        "torn_tail_bytes": torn,
         "decreases": len(decreases),
         "examples": decreases[:10],
     }
+    if problem is not None:
+        result["reason"] = problem
+    return result
 
 
 def _lost_updates(ops: Sequence[Op]) -> dict[str, Any]:
@@ -158,7 +274,8 @@ def check_store(
     time_limit_s: float = 60.0,
     memory_limit_bytes: int = 1 << 30,
 ) -> dict[str, Any]:
-    """Linearizability (fenced register, per resource), lost updates and token order."""
+    """Linearizability (fenced register, per resource), lost updates and token order
+    (unknown when `log_path` is None or missing)."""
     lin = check(
         FencedRegisterModel(),
         store_operations(ops),
@@ -166,14 +283,15 @@ def check_store(
         memory_limit_bytes=memory_limit_bytes,
     ).to_json()
     lost = _lost_updates(ops)
-    order = token_order(log_path) if log_path is not None else {"valid": True, "skipped": True}
-    refused = sum(1 for op in ops if op.f in ("write", "claim") and op.outcome == "fail")
-    accepted = sum(1 for op in ops if op.f in ("write", "claim") and op.outcome == "ok")
+    order = token_order(log_path)
+    writes = [op for op in ops if op.f in ("write", "claim")]
+    stale = sum(1 for op in writes if is_stale_refusal(op))
     return {
         "valid": merge([lin["valid"], lost["valid"], order["valid"]]),
         "linearizable": lin,
         "lost_updates": lost,
         "token_order": order,
-        "writes_accepted": accepted,
-        "stale_writes_refused": refused,
+        "writes_accepted": sum(1 for op in writes if op.outcome == "ok"),
+        "stale_writes_refused": stale,
+        "refused_other": sum(1 for op in writes if op.outcome == "fail") - stale,
     }
