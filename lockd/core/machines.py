@@ -29,6 +29,7 @@ from lockd.core.messages import (
     lock_key,
 )
 from lockd.core.quorum import quorum, validity_ns
+from lockd.units import MS
 
 __all__ = ["Acquire", "Release", "Renew"]
 
@@ -189,7 +190,7 @@ class Acquire(_Machine):
                 Reason.RESTARTING,
                 f"{len(self._restarting)} of {self.nodes} nodes are in their "
                 f"delayed restart; enough are back in {wait_ms} ms",
-                wait_ms * 1_000_000,
+                wait_ms * MS,
             )
         failed = self.nodes - got - held
         first = self._failures[0] if self._failures else "restarting"

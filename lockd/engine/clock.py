@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from lockd.units import MS
+
 __all__ = ["Clock", "WallClock"]
 
 
@@ -40,8 +42,8 @@ class Clock:
     def now_ms(self) -> int:
         """The engine's current time in whole milliseconds."""
         if self._rate == 1.0:
-            return (self._source() - self._anchor_ns + self._base_ns + self._offset_ns) // 1_000_000
-        return self.now_ns() // 1_000_000
+            return (self._source() - self._anchor_ns + self._base_ns + self._offset_ns) // MS
+        return self.now_ns() // MS
 
     @property
     def rate(self) -> float:
@@ -64,7 +66,7 @@ class Clock:
 
     def jump(self, delta_ms: float) -> None:
         """Step the clock by `delta_ms` (negative steps move it backwards)."""
-        self._offset_ns += int(delta_ms * 1_000_000)
+        self._offset_ns += int(delta_ms * MS)
 
 
 class WallClock(Clock):

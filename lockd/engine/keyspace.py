@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from lockd.engine.clock import Clock
 from lockd.resp.protocol import encode_command
 from lockd.resp.replies import OOM, CommandError
+from lockd.units import MS
 
 __all__ = ["Journal", "Keyspace", "Value"]
 
@@ -182,7 +183,7 @@ class Keyspace:
             self._pool_born = now
         pool = self._pool
         expires = self._expires
-        stop = self.clock.now_ns() + int(budget_ms * 1_000_000)
+        stop = self.clock.now_ns() + int(budget_ms * MS)
         removed = 0
         while pool:
             expired = 0
