@@ -16,9 +16,13 @@ Per lock the head waiter is in one phase:
 | IDLE | `_advance` | SLEEP (a holder of ours is live: until it expires), ATTEMPT |
 | ATTEMPT | `AttemptDone` | grant; PROBE (HELD); SLEEP (backoff); refuse (wait over) |
 | PROBE | `ProbeDone` | SLEEP (until the nodes' keys expire, bounded); IDLE if woken |
-| SLEEP | `TimerFired` at its end, `ReleaseHeard` / `LeaseEnded` | IDLE, or refuse |
+| SLEEP | `TimerFired`; `ReleaseHeard` / `LeaseEnded` unless backing off | IDLE, or refuse |
 
-A release heard during ATTEMPT or PROBE makes the next sleep end at once. Every lock
+A release heard during ATTEMPT or PROBE makes a sleep for a holder (ours, or HELD) end
+at once. A backoff (after NO_QUORUM, RESTARTING, TOO_SLOW, FENCE_CONTENDED) runs its
+course: no holder was in the way, and a failed attempt's own releases of its partial
+acquisitions are published too, so waking on them would retry at once, again and
+again, for as long as the cause lasts. Every lock
 with waiters has an attempt or probe in flight, or a timer armed (`WakeAt`) no later than
 its next deadline: the end of the head's sleep and every other waiter's `until`.
 """
@@ -179,11 +183,13 @@ Event = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StartAttempt:
-    """Run one `Acquire` of `name` for `ttl_ms` (fresh lease id); answer `AttemptDone`."""
+    """Run one `Acquire` of `name` for `ttl_ms` (fresh lease id) on behalf of `waiter`
+    (the head); answer `AttemptDone`."""
 
     attempt: int
     name: bytes
     ttl_ms: int
+    waiter: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -448,8 +454,7 @@ class LockTable:
                 self._refuse(head, *self._attempt_error(outcome), out)
                 return
         lock.backoffs += 1
-        if not lock.woken:
-            self._sleep(lock, _Sleep.BACKOFF, now + delay)
+        self._sleep(lock, _Sleep.BACKOFF, now + delay)
 
     def _attempt_error(self, outcome: NotGranted) -> tuple[ErrorReason, str]:
         if outcome.reason is Reason.TOO_SLOW:
@@ -502,8 +507,9 @@ class LockTable:
             return []
         out: list[Command] = []
         if lock.phase is _Phase.SLEEP:
-            lock.phase = _Phase.IDLE
-            self._advance(lock, now, out)
+            if lock.sleep is not _Sleep.BACKOFF:
+                lock.phase = _Phase.IDLE
+                self._advance(lock, now, out)
         elif lock.phase is not _Phase.IDLE:
             lock.woken = True
         return out
@@ -578,7 +584,7 @@ class LockTable:
             lock.phase = _Phase.ATTEMPT
             lock.attempt_for = head
             lock.woken = False
-            out.append(StartAttempt(attempt, lock.name, head.ttl_ms))
+            out.append(StartAttempt(attempt, lock.name, head.ttl_ms, head.id))
         if lock.phase is _Phase.IDLE:
             del self._locks[lock.name]
         else:

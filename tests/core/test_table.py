@@ -75,8 +75,8 @@ def grant(waiter: int, at: float, n: int = 1) -> GrantWaiter:
     return GrantWaiter(waiter, Granted(lease(n), n, 900 * MS, t(at)))
 
 
-def start(attempt: int, name: bytes = A, ttl: int = TTL) -> StartAttempt:
-    return StartAttempt(attempt, name, ttl)
+def start(attempt: int, waiter: int = 1, name: bytes = A, ttl: int = TTL) -> StartAttempt:
+    return StartAttempt(attempt, name, ttl, waiter)
 
 
 def wake(at: float, name: bytes = A) -> WakeAt:
@@ -122,11 +122,11 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (granted(0, 0), [grant(1, 0)]),
             (req(2, 5, 5_000), [wake(1001)]),
             (req(3, 6, 5_000), []),
-            (LeaseEnded(A, lease(1), t(10)), [start(1)]),
+            (LeaseEnded(A, lease(1), t(10)), [start(1, 2)]),
             (granted(1, 11, 2), [grant(2, 11, 2)]),
             # Waiter 3 now sleeps until 1012; the timer for 1001 fires first and re-arms.
             (TimerFired(A, t(1001)), [wake(1012)]),
-            (TimerFired(A, t(1012)), [start(2)]),
+            (TimerFired(A, t(1012)), [start(2, 3)]),
             (granted(2, 1013, 3), [grant(3, 1013, 3)]),
         ],
     ),
@@ -209,12 +209,18 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             ),
         ],
     ),
-    "a release heard during the attempt skips the backoff": (
+    "a release heard does not cut a backoff short": (
         Policy(),
         [
             (req(1, 0, 5_000), [start(0)]),
-            (ReleaseHeard(A, t(1)), []),
-            (failed(0, 2, Reason.NO_QUORUM), [start(1)]),
+            (ReleaseHeard(A, t(1)), []),  # e.g. the attempt's own partial acquisitions
+            (failed(0, 2, Reason.NO_QUORUM), [wake(4.5)]),
+            (ReleaseHeard(A, t(3)), []),
+            (LeaseEnded(A, lease(9), t(3)), []),
+            (TimerFired(A, t(4.5)), [start(1)]),
+            (failed(1, 5, Reason.RESTARTING, 100), [wake(106)]),
+            (ReleaseHeard(A, t(6)), []),
+            (TimerFired(A, t(106)), [start(2)]),
         ],
     ),
     "restarting nodes: retry after the hint, or say when": (
@@ -243,7 +249,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
                     )
                 ],
             ),
-            (req(2, 2, 0), [start(1)]),
+            (req(2, 2, 0), [start(1, 2)]),
             (
                 failed(1, 3, Reason.FENCE_CONTENDED),
                 [refuse(2, ErrorReason.FENCE_CONTENDED, "no fencing token: why")],
@@ -266,7 +272,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
         [
             (req(1, 0, 0), [start(0)]),
             (granted(0, 0), [grant(1, 0)]),
-            (req(2, 0, 0, name=B), [start(1, B)]),
+            (req(2, 0, 0, name=B), [start(1, 2, B)]),
             (granted(1, 0, 2), [grant(2, 0, 2)]),
             (req(4, 1, 5_000), [wake(1001)]),
             (req(5, 1, 5_000), []),
@@ -302,7 +308,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
                 req(2, 1, 10, name=B),
                 [refuse(2, ErrorReason.TOO_MANY_LOCKS, "this gateway holds 1 leases, its limit")],
             ),
-            (req(3, 1_500, 10, name=B), [start(1, B)]),
+            (req(3, 1_500, 10, name=B), [start(1, 3, B)]),
         ],
     ),
     "the head leaves mid-attempt: the grant is given back": (
@@ -311,7 +317,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (req(1, 0, 5_000), [start(0)]),
             (req(2, 0, 5_000), [wake(5_000)]),  # its own wait's end
             (Cancel(1, t(1)), []),
-            (granted(0, 2), [GiveBack(A, lease(1)), start(1)]),
+            (granted(0, 2), [GiveBack(A, lease(1)), start(1, 2)]),
             (failed(1, 3, Reason.HELD), [StartProbe(A)]),
         ],
     ),
@@ -321,7 +327,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (req(1, 0, 5_000), [start(0)]),
             (Cancel(1, t(1)), []),
             (failed(0, 2, Reason.HELD), []),
-            (req(2, 3, 0), [start(1)]),
+            (req(2, 3, 0), [start(1, 2)]),
         ],
     ),
     "the head leaves while asleep: the next one attempts": (
@@ -331,7 +337,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (failed(0, 1, Reason.HELD), [StartProbe(A)]),
             (req(2, 1, 5_000), [wake(5_001)]),
             (ProbeDone(A, 900 * MS, t(2)), [wake(903)]),
-            (Cancel(1, t(3)), [start(1)]),
+            (Cancel(1, t(3)), [start(1, 2)]),
             (Cancel(1, t(4)), []),  # already gone
         ],
     ),
@@ -345,7 +351,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (TimerFired(A, t(1001)), [wake(2501)]),
             # Not the holder's lease: the head wakes, sees the holder live and sleeps on.
             (LeaseEnded(A, lease(9), t(1002)), []),
-            (LeaseEnded(A, lease(1), t(1003)), [start(1)]),
+            (LeaseEnded(A, lease(1), t(1003)), [start(1, 2)]),
         ],
     ),
     "a release heard forgets our holder": (
@@ -354,7 +360,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
             (req(1, 0, 0), [start(0)]),
             (granted(0, 0), [grant(1, 0)]),
             (ReleaseHeard(A, t(1)), []),
-            (req(2, 2, 0), [start(1)]),
+            (req(2, 2, 0), [start(1, 2)]),
         ],
     ),
     "shutdown: refuse the waiting, finish the attempt in flight": (
@@ -362,7 +368,7 @@ SCENARIOS: dict[str, tuple[Policy, list[Step]]] = {
         [
             (req(1, 0, 5_000), [start(0)]),
             (req(2, 0, 5_000), [wake(5_000)]),
-            (req(3, 0, 5_000, name=B), [start(1, B)]),
+            (req(3, 0, 5_000, name=B), [start(1, 3, B)]),
             (failed(1, 1, Reason.HELD), [StartProbe(B)]),
             (Shutdown(t(2)), [down(2), down(3)]),
             (req(4, 3, 0), [down(4)]),

@@ -10,7 +10,8 @@ the gateway shuts down. After every event:
 - timers are always re-armed: a lock with waiters has an attempt or probe in flight or
   a timer armed no later than the end of any waiter's wait (the head's, while nothing
   is in flight), and never asks for a timer in the past;
-- at most one attempt or probe per lock is in flight, and `waiting` counts the waiters.
+- at most one attempt or probe per lock is in flight, each for the head of its queue,
+  and `waiting` counts the waiters.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Harness:
             if isinstance(cmd, StartAttempt):
                 assert cmd.name not in self.attempts.values(), "two attempts on one lock"
                 assert cmd.name not in self.probes
+                assert cmd.waiter == self.pending(cmd.name)[0][0], "not for the head"
                 self.attempts[cmd.attempt] = cmd.name
             elif isinstance(cmd, StartProbe):
                 assert cmd.name not in self.probes and cmd.name not in self.attempts.values()
