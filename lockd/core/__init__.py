@@ -1,7 +1,8 @@
 """The quorum core: Redlock with drift accounting and two-phase fencing, as sans-I/O
 state machines. Fed node replies and the current time, they say what to send to which
 node and when the outcome is known; they never read a clock, sleep or open a socket.
-The asyncio gateway and the deterministic simulator drive the same objects."""
+The asyncio gateway and the deterministic simulator drive the same objects, and the
+same `LockTable` (table.py): a gateway's waiting, holders, limits and retries."""
 
 from lockd.core.machines import Acquire, Release, Renew
 from lockd.core.messages import (
@@ -26,6 +27,7 @@ from lockd.core.messages import (
     lock_name,
 )
 from lockd.core.quorum import drift_ns, quorum, retry_delay_ns, validity_ns
+from lockd.core.table import LockTable
 
 __all__ = [
     "Acquire",
@@ -36,6 +38,7 @@ __all__ = [
     "FenceCall",
     "FenceReply",
     "Granted",
+    "LockTable",
     "NodeFailure",
     "NotGranted",
     "Reason",

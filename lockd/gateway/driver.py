@@ -1,8 +1,9 @@
 """Drive a sans-I/O core machine against real nodes with asyncio.
 
 Synchronous (embedded) nodes are answered inline; RESP nodes get one task per request.
-Fire-and-forget sends (releases after a failed attempt) run in the background and are
-tracked so they are neither garbage-collected nor lost at shutdown.
+Fire-and-forget sends (releases after a failed attempt), and the lock table's attempts
+and probes over RESP nodes, run in the background and are tracked so they are neither
+garbage-collected nor lost at shutdown.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from lockd.core import NodeFailure, Reply, Send
 from lockd.core.machines import Acquire, Outcome, Release, Renew
@@ -102,11 +104,15 @@ class Driver:
 
         self._track(asyncio.create_task(run()))
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in a task that `drain` waits for."""
+        self._track(asyncio.create_task(work))
+
     def _track(self, task: asyncio.Task[None]) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def drain(self) -> None:
-        """Wait for requests still in flight (at shutdown)."""
-        if self._background:
+        """Wait for requests still in flight, and what they start (at shutdown)."""
+        while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)

@@ -1,10 +1,12 @@
-"""The gateway's lock logic, free of gRPC: FIFO waiting, attempts, renew, release.
+"""The gateway's lock calls, free of gRPC: a thin asyncio shell over the core's
+`LockTable`, which holds every rule about waiting, holders, limits and retries.
 
-Waiting does not poll in the common case. Each lock has a FIFO queue of this gateway's
-waiters; only the head attempts. It is woken by a release (local, or published by any
-node on `lockd:released`), by the expiry of a lease this gateway granted, or, for a lease
-held through another gateway, when the nodes say it expires; a bounded jittered timer
-(at most `HELD_RECHECK_MAX_S`) covers lost notifications.
+The shell feeds the table events stamped with the monotonic clock and carries out its
+commands: attempts and renewals run on the driver, probes read the nodes' PTTLs, one
+asyncio timer per lock stands for the table's `WakeAt`, and answers go to the caller.
+Each call has one implementation: when every node answers inline (embedded engines) a
+call that needs no waiting is answered before `acquire`/`renew`/`release` return (the
+hot path: no task, no future); otherwise they return a coroutine to await.
 """
 
 from __future__ import annotations
@@ -12,25 +14,49 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
 
 from lockd import errors
 from lockd.core import (
     Acquire,
     Granted,
     NotGranted,
-    Reason,
     Release,
     Released,
     Renew,
     Renewed,
     lock_name,
     quorum,
-    retry_delay_ns,
+)
+from lockd.core.table import (
+    AttemptDone,
+    Cancel,
+    Command,
+    Event,
+    GiveBack,
+    GrantWaiter,
+    LeaseEnded,
+    LeaseRenewed,
+    LockTable,
+    Policy,
+    ProbeDone,
+    RefuseWaiter,
+    ReleaseHeard,
+    Request,
+    Shutdown,
+    StartAttempt,
+    StartProbe,
+    TimerFired,
+    WakeAt,
+    held_for_ns,
 )
 from lockd.errors import ErrorReason
 from lockd.gateway.config import GatewayConfig
@@ -39,12 +65,22 @@ from lockd.gateway.metrics import Metrics
 from lockd.gateway.nodes import LockView, Node, NodeInfo
 from lockd.units import MS
 
-__all__ = ["Description", "LockManager"]
+__all__ = ["Description", "LockManager", "Now"]
 
 log = logging.getLogger("lockd.gateway")
 
-HELD_RECHECK_MAX_S = 1.0
 LEASE_BYTES = 16
+T = TypeVar("T")
+Now: TypeAlias = T | Coroutine[Any, Any, T]
+"""A call's answer: the value itself when known at once (the inline path), else a
+coroutine that waits for it."""
+
+_CODES = {
+    ErrorReason.LOCK_HELD: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorReason.TOO_MANY_LOCKS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorReason.TOO_MANY_WAITERS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+"""Status codes of the table's refusals; the others are UNAVAILABLE."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,72 +95,13 @@ class Description:
     nodes_holding: int
 
 
-class Signal:
-    """A settable flag that tasks wait on with a deadline: `asyncio.Event` plus
-    `asyncio.wait_for` without the extra task and event-loop turns (handoff latency)."""
-
-    __slots__ = ("_flag", "_waiters")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def set(self) -> None:
-        """Set the flag and wake every waiter."""
-        self._flag = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    def clear(self) -> None:
-        """Unset the flag."""
-        self._flag = False
-
-    def is_set(self) -> bool:
-        """Whether the flag is set."""
-        return self._flag
-
-    async def wait_until(self, until_ns: int) -> bool:
-        """Wait until set or until monotonic time `until_ns`; True if set."""
-        if self._flag:
-            return True
-        timeout = (until_ns - time.monotonic_ns()) / 1e9
-        if timeout <= 0:
-            return False
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        timer = loop.call_later(timeout, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return self._flag
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-@dataclasses.dataclass(slots=True)
-class _Holder:
-    """A lease this gateway granted: when the nodes' keys expire, and its TTL."""
-
-    lease: bytes
-    expires_ns: int
-    ttl_ms: int
-
-
-@dataclasses.dataclass(slots=True)
-class _Queue:
-    """This gateway's waiters for one lock, in arrival order; the head attempts."""
-
-    waiters: collections.deque[Signal] = dataclasses.field(default_factory=collections.deque)
-    wake: Signal = dataclasses.field(default_factory=Signal)
+def refusal(cmd: RefuseWaiter) -> errors.LockdError:
+    """The error a caller gets for the table's refusal."""
+    extra = {}
+    if cmd.reason == ErrorReason.NODES_RESTARTING:
+        extra["retry_after_ms"] = str(-(-cmd.retry_after_ns // MS))
+    code = _CODES.get(cmd.reason, grpc.StatusCode.UNAVAILABLE)
+    return errors.LockdError(code, cmd.reason, cmd.detail, **extra)
 
 
 class LockManager:
@@ -138,12 +115,25 @@ class LockManager:
         self.metrics = metrics or Metrics()
         self.quorum = quorum(len(self.nodes))
         self.driver = Driver(self.nodes)
-        self._queues: dict[bytes, _Queue] = {}
-        self._holders: dict[bytes, _Holder] = {}
-        self._waiting = 0
-        self.shutting_down = False
-        self._rng = random.Random()
+        policy = Policy(
+            max_waiters_per_lock=config.max_waiters_per_lock,
+            max_waiters=config.max_waiters,
+            max_locks=config.max_locks,
+        )
+        self.table = LockTable(len(self.nodes), policy, random.Random())
+        self.metrics.waiters.set_function(lambda: self.table.waiting)
         self._timeout_ns = config.node_timeout_ms * MS
+        self._ids = itertools.count()
+        self._futures: dict[int, asyncio.Future[Granted]] = {}
+        self._answers: dict[int, Granted | errors.LockdError] = {}
+        self._timers: dict[bytes, tuple[int, asyncio.TimerHandle]] = {}
+        self._events: collections.deque[Event] = collections.deque()
+        self._busy = False
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once `shut_down` was called."""
+        return self.table.shutting_down
 
     # -- validation ----------------------------------------------------------------------
 
@@ -179,6 +169,13 @@ class LockManager:
             )
         return lease
 
+    @staticmethod
+    def check_wait(wait_ms: int) -> int:
+        """The wait, or INVALID_ARGUMENT when negative."""
+        if wait_ms < 0:
+            raise errors.invalid(ErrorReason.BAD_WAIT, f"wait_ms={wait_ms} is negative")
+        return wait_ms
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -192,287 +189,199 @@ class LockManager:
                 raise result
 
     async def close(self) -> None:
-        """Finish background sends, then disconnect nodes."""
+        """Finish attempts and background sends, then disconnect nodes."""
+        for _, timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         await self.driver.drain()
         await asyncio.gather(*(node.close() for node in self.nodes), return_exceptions=True)
 
     def on_release(self, lock_key: bytes) -> None:
-        """A node says `lock_key` was released: wake that lock's head waiter.
-
-        The local holder is forgotten too: the release may have come through another
-        gateway (clients fail over), and waiting for its expiry would stall the queue. If
-        it is in fact still held, the next attempt says so and the wait resumes."""
+        """A node says `lock_key` was released (through any gateway)."""
         name = lock_name(lock_key)
-        if name is None:
-            return
-        self._holders.pop(name, None)
-        queue = self._queues.get(name)
-        if queue is not None:
-            queue.wake.set()
-
-    # -- acquire -------------------------------------------------------------------------
-
-    async def acquire(
-        self, name: bytes, ttl_ms: int, wait_ms: int, deadline_ns: int | None = None
-    ) -> Granted:
-        """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease."""
-        if wait_ms < 0:
-            raise errors.invalid(ErrorReason.BAD_WAIT, f"wait_ms={wait_ms} is negative")
-        self._check_running()
-        started = time.monotonic_ns()
-        until = started + wait_ms * MS
-        if deadline_ns is not None:
-            until = min(until, deadline_ns)
-        self._prune_holders(started)
-        if len(self._holders) >= self.config.max_locks:
-            raise errors.exhausted(
-                ErrorReason.TOO_MANY_LOCKS,
-                f"this gateway holds {len(self._holders)} leases, its limit",
-            )
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = _Queue()
-        if len(queue.waiters) >= self.config.max_waiters_per_lock:
-            raise errors.exhausted(
-                ErrorReason.TOO_MANY_WAITERS,
-                f"{len(queue.waiters)} callers already wait for this lock, its limit",
-            )
-        if self._waiting >= self.config.max_waiters:
-            raise errors.exhausted(
-                ErrorReason.TOO_MANY_WAITERS,
-                f"{self._waiting} callers already wait at this gateway, its limit",
-            )
-        turn = Signal()
-        queue.waiters.append(turn)
-        self._waiting += 1
-        self.metrics.waiters.set(self._waiting)
-        try:
-            if queue.waiters[0] is turn:
-                turn.set()
-            elif not await _wait_event(turn, until):
-                raise errors.deadline(
-                    ErrorReason.LOCK_HELD,
-                    f"lock still held after waiting "
-                    f"{(time.monotonic_ns() - started) // MS} ms "
-                    "(queued behind other waiters)",
-                )
-            return await self._acquire_at_head(name, queue, ttl_ms, until, started)
-        finally:
-            self._waiting -= 1
-            self.metrics.waiters.set(self._waiting)
-            was_head = queue.waiters and queue.waiters[0] is turn
-            queue.waiters.remove(turn)
-            if queue.waiters:
-                if was_head:
-                    queue.waiters[0].set()
-            elif self._queues.get(name) is queue:
-                del self._queues[name]
-
-    def acquire_now(self, name: bytes, ttl_ms: int) -> Granted | None:
-        """The uncontended fast path when every node answers inline: one attempt, no
-        waiting, no task. None when that cannot grant (queued waiters, a live local
-        holder, a failed attempt, a limit): the caller then takes `acquire`."""
-        if not self.driver.synchronous or name in self._queues or self.shutting_down:
-            return None
-        now = time.monotonic_ns()
-        holder = self._holders.get(name)
-        if holder is not None and holder.expires_ns > now:
-            return None
-        if len(self._holders) >= self.config.max_locks:
-            return None
-        machine = Acquire(
-            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
-        )
-        outcome = self.driver.run_now(machine)
-        if isinstance(outcome, Granted):
-            self._granted(name, ttl_ms, outcome)
-            return outcome
-        assert isinstance(outcome, NotGranted)
-        self.metrics.attempt_failures.labels(outcome.reason.value).inc()
-        return None
-
-    def _granted(self, name: bytes, ttl_ms: int, granted: Granted) -> None:
-        self._holders[name] = _Holder(granted.lease, granted.decided_ns + ttl_ms * MS, ttl_ms)
-        self.metrics.grants.inc()
-
-    async def _acquire_at_head(
-        self, name: bytes, queue: _Queue, ttl_ms: int, until: int, started: int
-    ) -> Granted:
-        attempt = 0
-        while True:
-            self._check_running()
-            queue.wake.clear()
-            holder = self._holders.get(name)
-            now = time.monotonic_ns()
-            if holder is not None and holder.expires_ns > now:
-                # Held through this gateway: sleep until released or expired, no polling.
-                await _wait_event(queue.wake, min(until, holder.expires_ns + MS))
-                if time.monotonic_ns() >= until and not queue.wake.is_set():
-                    raise self._held_error(started)
-                continue
-            outcome = await self._attempt(name, ttl_ms)
-            if isinstance(outcome, Granted):
-                self._granted(name, ttl_ms, outcome)
-                return outcome
-            self.metrics.attempt_failures.labels(outcome.reason.value).inc()
-            now = time.monotonic_ns()
-            if outcome.reason is Reason.HELD:
-                if now >= until:
-                    raise self._held_error(started)
-                expires_in = await self._held_for(name)
-                recheck = min(HELD_RECHECK_MAX_S * 1e9, expires_in + MS)
-                wake_at = now + int(recheck * self._rng.uniform(1.0, 1.1))
-                await _wait_event(queue.wake, min(until, wake_at))
-                if time.monotonic_ns() >= until and not queue.wake.is_set():
-                    raise self._held_error(started)
-                continue
-            if outcome.reason is Reason.RESTARTING:
-                delay = outcome.retry_after_ns + self._rng.randrange(MS, 5 * MS)
-                if now + delay > until:
-                    raise errors.unavailable(
-                        ErrorReason.NODES_RESTARTING,
-                        f"no quorum: {outcome.detail}",
-                        retry_after_ms=-(-outcome.retry_after_ns // MS),
-                    )
-            else:
-                delay = retry_delay_ns(self._rng, attempt)
-                if now + delay > until:
-                    raise self._attempt_error(outcome)
-            attempt += 1
-            await _wait_event(queue.wake, now + delay)
-
-    def _attempt_error(self, outcome: NotGranted) -> errors.LockdError:
-        if outcome.reason is Reason.TOO_SLOW:
-            return errors.unavailable(
-                ErrorReason.TTL_TOO_SHORT,
-                f"a quorum agreed too late for the TTL ({outcome.detail}); ask for a longer TTL",
-            )
-        if outcome.reason is Reason.FENCE_CONTENDED:
-            return errors.unavailable(
-                ErrorReason.FENCE_CONTENDED, f"no fencing token: {outcome.detail}"
-            )
-        return errors.unavailable(
-            ErrorReason.QUORUM_UNAVAILABLE,
-            f"cannot reach a quorum of {self.quorum} nodes: {outcome.detail}",
-        )
-
-    def _check_running(self) -> None:
-        if self.shutting_down:
-            raise errors.unavailable(
-                ErrorReason.SHUTTING_DOWN, "this gateway is shutting down; try another gateway"
-            )
+        if name is not None:
+            self._feed(ReleaseHeard(name, time.monotonic_ns()))
 
     def shut_down(self) -> None:
         """Graceful shutdown: waiting and new acquisitions end with SHUTTING_DOWN."""
-        self.shutting_down = True
-        for queue in self._queues.values():
-            queue.wake.set()
-            for turn in queue.waiters:
-                turn.set()
+        self._feed(Shutdown(time.monotonic_ns()))
 
-    def _held_error(self, started: int) -> errors.LockdError:
-        waited = (time.monotonic_ns() - started) // MS
-        return errors.deadline(
-            ErrorReason.LOCK_HELD, f"lock held by another lease; waited {waited} ms"
-        )
+    # -- the table's events and commands ---------------------------------------------------
 
-    async def _attempt(self, name: bytes, ttl_ms: int) -> Granted | NotGranted:
-        machine = Acquire(
-            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
-        )
+    def _feed(self, event: Event) -> None:
+        """Hand `event` to the table and carry out its commands, and those of the events
+        they cause (inline attempts, release notifications), in order."""
+        self._events.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._events:
+                for cmd in self.table.handle(self._events.popleft()):
+                    self._do(cmd)
+        finally:
+            self._busy = False
+
+    def _do(self, cmd: Command) -> None:
+        if isinstance(cmd, StartAttempt):
+            machine = Acquire(
+                cmd.name,
+                cmd.ttl_ms,
+                secrets.token_bytes(LEASE_BYTES),
+                len(self.nodes),
+                self._timeout_ns,
+            )
+            if self.driver.synchronous:
+                self._attempted(cmd.attempt, self.driver.run_now(machine))
+            else:
+                self.driver.spawn(self._attempt(cmd.attempt, machine))
+        elif isinstance(cmd, GrantWaiter):
+            self.metrics.grants.inc()
+            self._answer(cmd.waiter, cmd.granted)
+        elif isinstance(cmd, RefuseWaiter):
+            self._answer(cmd.waiter, refusal(cmd))
+        elif isinstance(cmd, WakeAt):
+            self._wake_at(cmd.name, cmd.at_ns)
+        elif isinstance(cmd, StartProbe):
+            self.driver.spawn(self._probe(cmd.name))
+        else:
+            assert isinstance(cmd, GiveBack)
+            give_back = Release(cmd.name, cmd.lease, len(self.nodes), self._timeout_ns)
+            if self.driver.synchronous:
+                self.driver.run_now(give_back)  # before the next head's attempt
+            else:
+                self.driver.run_in_background(give_back)
+
+    def _attempted(self, attempt: int, outcome: object) -> None:
+        assert isinstance(outcome, Granted | NotGranted)
+        if isinstance(outcome, NotGranted):
+            self.metrics.attempt_failures.labels(outcome.reason.value).inc()
+        self._feed(AttemptDone(attempt, outcome, time.monotonic_ns()))
+
+    async def _attempt(self, attempt: int, machine: Acquire) -> None:
         try:
             outcome = await self.driver.run(machine)
         except asyncio.CancelledError:
-            # The caller went away mid-attempt: undo whatever the nodes granted.
-            self.release_in_background(name, machine.lease)
+            # Stopped midway (the gateway is closing): undo whatever the nodes granted.
+            self.driver.run_in_background(
+                Release(machine.name, machine.lease, len(self.nodes), self._timeout_ns)
+            )
             raise
-        assert isinstance(outcome, Granted | NotGranted)
-        return outcome
+        self._attempted(attempt, outcome)
+
+    async def _probe(self, name: bytes) -> None:
+        views = await self._views(name)
+        held = held_for_ns((v.pttl_ms for v in views), len(self.nodes))
+        self._feed(ProbeDone(name, held, time.monotonic_ns()))
+
+    def _wake_at(self, name: bytes, at_ns: int) -> None:
+        old = self._timers.pop(name, None)
+        if old is not None:
+            old[1].cancel()
+        delay = max(0.0, (at_ns - time.monotonic_ns()) / 1e9)
+        handle = asyncio.get_running_loop().call_later(delay, self._fire, name, at_ns)
+        self._timers[name] = (at_ns, handle)
+
+    def _fire(self, name: bytes, at_ns: int) -> None:
+        now = time.monotonic_ns()
+        if now < at_ns:  # the loop may run a timer up to its clock resolution early
+            self._wake_at(name, at_ns)
+            return
+        self._timers.pop(name, None)
+        self._feed(TimerFired(name, now))
+
+    def _answer(self, waiter: int, answer: Granted | errors.LockdError) -> None:
+        future = self._futures.pop(waiter, None)
+        if future is None:
+            self._answers[waiter] = answer  # answered before `acquire` returned
+        elif isinstance(answer, Granted):
+            future.set_result(answer)
+        else:
+            future.set_exception(answer)
+
+    # -- the calls -------------------------------------------------------------------------
+
+    def acquire(
+        self, name: bytes, ttl_ms: int, wait_ms: int, deadline_ns: int | None = None
+    ) -> Now[Granted]:
+        """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease;
+        refusals raise `LockdError`."""
+        self.check_wait(wait_ms)
+        now = time.monotonic_ns()
+        until = now + wait_ms * MS
+        if deadline_ns is not None and deadline_ns < until:
+            until = deadline_ns
+        waiter = next(self._ids)
+        self._feed(Request(waiter, name, ttl_ms, until, now))
+        answer = self._answers.pop(waiter, None)
+        if answer is None:
+            future: asyncio.Future[Granted] = asyncio.get_running_loop().create_future()
+            self._futures[waiter] = future
+            return self._wait(name, waiter, future)
+        if isinstance(answer, Granted):
+            return answer
+        raise answer
+
+    async def _wait(self, name: bytes, waiter: int, future: asyncio.Future[Granted]) -> Granted:
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release_in_background(name, future.result().lease)  # granted too late
+            else:
+                self._futures.pop(waiter, None)
+                self._feed(Cancel(waiter, time.monotonic_ns()))
+            raise
 
     def release_in_background(self, name: bytes, lease: bytes) -> None:
         """Release without waiting (the caller is gone)."""
         self.driver.run_in_background(Release(name, lease, len(self.nodes), self._timeout_ns))
-        self.cancel_holder_if(name, lease)
+        self._feed(LeaseEnded(name, lease, time.monotonic_ns()))
 
-    async def _held_for(self, name: bytes) -> int:
-        """Nanoseconds until fewer than a quorum of nodes hold `name` (capped)."""
-        views = await self._views(name)
-        pttls = sorted(
-            (v.pttl_ms if v.pttl_ms >= 0 else 10**9 for v in views if v.pttl_ms != -2), reverse=True
-        )
-        if len(pttls) < self.quorum:
-            return 0
-        return int(pttls[self.quorum - 1] * MS)
-
-    def cancel_holder_if(self, name: bytes, lease: bytes) -> None:
-        """Forget a local holder (released or lost) and wake the next waiter."""
-        holder = self._holders.get(name)
-        if holder is not None and holder.lease == lease:
-            del self._holders[name]
-        queue = self._queues.get(name)
-        if queue is not None:
-            queue.wake.set()
-
-    def _prune_holders(self, now: int) -> None:
-        if len(self._holders) >= self.config.max_locks:
-            for name in [n for n, h in self._holders.items() if h.expires_ns <= now]:
-                del self._holders[name]
-
-    # -- renew, release ------------------------------------------------------------------
-
-    def _renew_machine(self, name: bytes, lease: bytes, ttl_ms: int) -> Renew:
+    def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Now[Renewed]:
+        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST. `ttl_ms` 0
+        renews with the TTL this gateway granted it with."""
         if ttl_ms == 0:
-            holder = self._holders.get(name)
-            if holder is None or holder.lease != lease:
+            known = self.table.holder_ttl(name, lease)
+            if known is None:
                 raise errors.invalid(
                     ErrorReason.BAD_TTL,
                     "ttl_ms is required: this gateway does not "
                     "know the lease's TTL (granted elsewhere or expired)",
                 )
-            ttl_ms = holder.ttl_ms
+            ttl_ms = known
         self.check_ttl(ttl_ms)
-        return Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+        if self.driver.synchronous:
+            return self._renewed(name, machine, self.driver.run_now(machine))
+        return self._renew_later(name, machine)
 
-    def _renewed(self, name: bytes, machine: Renew) -> Renewed:
-        outcome = machine.outcome
+    async def _renew_later(self, name: bytes, machine: Renew) -> Renewed:
+        return self._renewed(name, machine, await self.driver.run(machine))
+
+    def _renewed(self, name: bytes, machine: Renew, outcome: object) -> Renewed:
+        now = time.monotonic_ns()
         if isinstance(outcome, Renewed):
-            self._holders[name] = _Holder(
-                machine.lease, machine.started_ns + machine.ttl_ms * MS, machine.ttl_ms
-            )
+            self._feed(LeaseRenewed(name, machine.lease, machine.ttl_ms, machine.started_ns, now))
             return outcome
         self.metrics.leases_lost.inc()
-        self.cancel_holder_if(name, machine.lease)
+        self._feed(LeaseEnded(name, machine.lease, now))
         detail = getattr(outcome, "detail", "")
         raise errors.precondition(ErrorReason.LEASE_LOST, f"lease lost: {detail}")
 
-    async def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
-        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST."""
-        machine = self._renew_machine(name, lease, ttl_ms)
-        await self.driver.run(machine)
-        return self._renewed(name, machine)
-
-    def renew_now(self, name: bytes, lease: bytes, ttl_ms: int) -> Renewed:
-        """`renew` without yielding (only when every node is synchronous)."""
-        machine = self._renew_machine(name, lease, ttl_ms)
-        self.driver.run_now(machine)
-        return self._renewed(name, machine)
-
-    async def release(self, name: bytes, lease: bytes) -> Released:
+    def release(self, name: bytes, lease: bytes) -> Now[Released]:
         """Compare-and-delete on every node; NOT_OWNED when no node had this lease."""
         machine = Release(name, lease, len(self.nodes), self._timeout_ns)
-        await self.driver.run(machine)
-        return self._released(name, machine)
+        if self.driver.synchronous:
+            return self._released(name, lease, self.driver.run_now(machine))
+        return self._release_later(name, machine)
 
-    def release_now(self, name: bytes, lease: bytes) -> Released:
-        """`release` without yielding (only when every node is synchronous)."""
-        machine = Release(name, lease, len(self.nodes), self._timeout_ns)
-        self.driver.run_now(machine)
-        return self._released(name, machine)
+    async def _release_later(self, name: bytes, machine: Release) -> Released:
+        return self._released(name, machine.lease, await self.driver.run(machine))
 
-    def _released(self, name: bytes, machine: Release) -> Released:
-        outcome = machine.outcome
+    def _released(self, name: bytes, lease: bytes, outcome: object) -> Released:
         assert isinstance(outcome, Released)
-        self.cancel_holder_if(name, machine.lease)
+        self._feed(LeaseEnded(name, lease, time.monotonic_ns()))
         if outcome.released:
             self.metrics.releases.inc()
             return outcome
@@ -505,12 +414,11 @@ class LockManager:
             (v.pttl_ms if v.pttl_ms >= 0 else 2**62 for v in views if v.pttl_ms != -2), reverse=True
         )
         held = len(holding) >= self.quorum
-        queue = self._queues.get(name)
         return Description(
             held=held,
             ttl_remaining_ms=holding[self.quorum - 1] if held else 0,
             fencing_counter=max((v.counter for v in views), default=0),
-            waiters=len(queue.waiters) if queue else 0,
+            waiters=self.table.waiters(name),
             nodes_answered=len(views),
             nodes_holding=len(holding),
         )
@@ -523,8 +431,3 @@ class LockManager:
             self.metrics.node_restart_delay.labels(info.address).set(info.restart_delay_ms / 1e3)
             self.metrics.node_latency.labels(info.address).set(info.latency_ms / 1e3)
         return list(infos)
-
-
-async def _wait_event(signal: Signal, until_ns: int) -> bool:
-    """Wait for `signal` until monotonic time `until_ns`; True if it was set."""
-    return await signal.wait_until(until_ns)

@@ -1,8 +1,11 @@
 """The gRPC servicer: thin methods over `LockManager`, and error mapping.
 
-Each call is implemented once (`_acquire`, `_release`, `_renew`, raising `LockdError`);
-the unary methods turn errors into a status with a google.rpc ErrorInfo detail, and
-`Session` carries the same calls on one stream with errors as `Error` messages.
+Each call is implemented once (`_acquire`, `_release`, `_renew`, raising `LockdError`).
+Like the manager's, each returns its response at once when the manager answered
+inline (embedded engines, nothing to wait for: the hot path), else a coroutine. The
+unary methods await it and turn errors into a status with a google.rpc ErrorInfo
+detail; `Session` carries the same calls on one stream, errors as `Error` messages,
+and starts a task only for answers that are not ready at once.
 """
 
 from __future__ import annotations
@@ -10,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
 from lockd import __version__
-from lockd.core import Granted
+from lockd.core import Granted, Released, Renewed
 from lockd.errors import ErrorReason, LockdError, abort
-from lockd.gateway.locks import LockManager
+from lockd.gateway.locks import LockManager, Now
 from lockd.gateway.nodes import Mode
 from lockd.units import MS
 from lockd.v1 import lock_service_pb2 as pb
@@ -32,6 +35,8 @@ _MODES = {
     Mode.REDIS: pb.NODE_MODE_REDIS,
 }
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type hints)
+Message = TypeVar("Message", pb.AcquireResponse, pb.ReleaseResponse, pb.RenewResponse)
+Response: TypeAlias = pb.AcquireResponse | pb.ReleaseResponse | pb.RenewResponse
 
 
 def _granted(granted: Granted, received_ns: int, ttl_ms: int) -> pb.AcquireResponse:
@@ -54,6 +59,13 @@ def _error(error: LockdError) -> pb.Error:
     )
 
 
+async def _ready(answer: Now[Message]) -> Message:
+    """The response, awaited if it was not ready at once."""
+    if isinstance(answer, Coroutine):
+        return await answer
+    return answer
+
+
 def _deadline_ns(context: Context) -> int | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
@@ -69,84 +81,105 @@ class LockService(pb_grpc.LockServiceServicer):
 
     # -- the calls, once -------------------------------------------------------------------
 
-    async def _acquire(
-        self, request: pb.AcquireRequest, deadline_ns: int | None, cancelled: Callable[[], bool]
-    ) -> pb.AcquireResponse:
+    def _acquire(
+        self, request: pb.AcquireRequest, deadline_ns: int | None, late: Callable[[], bool]
+    ) -> Now[pb.AcquireResponse]:
         received = time.monotonic_ns()
-        m = self.manager
         start = time.perf_counter()
+        m = self.manager
         try:
             name = m.check_name(request.name)
             ttl = m.check_ttl(request.ttl_ms)
-            granted = await m.acquire(name, ttl, request.wait_ms, deadline_ns)
-            if cancelled():
-                # Granted too late for the caller to hear of it: give it back at once.
-                m.release_in_background(name, granted.lease)
-                raise LockdError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ErrorReason.LOCK_HELD,
-                    "granted after the RPC deadline; released again",
-                )
+            granted = m.acquire(name, ttl, request.wait_ms, deadline_ns)
         except LockdError as exc:
-            m.metrics.acquire_seconds.labels(exc.reason.lower()).observe(
-                time.perf_counter() - start
-            )
+            self._observe_acquire(exc.reason.lower(), start)
             raise
-        m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
+        if isinstance(granted, Granted):
+            return self._acquired(name, ttl, granted, received, start, late)
+        return self._acquire_later(name, ttl, granted, received, start, late)
+
+    async def _acquire_later(
+        self,
+        name: bytes,
+        ttl: int,
+        pending: Coroutine[Any, Any, Granted],
+        received: int,
+        start: float,
+        late: Callable[[], bool],
+    ) -> pb.AcquireResponse:
+        try:
+            granted = await pending
+        except LockdError as exc:
+            self._observe_acquire(exc.reason.lower(), start)
+            raise
+        return self._acquired(name, ttl, granted, received, start, late)
+
+    def _acquired(
+        self,
+        name: bytes,
+        ttl: int,
+        granted: Granted,
+        received: int,
+        start: float,
+        late: Callable[[], bool],
+    ) -> pb.AcquireResponse:
+        if late():
+            # Granted too late for the caller to hear of it: give it back at once.
+            self.manager.release_in_background(name, granted.lease)
+            self._observe_acquire("lock_held", start)
+            raise LockdError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                ErrorReason.LOCK_HELD,
+                "granted after the RPC deadline; released again",
+            )
+        self._observe_acquire("granted", start)
         return _granted(granted, received, ttl)
 
-    def _answer_now(self, request: pb.SessionRequest) -> pb.SessionResponse | None:
-        """Answer a session request without a task when every node is embedded and the
-        call needs no waiting: the hot path. None means "take the async path"."""
-        m = self.manager
-        response = pb.SessionResponse(id=request.id)
-        kind = request.WhichOneof("call")
-        try:
-            if kind == "acquire":
-                received = time.monotonic_ns()
-                start = time.perf_counter()
-                name = m.check_name(request.acquire.name)
-                ttl = m.check_ttl(request.acquire.ttl_ms)
-                granted = m.acquire_now(name, ttl) if request.acquire.wait_ms >= 0 else None
-                if granted is None:
-                    return None
-                m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
-                response.acquire.CopyFrom(_granted(granted, received, ttl))
-            elif kind == "release":
-                rel = request.release
-                released = m.release_now(m.check_name(rel.name), m.check_lease(rel.lease_id))
-                response.release.nodes_released = released.released
-            elif kind == "renew":
-                received = time.monotonic_ns()
-                ren = request.renew
-                renewed = m.renew_now(
-                    m.check_name(ren.name), m.check_lease(ren.lease_id), ren.ttl_ms
-                )
-                response.renew.validity_ms = (renewed.deadline_ns - received) // MS
-            else:
-                return None
-        except LockdError as exc:
-            response.error.CopyFrom(_error(exc))
-        return response
+    def _observe_acquire(self, result: str, start: float) -> None:
+        self.manager.metrics.acquire_seconds.labels(result).observe(time.perf_counter() - start)
 
-    async def _release(self, request: pb.ReleaseRequest) -> pb.ReleaseResponse:
+    def _release(self, request: pb.ReleaseRequest) -> Now[pb.ReleaseResponse]:
         m = self.manager
-        released = await m.release(m.check_name(request.name), m.check_lease(request.lease_id))
-        return pb.ReleaseResponse(nodes_released=released.released)
+        released = m.release(m.check_name(request.name), m.check_lease(request.lease_id))
+        if isinstance(released, Released):
+            return pb.ReleaseResponse(nodes_released=released.released)
+        return self._release_later(released)
 
-    async def _renew(self, request: pb.RenewRequest) -> pb.RenewResponse:
+    @staticmethod
+    async def _release_later(pending: Coroutine[Any, Any, Released]) -> pb.ReleaseResponse:
+        return pb.ReleaseResponse(nodes_released=(await pending).released)
+
+    def _renew(self, request: pb.RenewRequest) -> Now[pb.RenewResponse]:
         received = time.monotonic_ns()
-        m = self.manager
         start = time.perf_counter()
+        m = self.manager
         try:
-            renewed = await m.renew(
+            renewed = m.renew(
                 m.check_name(request.name), m.check_lease(request.lease_id), request.ttl_ms
             )
         except LockdError as exc:
-            m.metrics.renew_seconds.labels(exc.reason.lower()).observe(time.perf_counter() - start)
+            self._observe_renew(exc.reason.lower(), start)
             raise
-        m.metrics.renew_seconds.labels("renewed").observe(time.perf_counter() - start)
+        if isinstance(renewed, Renewed):
+            return self._renewed(renewed, received, start)
+        return self._renew_later(renewed, received, start)
+
+    async def _renew_later(
+        self, pending: Coroutine[Any, Any, Renewed], received: int, start: float
+    ) -> pb.RenewResponse:
+        try:
+            renewed = await pending
+        except LockdError as exc:
+            self._observe_renew(exc.reason.lower(), start)
+            raise
+        return self._renewed(renewed, received, start)
+
+    def _renewed(self, renewed: Renewed, received: int, start: float) -> pb.RenewResponse:
+        self._observe_renew("renewed", start)
         return pb.RenewResponse(validity_ms=(renewed.deadline_ns - received) // MS)
+
+    def _observe_renew(self, result: str, start: float) -> None:
+        self.manager.metrics.renew_seconds.labels(result).observe(time.perf_counter() - start)
 
     # -- unary RPCs ------------------------------------------------------------------------
 
@@ -156,19 +189,19 @@ class LockService(pb_grpc.LockServiceServicer):
             return remaining is not None and remaining <= 0
 
         try:
-            return await self._acquire(request, _deadline_ns(context), late)
+            return await _ready(self._acquire(request, _deadline_ns(context), late))
         except LockdError as exc:
             await abort(context, exc)
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.ReleaseResponse:
         try:
-            return await self._release(request)
+            return await _ready(self._release(request))
         except LockdError as exc:
             await abort(context, exc)
 
     async def Renew(self, request: pb.RenewRequest, context: Context) -> pb.RenewResponse:
         try:
-            return await self._renew(request)
+            return await _ready(self._renew(request))
         except LockdError as exc:
             await abort(context, exc)
 
@@ -224,41 +257,58 @@ class LockService(pb_grpc.LockServiceServicer):
         tasks: set[asyncio.Task[None]] = set()
         closed = False
 
-        async def answer(request: pb.SessionRequest) -> None:
-            response = pb.SessionResponse(id=request.id)
+        def late() -> bool:
+            return closed
+
+        async def deliver(
+            response: pb.SessionResponse,
+            kind: str,
+            pending: Coroutine[Any, Any, Response],
+            name: str,
+        ) -> None:
             try:
-                kind = request.WhichOneof("call")
-                if kind == "acquire":
-                    response.acquire.CopyFrom(
-                        await self._acquire(request.acquire, None, lambda: closed)
-                    )
-                    granted_names[request.id] = request.acquire.name
-                elif kind == "release":
-                    response.release.CopyFrom(await self._release(request.release))
-                elif kind == "renew":
-                    response.renew.CopyFrom(await self._renew(request.renew))
-                else:
-                    raise LockdError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        ErrorReason.BAD_REQUEST,
-                        "session request has no call",
-                    )
+                getattr(response, kind).CopyFrom(await pending)
             except LockdError as exc:
                 response.error.CopyFrom(_error(exc))
+            else:
+                if kind == "acquire":
+                    granted_names[response.id] = name
             responses.put_nowait(response)
-
-        inline = self.manager.driver.synchronous
 
         async def read() -> None:
             async for request in requests:
-                if inline and (now := self._answer_now(request)) is not None:
-                    if now.WhichOneof("result") == "acquire":
-                        granted_names[request.id] = request.acquire.name
-                    responses.put_nowait(now)
+                response = pb.SessionResponse(id=request.id)
+                kind = request.WhichOneof("call")
+                answer: Response | Coroutine[Any, Any, Response]
+                try:
+                    if kind == "acquire":
+                        answer = self._acquire(request.acquire, None, late)
+                    elif kind == "release":
+                        answer = self._release(request.release)
+                    elif kind == "renew":
+                        answer = self._renew(request.renew)
+                    else:
+                        raise LockdError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            ErrorReason.BAD_REQUEST,
+                            "session request has no call",
+                        )
+                except LockdError as exc:
+                    response.error.CopyFrom(_error(exc))
+                    responses.put_nowait(response)
                     continue
-                task = asyncio.create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                assert kind is not None
+                if isinstance(answer, Coroutine):
+                    task = asyncio.create_task(
+                        deliver(response, kind, answer, request.acquire.name)
+                    )
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    continue
+                getattr(response, kind).CopyFrom(answer)
+                if kind == "acquire":
+                    granted_names[request.id] = request.acquire.name
+                responses.put_nowait(response)
 
         async def finish() -> None:
             """When the client stops sending, or the gateway drains for shutdown, stop

@@ -145,6 +145,39 @@ async def test_metrics_endpoint(embedded: GatewayConfig) -> None:
         await waiter
 
 
+async def test_session_calls_answered_inline_are_measured_too(embedded: GatewayConfig) -> None:
+    """Over embedded engines a Session answers acquire, renew and release without a task;
+    they are the same calls as the unary ones, so they are counted the same way."""
+    config = dataclasses.replace(embedded, metrics_listen="127.0.0.1:0")
+    async with running(config) as gateway, channel(gateway.port) as ch:
+        stream = Stub(ch).Session()
+        await stream.write(
+            pb.SessionRequest(id=1, acquire=pb.AcquireRequest(name="s", ttl_ms=5000))
+        )
+        got = await stream.read()
+        assert got.id == 1 and got.WhichOneof("result") == "acquire"
+        lease = got.acquire.lease_id
+        await stream.write(pb.SessionRequest(id=2, renew=pb.RenewRequest(name="s", lease_id=lease)))
+        renewed = await stream.read()
+        assert renewed.id == 2 and 0 < renewed.renew.validity_ms <= 5000
+        await stream.write(
+            pb.SessionRequest(id=3, release=pb.ReleaseRequest(name="s", lease_id=lease))
+        )
+        released = await stream.read()
+        assert released.id == 3 and released.release.nodes_released == 5
+        await stream.write(
+            pb.SessionRequest(id=4, renew=pb.RenewRequest(name="s", lease_id=lease, ttl_ms=1000))
+        )
+        lost = await stream.read()
+        assert lost.error.reason == "LEASE_LOST"
+        await stream.done_writing()
+        text = await asyncio.to_thread(_scrape, gateway.metrics_port)
+        assert 'lockd_acquire_seconds_count{result="granted"} 1.0' in text
+        assert 'lockd_renew_seconds_count{result="renewed"} 1.0' in text
+        assert 'lockd_renew_seconds_count{result="lease_lost"} 1.0' in text
+        assert "lockd_releases_total 1.0" in text
+
+
 async def test_tls(embedded: GatewayConfig, certs: dict[str, Path]) -> None:
     config = dataclasses.replace(
         embedded, tls_cert=certs["server_pem"], tls_key=certs["server_key"]
