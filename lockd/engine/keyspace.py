@@ -75,6 +75,14 @@ class Keyspace:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: bytes) -> bool:
+        """Whether `key` is stored (expired or not)."""
+        return key in self._data
+
+    def items_with_prefix(self, prefix: bytes) -> list[tuple[bytes, Value]]:
+        """Every stored (key, value) whose key starts with `prefix` (a full scan)."""
+        return [(k, v) for k, v in self._data.items() if k.startswith(prefix)]
+
     @property
     def volatile_count(self) -> int:
         """Keys with a deadline (expired ones not yet reclaimed included)."""
@@ -153,10 +161,10 @@ class Keyspace:
         self.remove(key)
         return True
 
-    def remove(self, key: bytes) -> None:
+    def remove(self, key: bytes, durable: bool = True) -> None:
         """Remove a key that `get` just returned live."""
         self._remove(key)
-        self.journal(_del_record(key), True)
+        self.journal(_del_record(key), durable)
 
     def _remove(self, key: bytes) -> None:
         value = self._data.pop(key)
