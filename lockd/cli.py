@@ -101,6 +101,12 @@ def main(log_level: str) -> None:
     help="UNSAFE: measure TTLs on the wall clock, so a clock step expires locks early "
     "(the harness shows with it what monotonic time buys).",
 )
+@click.option(
+    "--enable-disk-faults",
+    is_flag=True,
+    help="TEST ONLY: accept LOCKD.DISK FAIL <errno>|HEAL|GET, with which the Jepsen "
+    "harness makes this node's disk writes fail.",
+)
 def engine(
     host: str,
     port: int,
@@ -112,6 +118,7 @@ def engine(
     hold_aof_until_fsync: bool,
     enable_clock_control: bool,
     unsafe_wall_clock: bool,
+    enable_disk_faults: bool,
 ) -> None:
     """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
     from lockd.engine import Engine, EngineConfig, FsyncPolicy, WallClock
@@ -126,6 +133,7 @@ def engine(
         hold_until_fsync=hold_aof_until_fsync,
         port=port,
         clock_control=enable_clock_control,
+        disk_faults=enable_disk_faults,
     )
     if unsafe_wall_clock:
         logging.getLogger("lockd.engine").warning(
@@ -235,7 +243,7 @@ def serve(
     )
     try:
         asyncio.run(run_gateway(config))
-    except (UnsafeNodeError, ValueError, OSError) as exc:
+    except (UnsafeNodeError, ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -758,3 +766,30 @@ def sim(
         progress=lambda line: click.echo(line, err=True),
     )
     sys.exit(status)
+
+
+# -- repair (issue 12) ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check and report; write nothing.")
+@click.option(
+    "--fence-floor",
+    type=click.IntRange(0),
+    default=None,
+    help="For fence.reserve: the floor to write, above every token the node may have "
+    "accepted (a reservation cannot be rebuilt from its bytes).",
+)
+def repair(path: Path, dry_run: bool, fence_floor: int | None) -> None:
+    """Check a data file (appendonly.aof, store.log, fence.reserve) and write a repaired
+    copy, keeping the damaged file as NAME.broken (like redis-check-aof --fix)."""
+    from lockd.repair import repair as run_repair
+
+    try:
+        report = run_repair(path, dry_run=dry_run, fence_floor=fence_floor)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.summary)
+    if report.damaged and not report.written:
+        sys.exit(1)
