@@ -4,13 +4,13 @@ The engine's AOF and the store's log share one file layout (etcd's WAL and Redis
 loader are the models):
 
     LOCKD <kind> 2\\n                         (file header)
-    <length u32> <crc u32> <head crc u32> <payload>   (a frame), repeated
+    <length u32> <crc u32> <check u32> <payload>   (a frame), repeated
 
 A frame holds whatever one append wrote (one or more RESP records). `crc` is the CRC32
 of the payload chained over the previous frame's (the first is chained over the file
 header's CRC), so a flipped, dropped, duplicated or reordered frame is detected;
-`head crc` covers the first 8 bytes, so a flipped length is detected before it is
-trusted. Reading stops at the first frame that does not check. What follows it is a
+`check` mixes the other two header words, so a flipped length is detected before it
+is trusted. Reading stops at the first frame that does not check. What follows it is a
 *torn tail* (cut, with a log line) only when it is what an interrupted append leaves:
 the file ends inside the frame, or the frame runs into zeros from a sector boundary to
 the end of the file, and no whole frame follows. Anything else is damage: `CorruptFile`,
@@ -55,8 +55,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 FORMAT_VERSION = 2
 SECTOR = 512
-_HEAD = struct.Struct("<II")
-_U32 = struct.Struct("<I")
+FRAME = struct.Struct("<III")  # payload length, chained payload CRC32, header check
 FRAME_OVERHEAD = 12
 _MIN_ZERO_TAIL = 8  # a zeroed tail shorter than this may be flipped bytes, not a torn sector
 
@@ -89,21 +88,27 @@ def header_seed(header: bytes) -> int:
     return zlib.crc32(header)
 
 
+def _head_check(length: int, crc: int) -> int:
+    """The check word of a frame header: any change to one of its three words (a flipped
+    length above all) makes it fail; all zeros fails too."""
+    return ((length * 0x9E3779B1) ^ crc ^ 0xA5A5A5A5) & 0xFFFFFFFF
+
+
 def encode_frame(payload: bytes, prev: int) -> tuple[bytes, int]:
-    """One frame holding `payload`, chained over `prev`; returns (frame, its crc)."""
+    """One frame holding `payload`, chained over `prev`; returns (frame, its crc). (The
+    AOF's commit inlines this: keep the two in step.)"""
     crc = zlib.crc32(payload, prev)
-    head = _HEAD.pack(len(payload), crc)
-    return head + _U32.pack(zlib.crc32(head)) + payload, crc
+    n = len(payload)
+    return FRAME.pack(n, crc, ((n * 0x9E3779B1) ^ crc ^ 0xA5A5A5A5) & 0xFFFFFFFF) + payload, crc
 
 
 def _frame_at(data: bytes | memoryview, p: int) -> tuple[int, int] | None:
     """(payload length, stored crc) when a frame header that checks starts at `p`."""
     if len(data) - p < FRAME_OVERHEAD:
         return None
-    head = data[p : p + 8]
-    if _U32.unpack_from(data, p + 8)[0] != zlib.crc32(head):
+    length, crc, check = FRAME.unpack_from(data, p)
+    if check != _head_check(length, crc):
         return None
-    length, crc = _HEAD.unpack_from(data, p)
     return length, crc
 
 
@@ -283,11 +288,13 @@ def errno_name(exc: OSError) -> str:
 
 def write_all(fd: int, data: bytes, faults: DiskFaults = NO_FAULTS) -> None:
     """Write all of `data` (os.write may write less)."""
-    if faults.armed:
+    if faults.errno is not None:
         faults.check("write")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def fsync(fd: int, faults: DiskFaults = NO_FAULTS) -> None:

@@ -112,10 +112,9 @@ class Engine:
         self.reservation: FenceReservation | None = None
         self.faults = DiskFaults()
         """Disk fault injection (TEST ONLY; armed by tests or LOCKD.DISK)."""
-        self.settle_calls = True
-        """The typed lock functions fsync their own writes under `always` before returning
-        (the embedded gateway counts their answers at once); the RESP server turns this
-        off: it commits once per event-loop turn and answers writes only after that."""
+        self.refusing = False
+        """True while a disk error stands: writes are refused (MISCONF)."""
+        self._settle_now = self.config.appendfsync is FsyncPolicy.ALWAYS
         self._reservation_retry_at = 0.0
         self._fence_changed: dict[bytes, int] = {}  # fence key -> when created, oldest first
         self.fences_collected = 0
@@ -180,10 +179,14 @@ class Engine:
         reserved = found[0] if found else 0
         if not volatile:
             self.reservation = FenceReservation(
-                reserve_path, self.config.fence_block, reserved, self.faults
+                reserve_path, self.config.fence_block, reserved, self.faults, self._disk_changed
             )
         self.aof = AppendOnlyFile(
-            aof_path, self.config.appendfsync, self.config.hold_until_fsync, self.faults
+            aof_path,
+            self.config.appendfsync,
+            self.config.hold_until_fsync,
+            self.faults,
+            self._disk_changed,
         )
         count = self.recover(
             fresh=fresh,
@@ -277,6 +280,8 @@ class Engine:
         self.closed = True
         if self.aof is None or self.config.dir is None:
             return
+        if self.aof.needs_rewrite and not self.aof.rewriting:
+            self.rewrite_aof()  # closing waits for it
         if not self.aof.close():
             return
         try:
@@ -327,17 +332,30 @@ class Engine:
 
     def check_writable(self) -> None:
         """Raise `misconf()` while a disk error stands (Redis's MISCONF)."""
-        aof = self.aof
-        if aof is not None and (aof.error is not None or self._reservation_failed()):
+        if self.refusing:
             raise self.misconf()
 
     def _reservation_failed(self) -> bool:
         return self.reservation is not None and self.reservation.error is not None
 
+    @property
+    def settle_calls(self) -> bool:
+        """Whether the typed lock functions fsync their own writes under `always` before
+        returning (the embedded gateway counts their answers at once). The RESP server
+        turns this off: it commits once per event-loop turn and answers after that."""
+        return self._settle_now
+
+    @settle_calls.setter
+    def settle_calls(self, value: bool) -> None:
+        self._settle_now = value and self.config.appendfsync is FsyncPolicy.ALWAYS
+
+    def _disk_changed(self) -> None:
+        self.refusing = self.disk_error is not None
+
     def _settle(self) -> None:
         """Under `always`, fsync the writes of the call just made (see `settle_calls`)."""
         aof = self.aof
-        if aof is not None and self.settle_calls and aof.sync_pending and not aof.commit():
+        if aof is not None and aof.sync_pending and not aof.commit():
             raise self.misconf()
 
     def cron(self) -> None:
@@ -352,6 +370,8 @@ class Engine:
             self._reservation_retry_at = time.monotonic() + RESERVATION_RETRY_S
             self.reservation.retry()
         aof.tick()
+        if aof.needs_rewrite and not aof.rewriting and aof.retry_due:
+            self.rewrite_aof()  # after a failed fsync, only memory is trustworthy
         if self.disk_error is None:
             self.collect_fences()
         if aof.rewrite_due(self.config.rewrite_min_size):
@@ -434,7 +454,8 @@ class Engine:
         self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
     ) -> tuple[int, int]:
         """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter]."""
-        self.check_writable()
+        if self.refusing:
+            raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_acquire")
         if self.restart_until_ms > self.started_ms:
             left = self.restart_delay_remaining_ms()
@@ -457,32 +478,38 @@ class Engine:
         if self.config.unsafe_single_phase_token:
             counter += 1
             self._set_counter(fence_key, counter)
-        self._settle()
+        if self._settle_now:
+            self._settle()
         return 1, counter
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
         """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
-        self.check_writable()
+        if self.refusing:
+            raise self.misconf()
         if self._string(lock_key) != lease:
             return 0
         self.keyspace.remove(lock_key)
-        self._settle()
+        if self._settle_now:
+            self._settle()
         self.publish(RELEASE_CHANNEL, lock_key)
         return 1
 
     def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
         """Compare-and-PEXPIRE: 1 if `lease` holds the lock, whose TTL is now `ttl`."""
-        self.check_writable()
+        if self.refusing:
+            raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
         if self._string(lock_key) != lease:
             return 0
         self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
-        self._settle()
+        if self._settle_now:
+            self._settle()
         return 1
 
     def fence_advance(self, fence_key: bytes, token: bytes) -> tuple[int, int]:
         """Counter := T only if counter < T: [accepted 1/0, counter after]."""
-        self.check_writable()
+        if self.refusing:
+            raise self.misconf()
         target = _positive(token)
         if target is None or target > MAX_TOKEN:
             raise CommandError("ERR lockd_fence_advance: token must be an integer in [1, 2^53)")
@@ -508,10 +535,9 @@ class Engine:
             except OSError:
                 raise self.misconf() from None
         # No fsync needed even under `always`: the reservation already covers the value.
-        if fence_key not in ks:
+        if ks.set(fence_key, value, None, durable=False):  # a new counter
             self._fence_changed.pop(fence_key, None)
             self._fence_changed[fence_key] = self.clock.now_ms()
-        ks.set(fence_key, value, None, durable=False)
 
     # -- pub/sub -------------------------------------------------------------------------
 

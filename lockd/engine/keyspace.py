@@ -122,8 +122,8 @@ class Keyspace:
         ):
             raise CommandError(OOM)
 
-    def set(self, key: bytes, value: Value, deadline: int | None, durable: bool = True) -> None:
-        """Store `value`; `deadline` None makes the key persistent."""
+    def set(self, key: bytes, value: Value, deadline: int | None, durable: bool = True) -> bool:
+        """Store `value`; `deadline` None makes the key persistent. True if the key is new."""
         data = self._data
         old = data.get(key)
         if old is None:
@@ -141,6 +141,7 @@ class Keyspace:
                 self.used_memory += VOLATILE_OVERHEAD
             self._expires[key] = deadline
             self.journal(_set_pxat_record(key, raw, deadline), durable)
+        return old is None
 
     def set_deadline(self, key: bytes, deadline: int | None) -> None:
         """Change the deadline of an existing key (None removes it)."""

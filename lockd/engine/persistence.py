@@ -35,11 +35,12 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lockd.durable import (
+    FRAME,
     NO_FAULTS,
     CorruptFile,
     DiskFaults,
@@ -85,7 +86,6 @@ DATA_FILES = (AOF_NAME, RESERVATION_NAME, NODE_NAME, SHUTDOWN_NAME)
 AOF_HEADER = file_header(b"aof")
 AOF_SEED = header_seed(AOF_HEADER)
 _REWRITE_FRAME = 4096  # records per frame in a rewritten file
-_UNSYNCED_MAX = 64 << 20  # bytes kept for a retry before an early fsync
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 2.0
 REWRITE_BACKOFF_MIN_S = 1.0
@@ -169,6 +169,10 @@ def write_reservation(path: Path, value: int, faults: DiskFaults = NO_FAULTS) ->
     write_durably(path, body + b" %08x\n" % zlib.crc32(body), faults)
 
 
+def _nothing() -> None:
+    pass
+
+
 class FenceReservation:
     """A durable upper bound on every fencing counter the node has acknowledged.
 
@@ -178,9 +182,15 @@ class FenceReservation:
     """
 
     def __init__(
-        self, path: Path, block: int = 1024, reserved: int = 0, faults: DiskFaults = NO_FAULTS
+        self,
+        path: Path,
+        block: int = 1024,
+        reserved: int = 0,
+        faults: DiskFaults = NO_FAULTS,
+        on_error_change: Callable[[], None] = _nothing,
     ) -> None:
         self._path = path
+        self._on_error_change = on_error_change
         self._block = block
         self._faults = faults
         self.reserved = reserved
@@ -200,7 +210,9 @@ class FenceReservation:
                 raise
             self.reserved = new
             self.writes += 1
-            self.error = None
+            if self.error is not None:
+                self.error = None
+                self._on_error_change()
 
     def retry(self) -> bool:
         """Try again to write the reservation a failed `cover` wanted; True once healthy."""
@@ -215,6 +227,7 @@ class FenceReservation:
         self.writes += 1
         log.warning("fencing reservation %s: writable again", self._path)
         self.error = None
+        self._on_error_change()
         return True
 
     def _failed(self, exc: OSError) -> None:
@@ -222,6 +235,7 @@ class FenceReservation:
         if cause != self.error:
             log.error("fencing reservation: %s; refusing writes until it succeeds", cause)
         self.error = cause
+        self._on_error_change()
 
 
 # -- the append-only file -----------------------------------------------------------------------
@@ -299,9 +313,12 @@ class AppendOnlyFile:
         policy: FsyncPolicy,
         hold_until_fsync: bool = False,
         faults: DiskFaults = NO_FAULTS,
+        on_error_change: Callable[[], None] = _nothing,
     ) -> None:
         self.path = path
+        self._on_error_change = on_error_change
         self.policy = policy
+        self.always = policy is FsyncPolicy.ALWAYS
         self.hold_until_fsync = hold_until_fsync
         self.faults = faults
         self._fd = -1
@@ -310,13 +327,13 @@ class AppendOnlyFile:
         self.durable_appends = 0
         """Records appended that need an fsync under `always` (hosts compare it)."""
         self._crc = AOF_SEED
-        # Frames since the file was last known good (fsynced; under `no`, written), kept
-        # to write again after a failure; `_written` of them are in the file.
+        # Frames not in the file yet (held in test mode, or after a failed write), and
+        # the file's size through its last whole write.
         self._kept: list[bytes] = []
-        self._kept_bytes = 0
-        self._written = 0
         self._good_size = 0
-        self._retain = policy is not FsyncPolicy.NO or hold_until_fsync
+        self._dirty = False  # written since the last fsync
+        self.needs_rewrite = False
+        """An fsync failed: only a rewrite from memory makes the file trustworthy again."""
         self._last_fsync = time.monotonic()
         self.size = 0
         self.base_size = 0
@@ -453,65 +470,63 @@ class AppendOnlyFile:
     @property
     def sync_pending(self) -> bool:
         """True when the next `commit()` must fsync (`always` and a durable record)."""
-        return self._pending_durable and self.policy is FsyncPolicy.ALWAYS
+        return self._pending_durable and self.always
 
     def commit(self) -> bool:
         """Frame the queued records and hand them to the OS; fsync now if the policy says
         so. False when records that needed an fsync are not durable (`error` says why)."""
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return True
-        frame, self._crc = encode_frame(b"".join(self._pending), self._crc)
-        self._pending.clear()
+        payload = b"".join(pending)
+        pending.clear()
+        crc = self._crc = zlib.crc32(payload, self._crc)
+        n = len(payload)
+        frame = FRAME.pack(n, crc, ((n * 0x9E3779B1) ^ crc ^ 0xA5A5A5A5) & 0xFFFFFFFF) + payload
         self.size += len(frame)
-        sync = self._pending_durable and self.policy is FsyncPolicy.ALWAYS
+        sync = self._pending_durable and self.always
         self._pending_durable = False
-        self._kept.append(frame)
-        self._kept_bytes += len(frame)
-        if self.error is not None:
-            return not sync  # kept for the retry
-        if sync or self._kept_bytes > _UNSYNCED_MAX:
-            return self._sync() or not sync
-        if not self.hold_until_fsync:
-            try:
-                self._write_out()
-            except OSError as exc:
-                self._fail(exc, "write")
-            else:
-                if not self._retain:
-                    self._forget_kept()
-        return True
-
-    def _write_out(self) -> None:
-        """Write the kept frames that are not in the file yet."""
-        kept = self._kept
-        if self._written < len(kept):
-            data = kept[-1] if self._written == len(kept) - 1 else b"".join(kept[self._written :])
-            write_all(self._fd, data, self.faults)
-            self._written = len(kept)
-
-    def _forget_kept(self) -> None:
-        self._kept.clear()
-        self._kept_bytes = 0
-        self._written = 0
+        if self._kept or self.error is not None or self.hold_until_fsync:
+            self._kept.append(frame)
+            if self.error is not None:
+                return not sync  # kept for the retry
+            return self._sync() if sync else True
+        try:
+            write_all(self._fd, frame, self.faults)
+        except OSError as exc:
+            self._kept.append(frame)
+            self._fail(exc, "write")
+            return not sync
         self._good_size = self.size
+        self._dirty = True
+        return self._fsync_now() if sync else True
 
     def _sync(self) -> bool:
-        """Write what is not yet written and fsync; False (error state) on failure."""
-        op = "write"
+        """Write the kept frames and fsync; False (error state) on failure."""
+        if self._kept:
+            try:
+                write_all(self._fd, b"".join(self._kept), self.faults)
+            except OSError as exc:
+                self._fail(exc, "write")
+                return False
+            self._kept.clear()
+            self._good_size = self.size
+            self._dirty = True
+        return self._fsync_now()
+
+    def _fsync_now(self) -> bool:
         try:
-            self._write_out()
-            op = "fsync"
             fsync(self._fd, self.faults)
         except OSError as exc:
-            self._fail(exc, op)
+            # The kernel may have dropped the pages it failed to write and will not say
+            # so again (fsyncgate): only rewriting the file from memory is safe now.
+            self.needs_rewrite = True
+            self._fail(exc, "fsync")
             return False
-        self._synced()
-        return True
-
-    def _synced(self) -> None:
         self.fsyncs += 1
         self._last_fsync = time.monotonic()
-        self._forget_kept()
+        self._dirty = False
+        return True
 
     def _fail(self, exc: OSError, op: str) -> None:
         """Enter (or stay in) the error state: writes are refused until a retry works.
@@ -527,32 +542,51 @@ class AppendOnlyFile:
         else:
             cause = self.error
         self.error = cause
+        self._on_error_change()
         self._retry_at = now + self._retry_delay
         self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
 
+    @property
+    def retry_due(self) -> bool:
+        """True when a disk error stands and its next retry is due."""
+        return self.error is not None and time.monotonic() >= self._retry_at
+
     def _recover(self) -> bool:
-        """Cut the file back to what was known good and write everything since again,
-        then fsync: the pages of a failed write or fsync are never trusted."""
+        """After a failed write: cut the file back to its last whole write and write the
+        kept frames again, then fsync. After a failed fsync this cannot help (the engine
+        rewrites the file from memory instead: `needs_rewrite`)."""
+        if self.needs_rewrite:
+            return False
         op = "truncate"
         try:
             if self.faults.armed:
                 self.faults.check("truncate")
             os.ftruncate(self._fd, self._good_size)
-            self._written = 0
             op = "write"
-            self._write_out()
+            if self._kept:
+                write_all(self._fd, b"".join(self._kept), self.faults)
             op = "fsync"
             fsync(self._fd, self.faults)
-            fsync_dir(self.path.parent)
         except OSError as exc:
             self._fail(exc, op)
             return False
-        self._synced()
+        self._kept.clear()
+        self._good_size = self.size
+        self.fsyncs += 1
+        self._last_fsync = time.monotonic()
+        self._dirty = False
+        self._healed("")
+        return True
+
+    def _healed(self, how: str) -> None:
         log.warning(
-            "AOF %s: writable again after %.1f s", self.path, time.monotonic() - self.error_since
+            "AOF %s: writable again after %.1f s%s",
+            self.path,
+            time.monotonic() - self.error_since,
+            how,
         )
         self.error = None
-        return True
+        self._on_error_change()
 
     def tick(self) -> None:
         """Periodic duties: retrying after a disk error, `everysec` fsync, finishing a
@@ -564,8 +598,10 @@ class AppendOnlyFile:
             if now >= self._retry_at:
                 self._recover()
             return
-        if not self._kept or not self._retain:
+        if not (self._dirty or self._kept):
             return
+        if self.policy is FsyncPolicy.NO and not self.hold_until_fsync:
+            return  # the OS decides
         interval = 30.0 if self.policy is FsyncPolicy.NO else 1.0
         if now - self._last_fsync >= interval:
             self._sync()
@@ -639,15 +675,20 @@ class AppendOnlyFile:
             except OSError as exc:
                 error = exc
         if error is not None:
-            self._rewrite_failed(error)
             with contextlib.suppress(OSError):
                 rw.path.unlink()
+            if self.error is not None and isinstance(error, OSError):
+                self._fail(error, "rewrite")  # a recovery attempt: retried with its backoff
+            else:
+                self._rewrite_failed(error)
             return
         os.close(self._fd)
         self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         self._crc = crc
         self.size = self.base_size = os.fstat(self._fd).st_size
-        self._forget_kept()  # everything kept is in the new, fsynced file
+        self._kept.clear()  # everything kept is in the new, fsynced file
+        self._good_size = self.size
+        self._dirty = False
         self.last_rewrite_ok = True
         if self.rewrite_failures:
             log.info(
@@ -665,8 +706,8 @@ class AppendOnlyFile:
             self._fail(exc, "fsync of the directory")
             return
         if self.error is not None:
-            log.warning("AOF %s: writable again (rewritten from memory)", self.path)
-            self.error = None
+            self.needs_rewrite = False
+            self._healed(" (rewritten from memory)")
 
     def _rewrite_failed(self, error: BaseException) -> None:
         """Back off exponentially (capped); log the first failure, not every retry."""
