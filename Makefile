@@ -52,7 +52,7 @@ bench: install redis-server
 
 # Long Jepsen runs, five minutes per nemesis, results under var/jepsen (docs/CORRECTNESS.md).
 jepsen: install
-	for n in kill power-loss pause clock partition; do \
+	for n in kill power-loss pause clock partition disk; do \
 	  $(BIN)/lockd jepsen run --nemesis $$n --time-limit 300 --out var/jepsen || exit $$?; done
 
 clean:

@@ -11,7 +11,7 @@ import click
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
 from lockd.cli.locks import acquire, release, renew, run, status
-from lockd.cli.servers import cluster, engine, serve, store
+from lockd.cli.servers import cluster, engine, repair, serve, store
 
 __all__ = ["main"]
 
@@ -31,5 +31,18 @@ def main(log_level: str) -> None:
     )
 
 
-for command in (serve, engine, store, cluster, acquire, release, renew, status, run, jepsen, sim):
+for command in (
+    serve,
+    engine,
+    store,
+    cluster,
+    repair,
+    acquire,
+    release,
+    renew,
+    status,
+    run,
+    jepsen,
+    sim,
+):
     main.add_command(command)

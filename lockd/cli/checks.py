@@ -36,7 +36,7 @@ def jepsen() -> None:
     "--nemesis",
     default="all",
     metavar="KIND,...",
-    help="kill, power-loss, pause, clock, partition (comma-separated), all, or none.",
+    help="kill, power-loss, pause, clock, partition, disk (comma-separated), all, or none.",
 )
 @click.option("--seed", type=int, default=None, help="Seed of every random choice [random].")
 @click.option(

@@ -12,7 +12,7 @@ import click
 
 from lockd.cli.params import DURATION, SIZE
 
-__all__ = ["cluster", "engine", "serve", "store"]
+__all__ = ["cluster", "engine", "repair", "serve", "store"]
 
 
 @click.command()
@@ -114,6 +114,12 @@ __all__ = ["cluster", "engine", "serve", "store"]
     help="UNSAFE: measure TTLs on the wall clock, so a clock step expires locks early "
     "(the harness shows with it what monotonic time buys).",
 )
+@click.option(
+    "--enable-disk-faults",
+    is_flag=True,
+    help="TEST ONLY: accept LOCKD.DISK FAIL <errno>|HEAL|GET, with which the Jepsen "
+    "harness makes this node's disk writes fail.",
+)
 def engine(
     host: str,
     port: int,
@@ -132,6 +138,7 @@ def engine(
     hold_aof_until_fsync: bool,
     enable_clock_control: bool,
     unsafe_wall_clock: bool,
+    enable_disk_faults: bool,
 ) -> None:
     """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
     from lockd.engine import EngineConfig, FsyncPolicy
@@ -157,6 +164,7 @@ def engine(
         tls_client_ca=tls_client_ca,
         clock_control=enable_clock_control,
         unsafe_wall_clock=unsafe_wall_clock,
+        disk_faults=enable_disk_faults,
     )
     limits = Limits(
         total_query_buffer=max_client_input,
@@ -266,7 +274,7 @@ def serve(
     )
     try:
         asyncio.run(run_gateway(config))
-    except (UnsafeNodeError, ValueError, OSError) as exc:
+    except (UnsafeNodeError, ValueError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -377,3 +385,29 @@ def cluster(listen: str, data_dir: Path, engine_port: int, appendfsync: str, max
         asyncio.run(run(config))
     except (OSError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check and report; write nothing.")
+@click.option(
+    "--fence-floor",
+    type=click.IntRange(0),
+    default=None,
+    help="For fence.reserve: the floor to write, above every token the node may have "
+    "accepted (a reservation cannot be rebuilt from its bytes).",
+)
+def repair(path: Path, dry_run: bool, fence_floor: int | None) -> None:
+    """Check a data file (appendonly.aof, store.log, fence.reserve) and write a repaired
+    copy, keeping the damaged file as NAME.broken (like redis-check-aof --fix)."""
+    import sys
+
+    from lockd.repair import repair as run_repair
+
+    try:
+        report = run_repair(path, dry_run=dry_run, fence_floor=fence_floor)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report.summary)
+    if report.damaged and not report.written:
+        sys.exit(1)

@@ -6,6 +6,7 @@ subscription commands live in the RESP server, since they change the connection'
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hmac
 import math
@@ -411,6 +412,38 @@ def cmd_lockd_clock(engine: Engine, args: list[bytes]) -> Reply:
     return OK
 
 
+def cmd_lockd_disk(engine: Engine, args: list[bytes]) -> Reply:
+    """LOCKD.DISK FAIL <errno name> [op ...] | HEAL | GET: disk faults for the Jepsen
+    harness. FAIL makes the node's AOF and reservation writes (or only the named
+    operations: open, write, fsync, truncate, rename) fail with that errno, as a full
+    disk (ENOSPC), a dying one (EIO) or an immutable file (EPERM) would."""
+    if not engine.config.disk_faults:
+        raise CommandError(
+            "ERR LOCKD.DISK is disabled: it injects disk faults for tests; start the "
+            "engine with --enable-disk-faults to allow it"
+        )
+    sub = args[1].upper()
+    faults = engine.faults
+    if sub == b"GET" and len(args) == 2:
+        code = faults.errno
+        name = errno.errorcode.get(code, "") if code else ""
+        return [name.encode(), (engine.disk_error or "").encode()]
+    if sub == b"HEAL" and len(args) == 2:
+        faults.heal()
+        return OK
+    if sub == b"FAIL" and len(args) >= 3:
+        code = getattr(errno, args[2].decode(errors="replace").upper(), None)
+        if not isinstance(code, int):
+            raise CommandError(f"ERR unknown errno name '{_show(args[2])}'")
+        ops = [a.decode(errors="replace").lower() for a in args[3:]] or None
+        try:
+            faults.fail(code, ops)
+        except ValueError as exc:
+            raise CommandError(f"ERR {exc}") from None
+        return OK
+    raise CommandError("ERR syntax: LOCKD.DISK FAIL <errno> [op ...] | HEAL | GET")
+
+
 FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
     b"lockd_acquire": (2, 2, lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1]))),
     b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
@@ -446,7 +479,13 @@ COMMANDS: dict[bytes, tuple[Handler, int]] = {
     b"command": (cmd_command, -1),
     b"bgrewriteaof": (cmd_bgrewriteaof, 1),
     b"lockd.clock": (cmd_lockd_clock, -2),
+    b"lockd.disk": (cmd_lockd_disk, -2),
 }
+
+WRITE_COMMANDS = frozenset(
+    {b"set", b"del", b"pexpire", b"expire", b"persist", b"incr", b"fcall", b"bgrewriteaof"}
+)
+"""Commands refused after a disk error (PING too, as in Redis, so health checks see it)."""
 
 
 def _show(arg: bytes) -> str:
@@ -471,6 +510,8 @@ def dispatch(engine: Engine, args: list[bytes]) -> Reply:
     handler, arity = entry
     if (arity > 0 and len(args) != arity) or len(args) < -arity:
         return CommandError(f"ERR wrong number of arguments for '{_show(name)}' command")
+    if (name in WRITE_COMMANDS or name == b"ping") and engine.disk_error is not None:
+        return engine.misconf()
     try:
         return handler(engine, args)
     except CommandError as exc:
@@ -507,6 +548,8 @@ def info_text(engine: Engine, section: str) -> str:
             "aof_current_size": aof.size if aof else 0,
             "aof_base_size": aof.base_size if aof else 0,
             "aof_fsyncs": aof.fsyncs if aof else 0,
+            "aof_last_write_status": "ok" if aof is None or aof.error is None else "err",
+            "aof_rewrite_failures": aof.rewrite_failures if aof else 0,
             "appendfsync": str(c.appendfsync),
         },
         "stats": {"expired_keys": ks.expired_keys},
@@ -522,6 +565,10 @@ def info_text(engine: Engine, section: str) -> str:
             "fence_floor": engine.fence_floor,
             "fence_reserved": engine.reservation.reserved if engine.reservation else 0,
             "fence_reservation_writes": engine.reservation.writes if engine.reservation else 0,
+            "fence_counters": engine.fence_counters,
+            "fence_counters_collected": engine.fences_collected,
+            "writable": int(engine.disk_error is None),
+            "disk_error": engine.disk_error or "",
             "clock_rate": engine.clock.rate,
             "clock_offset_ms": engine.clock.offset_ms,
         },

@@ -8,6 +8,7 @@ replies, and `cron()` every 100 ms. Nothing here opens sockets or sleeps.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import secrets
@@ -18,11 +19,13 @@ from typing import Any
 
 from lockd import __version__
 from lockd.core.quorum import restart_delay_ms
+from lockd.durable import CorruptFile, DiskFaults, errno_name, private_dir
 from lockd.engine.clock import Clock, WallClock
 from lockd.engine.commands import dispatch, info_text
 from lockd.engine.keyspace import Keyspace
 from lockd.engine.persistence import (
     AOF_NAME,
+    DATA_FILES,
     NODE_NAME,
     RESERVATION_NAME,
     SHUTDOWN_NAME,
@@ -30,8 +33,11 @@ from lockd.engine.persistence import (
     FenceReservation,
     FsyncPolicy,
     clock_epoch,
+    fence_floor_hint,
     read_json,
+    read_reservation,
     write_json_durably,
+    write_reservation,
 )
 from lockd.resp.replies import CommandError, Reply
 
@@ -43,6 +49,10 @@ RELEASE_CHANNEL = b"lockd:released"
 """Pub/sub channel on which `lockd_release` publishes the released lock key."""
 
 MAX_TOKEN = 2**53 - 1  # the Lua library computes in doubles; stay exact in both
+FENCE_PREFIX = b"fence:"
+NODE_FORMAT = 2  # node.json of a directory whose reservation is created with it
+RESERVATION_RETRY_S = 1.0
+FENCE_COLLECT_BUDGET = 2000  # idle counters folded per cron run at most
 
 Subscriber = Callable[[bytes, bytes], None]
 
@@ -82,6 +92,11 @@ class EngineConfig:
     """TEST ONLY: accept LOCKD.CLOCK (the Jepsen harness's clock faults)."""
     unsafe_wall_clock: bool = False
     """UNSAFE: measure TTLs on the wall clock, so a clock step expires locks early."""
+    fence_idle_ms: int = 60_000
+    """A fencing counter unchanged this long is folded into the node's floor and its key
+    deleted (0: never), so memory stays bounded however many lock names come and go."""
+    disk_faults: bool = False
+    """TEST ONLY: accept LOCKD.DISK (the Jepsen harness's disk faults)."""
 
 
 class Engine:
@@ -102,6 +117,14 @@ class Engine:
         """Wall-clock steps (LOCKD.CLOCK) on a monotonic-clock node: recorded, no effect on TTLs."""
         self.aof: AppendOnlyFile | None = None
         self.reservation: FenceReservation | None = None
+        self.faults = DiskFaults()
+        """Disk fault injection (TEST ONLY; armed by tests or LOCKD.DISK)."""
+        self.refusing = False
+        """True while a disk error stands: writes are refused (MISCONF)."""
+        self._settle_now = self.config.appendfsync is FsyncPolicy.ALWAYS
+        self._reservation_retry_at = 0.0
+        self._fence_changed: dict[bytes, int] = {}  # fence key -> when created, oldest first
+        self.fences_collected = 0
         self._epoch = clock_epoch().encode()
         self.closed = False
         if self.config.dir is not None:
@@ -110,39 +133,79 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _open(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory, DATA_FILES)
         node_file = directory / NODE_NAME
         node = read_json(node_file)
-        fresh = node is None and not node_file.exists()
-        marker = read_json(directory / SHUTDOWN_NAME)
+        if node is None and node_file.exists():
+            raise RuntimeError(
+                f"{node_file} is unreadable; it records the longest TTL this node ever "
+                "granted, which its restart delay needs. Restore it, or remove it and start "
+                "with --max-ttl at least as long as any this node ever ran with"
+            )
+        aof_path = directory / AOF_NAME
+        marker_file = directory / SHUTDOWN_NAME
+        marker = read_json(marker_file)
+        volatile = self.config.unsafe_volatile_fence
+        reserve_path = directory / RESERVATION_NAME
+        found = None if volatile else read_reservation(reserve_path)
+        used = (
+            node is not None
+            or marker_file.exists()
+            or (aof_path.exists() and aof_path.stat().st_size > 0)
+        )
+        fresh = not used and found is None
+        legacy_missing = False  # a version 1 directory without a reservation file
+        if not volatile and found is None and used:
+            if node is None or "format" in node:
+                raise CorruptFile(
+                    reserve_path,
+                    0,
+                    "fencing reservation missing from a directory that was used (it has "
+                    f"{', '.join(n for n in DATA_FILES if (directory / n).exists())})",
+                    fence_floor_hint(reserve_path),
+                )
+            legacy_missing = True
         # The longest TTL this node has ever been allowed to grant: lowering --max-ttl
         # across an unclean stop must not shorten the delay below what was granted.
         max_ttl_ever = max(self.config.max_ttl_ms, int((node or {}).get("max_ttl_ms", 0)))
-        if node is None or node.get("max_ttl_ms") != max_ttl_ever:
+        if not volatile and (fresh or (found is not None and found[1])):
+            write_reservation(reserve_path, found[0] if found else 0, self.faults)
+        if node is None or node.get("max_ttl_ms") != max_ttl_ever or "format" not in node:
             write_json_durably(
                 node_file,
                 {
                     "created": (node or {}).get("created", time.time()),
+                    "format": NODE_FORMAT,
                     "lockd": __version__,
                     "max_ttl_ms": max_ttl_ever,
                 },
+                self.faults,
             )
-        if marker is not None:
-            (directory / SHUTDOWN_NAME).unlink()
-        if not self.config.unsafe_volatile_fence:
+        if marker_file.exists():
+            marker_file.unlink()
+        reserved = found[0] if found else 0
+        if not volatile:
             self.reservation = FenceReservation(
-                directory / RESERVATION_NAME, self.config.fence_block
+                reserve_path, self.config.fence_block, reserved, self.faults, self._disk_changed
             )
         self.aof = AppendOnlyFile(
-            directory / AOF_NAME, self.config.appendfsync, self.config.hold_until_fsync
+            aof_path,
+            self.config.appendfsync,
+            self.config.hold_until_fsync,
+            self.faults,
+            self._disk_changed,
         )
         count = self.recover(
             fresh=fresh,
             marker=marker,
             max_ttl_ever_ms=max_ttl_ever,
-            fence_reserved=self.reservation.reserved if self.reservation else 0,
+            fence_reserved=reserved,
             records=self.aof.load(),
         )
+        if not volatile:
+            self._check_counters(reserve_path, reserved, legacy_missing)
+        if self.aof.legacy:
+            self.aof.upgrade(self.keyspace.snapshot(self._epoch))
         self.aof.open()
         self.aof.commit()
         log.info(
@@ -154,6 +217,31 @@ class Engine:
             self.restart_delay_remaining_ms(),
             self.restart_reason,
         )
+
+    def _check_counters(self, path: Path, reserved: int, missing: bool) -> None:
+        """Every counter the AOF holds must be at or below the reservation; a version 1
+        directory without one gets it now, unless the AOF shows counters were used."""
+        highest = max((_counter_value(v) for _, v in self._fences()), default=0)
+        if missing:
+            if highest:
+                raise CorruptFile(
+                    path,
+                    0,
+                    "fencing reservation missing, though the AOF holds fencing counters",
+                    fence_floor_hint(path),
+                )
+            log.warning("%s: created (a directory from before lockd wrote one at once)", path)
+            write_reservation(path, 0, self.faults)
+        elif highest > reserved:
+            raise CorruptFile(
+                path,
+                0,
+                f"fencing reservation {reserved} is below counter {highest} of the AOF",
+                fence_floor_hint(path),
+            )
+
+    def _fences(self) -> Iterable[tuple[bytes, bytes | int]]:
+        return self.keyspace.items_with_prefix(FENCE_PREFIX)
 
     def recover(
         self,
@@ -179,6 +267,9 @@ class Engine:
             self._delay(left, "clean shutdown with live locks")
         self.fence_floor = 0 if self.config.unsafe_volatile_fence else fence_reserved
         count = self.keyspace.replay(iter(records), self._epoch)
+        # Replayed counters are at or below the floor: collect them at the first chance.
+        born = self.clock.now_ms() - self.config.fence_idle_ms
+        self._fence_changed = dict.fromkeys((k for k, _ in self._fences()), born)
         epoch = self._epoch
         self.keyspace.journal(b"*2\r\n$5\r\nEPOCH\r\n$%d\r\n%b\r\n" % (len(epoch), epoch), True)
         return count
@@ -189,14 +280,25 @@ class Engine:
             self.restart_reason = reason
 
     def close(self) -> None:
-        """Clean shutdown: flush and fsync, then record how long the live locks last."""
+        """Clean shutdown: flush and fsync, then record how long the live locks last. A
+        flush that fails leaves no marker: the next start treats the stop as unclean."""
         if self.closed:
             return
         self.closed = True
         if self.aof is None or self.config.dir is None:
             return
-        self.aof.close()
-        write_json_durably(self.config.dir / SHUTDOWN_NAME, self.shutdown_marker())
+        if self.aof.needs_rewrite and not self.aof.rewriting:
+            self.rewrite_aof()  # closing waits for it
+        if not self.aof.close():
+            return
+        try:
+            write_json_durably(self.config.dir / SHUTDOWN_NAME, self.shutdown_marker())
+        except OSError as exc:
+            log.error(
+                "engine %s: no clean-shutdown marker (%s): the next start delays acquisitions",
+                self.config.dir,
+                errno_name(exc),
+            )
 
     def shutdown_marker(self) -> dict[str, Any]:
         """What a clean shutdown records for the next start: how long its live locks (and
@@ -208,24 +310,78 @@ class Engine:
             "longest_lock_ms": longest,
         }
 
-    def commit(self) -> None:
-        """Make queued mutations as durable as the fsync policy promises; call before replying."""
-        if self.aof is not None:
-            self.aof.commit()
+    def commit(self) -> bool:
+        """Make queued mutations as durable as the fsync policy promises; call before
+        replying. False when writes that needed an fsync are not durable: answer them
+        with `misconf()`, not success."""
+        return self.aof is None or self.aof.commit()
 
     @property
     def commit_pending(self) -> bool:
         """True when `commit()` has records to write: worth batching replies first."""
         return self.aof is not None and self.aof.write_pending
 
+    @property
+    def disk_error(self) -> str | None:
+        """Why this node refuses writes (a failed AOF or reservation write), else None."""
+        if self.aof is not None and self.aof.error is not None:
+            return self.aof.error
+        if self.reservation is not None and self.reservation.error is not None:
+            return self.reservation.error
+        return None
+
+    def misconf(self) -> CommandError:
+        """The error for a write refused (or not made durable) after a disk failure."""
+        return CommandError(
+            f"MISCONF Errors writing to disk: {self.disk_error or 'a write was not durable'}; "
+            "this node refuses writes until its disk accepts them again"
+        )
+
+    def check_writable(self) -> None:
+        """Raise `misconf()` while a disk error stands (Redis's MISCONF)."""
+        if self.refusing:
+            raise self.misconf()
+
+    def _reservation_failed(self) -> bool:
+        return self.reservation is not None and self.reservation.error is not None
+
+    @property
+    def settle_calls(self) -> bool:
+        """Whether the typed lock functions fsync their own writes under `always` before
+        returning (the embedded gateway counts their answers at once). The RESP server
+        turns this off: it commits once per event-loop turn and answers after that."""
+        return self._settle_now
+
+    @settle_calls.setter
+    def settle_calls(self, value: bool) -> None:
+        self._settle_now = value and self.config.appendfsync is FsyncPolicy.ALWAYS
+
+    def _disk_changed(self) -> None:
+        self.refusing = self.disk_error is not None
+
+    def _settle(self) -> None:
+        """Under `always`, fsync the writes of the call just made (see `settle_calls`)."""
+        aof = self.aof
+        if aof is not None and aof.sync_pending and not aof.commit():
+            raise self.misconf()
+
     def cron(self) -> None:
-        """Periodic duties (every 100 ms): active expiry, fsync, background rewrite."""
+        """Periodic duties (every 100 ms): active expiry, fsync, retries after disk
+        errors, background rewrite, collection of idle fencing counters."""
         self.keyspace.active_expire_cycle()
         aof = self.aof
         if aof is None:
             return
+        if self._reservation_failed() and time.monotonic() >= self._reservation_retry_at:
+            assert self.reservation is not None
+            self._reservation_retry_at = time.monotonic() + RESERVATION_RETRY_S
+            self.reservation.retry()
         aof.tick()
-        if not aof.rewriting and aof.size >= max(self.config.rewrite_min_size, 2 * aof.base_size):
+        if aof.needs_rewrite and not aof.rewriting and aof.retry_due:
+            self.rewrite_aof()  # after a failed fsync, only memory is trustworthy
+        if self.disk_error is None:
+            self.collect_fences()
+        if aof.rewrite_due(self.config.rewrite_min_size):
             self.rewrite_aof()
 
     def rewrite_aof(self) -> bool:
@@ -238,6 +394,35 @@ class Engine:
     def _journal(self, record: bytes, durable: bool) -> None:
         if self.aof is not None:
             self.aof.append(record, durable)
+
+    @property
+    def fence_counters(self) -> int:
+        """Fencing counters tracked for collection (about how many keys they hold)."""
+        return len(self._fence_changed)
+
+    def collect_fences(self, budget: int = FENCE_COLLECT_BUDGET) -> int:
+        """Fold counters idle for `fence_idle_ms` into the fence floor and delete their
+        keys. The floor only rises and every counter reads at least the floor, so no
+        name's counter ever goes back; the floor is at most the reservation, which is
+        the floor after a restart. Returns how many were collected."""
+        idle = self.config.fence_idle_ms
+        changed = self._fence_changed
+        if not idle or not changed:
+            return 0
+        cutoff = self.clock.now_ms() - idle
+        ks = self.keyspace
+        done = 0
+        for key, born in list(itertools.islice(changed.items(), budget)):
+            if born > cutoff:
+                break
+            del changed[key]
+            value = ks.get(key)
+            if value is not None:
+                self.fence_floor = max(self.fence_floor, _counter_value(value))
+                ks.remove(key, durable=False)
+                done += 1
+        self.fences_collected += done
+        return done
 
     def restart_delay_remaining_ms(self) -> int:
         """Milliseconds until this node accepts acquisitions again (0 when it does)."""
@@ -276,6 +461,8 @@ class Engine:
         self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
     ) -> tuple[int, int]:
         """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter]."""
+        if self.refusing:
+            raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_acquire")
         if self.restart_until_ms > self.started_ms:
             left = self.restart_delay_remaining_ms()
@@ -298,22 +485,32 @@ class Engine:
         if self.config.unsafe_single_phase_token:
             counter += 1
             self._set_counter(fence_key, counter)
+        if self._settle_now:
+            self._settle()
         return 1, counter
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
         """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
+        if self.refusing:
+            raise self.misconf()
         if self._string(lock_key) != lease:
             return 0
         self.keyspace.remove(lock_key)
+        if self._settle_now:
+            self._settle()
         self.publish(RELEASE_CHANNEL, lock_key)
         return 1
 
     def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
         """Compare-and-PEXPIRE: 1 if `lease` holds the lock, whose TTL is now `ttl`."""
+        if self.refusing:
+            raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
         if self._string(lock_key) != lease:
             return 0
         self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
+        if self._settle_now:
+            self._settle()
         return 1
 
     def pttl(self, key: bytes) -> int:
@@ -330,6 +527,8 @@ class Engine:
 
     def fence_advance(self, fence_key: bytes, token: bytes) -> tuple[int, int]:
         """Counter := T only if counter < T: [accepted 1/0, counter after]."""
+        if self.refusing:
+            raise self.misconf()
         target = _positive(token)
         if target is None or target > MAX_TOKEN:
             raise CommandError("ERR lockd_fence_advance: token must be an integer in [1, 2^53)")
@@ -350,9 +549,14 @@ class Engine:
                 ks.journal = journal
             return
         if self.reservation is not None:
-            self.reservation.cover(value)
+            try:
+                self.reservation.cover(value)
+            except OSError:
+                raise self.misconf() from None
         # No fsync needed even under `always`: the reservation already covers the value.
-        ks.set(fence_key, value, None, durable=False)
+        if ks.set(fence_key, value, None, durable=False):  # a new counter
+            self._fence_changed.pop(fence_key, None)
+            self._fence_changed[fence_key] = self.clock.now_ms()
 
     # -- pub/sub -------------------------------------------------------------------------
 
@@ -400,6 +604,13 @@ class Engine:
 
 def _unjournalled(record: bytes, durable: bool) -> None:
     """The journal of `unsafe_volatile_fence` counters: nowhere."""
+
+
+def _counter_value(value: bytes | int) -> int:
+    """A stored counter as an integer (0 when it is not one)."""
+    if isinstance(value, int):
+        return value
+    return int(value) if value.isdigit() else 0
 
 
 def _positive(raw: bytes) -> int | None:

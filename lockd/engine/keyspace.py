@@ -76,6 +76,14 @@ class Keyspace:
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: bytes) -> bool:
+        """Whether `key` is stored (expired or not)."""
+        return key in self._data
+
+    def items_with_prefix(self, prefix: bytes) -> list[tuple[bytes, Value]]:
+        """Every stored (key, value) whose key starts with `prefix` (a full scan)."""
+        return [(k, v) for k, v in self._data.items() if k.startswith(prefix)]
+
     @property
     def volatile_count(self) -> int:
         """Keys with a deadline (expired ones not yet reclaimed included)."""
@@ -115,8 +123,8 @@ class Keyspace:
         ):
             raise CommandError(OOM)
 
-    def set(self, key: bytes, value: Value, deadline: int | None, durable: bool = True) -> None:
-        """Store `value`; `deadline` None makes the key persistent."""
+    def set(self, key: bytes, value: Value, deadline: int | None, durable: bool = True) -> bool:
+        """Store `value`; `deadline` None makes the key persistent. True if the key is new."""
         data = self._data
         old = data.get(key)
         if old is None:
@@ -134,6 +142,7 @@ class Keyspace:
                 self.used_memory += VOLATILE_OVERHEAD
             self._expires[key] = deadline
             self.journal(_set_pxat_record(key, raw, deadline), durable)
+        return old is None
 
     def set_deadline(self, key: bytes, deadline: int | None) -> None:
         """Change the deadline of an existing key (None removes it)."""
@@ -154,10 +163,10 @@ class Keyspace:
         self.remove(key)
         return True
 
-    def remove(self, key: bytes) -> None:
+    def remove(self, key: bytes, durable: bool = True) -> None:
         """Remove a key that `get` just returned live."""
         self._remove(key)
-        self.journal(_del_record(key), True)
+        self.journal(_del_record(key), durable)
 
     def _remove(self, key: bytes) -> None:
         value = self._data.pop(key)

@@ -2,9 +2,11 @@
 
 Pipelined commands are answered in order; replies wait for the engine's commit (one
 write, and one fsync under `appendfsync always`, per event-loop turn for all
-connections: group commit). A malformed frame gets `-ERR Protocol error: ...` and only
-that connection is closed. Per-connection limits bound memory: query buffer, bulk
-length, and the output buffer of a subscriber that does not read.
+connections: group commit). A write whose commit failed is answered with the MISCONF
+error instead of its reply: no +OK for a write that is not durable. A malformed frame
+gets `-ERR Protocol error: ...` and only that connection is closed. Per-connection
+limits bound memory: query buffer, bulk length, and the output buffer of a subscriber
+that does not read.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class RespServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._cron: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[Connection, bytes]] = []
+        self._outbox: list[tuple[Connection, bytes | list[bytes], list[int] | None]] = []
         self._flush_scheduled = False
         self.protocol_errors = 0
         self.query_buffered = 0
@@ -71,6 +73,7 @@ class RespServer:
         self.evicted = 0
         """Connections closed for the total query-buffer bound."""
         self._last_idle_check = 0.0
+        engine.settle_calls = False  # we commit once per loop turn, before replying
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -145,28 +148,38 @@ class RespServer:
             self.limits.total_query_buffer,
         )
 
-    def send_after_commit(self, conn: Connection, data: bytes) -> None:
+    def send_after_commit(
+        self, conn: Connection, data: bytes | list[bytes], writes: list[int] | None = None
+    ) -> None:
         """Write replies once the engine committed. Replies that follow a write wait for
         the end of this event-loop turn, so one AOF write (and one fsync under `always`)
-        covers every connection's commands (group commit); read-only replies go at once."""
+        covers every connection's commands (group commit); read-only replies go at once.
+        `writes` indexes the replies (in a list `data`) of commands that wrote: if the
+        commit fails they are replaced by the MISCONF error."""
         if not self.engine.commit_pending and not self._outbox:
             self.engine.commit()
-            conn.write(data)
+            conn.write(data if isinstance(data, bytes) else b"".join(data))
             return
-        self._outbox.append((conn, data))
+        self._outbox.append((conn, data, writes))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commit the engine, then write every queued reply."""
+        """Commit the engine, then write every queued reply (writes that did not become
+        durable get the MISCONF error)."""
         self._flush_scheduled = False
+        durable = self.engine.commit() and self.engine.disk_error is None
         if not self._outbox:
-            self.engine.commit()
             return
-        self.engine.commit()
         outbox, self._outbox = self._outbox, []
-        for conn, data in outbox:
+        error = None if durable else encode(self.engine.misconf())
+        for conn, data, writes in outbox:
+            if isinstance(data, list):
+                if writes and error is not None:
+                    for i in writes:
+                        data[i] = error
+                data = b"".join(data)
             conn.write(data)
 
 
@@ -226,9 +239,18 @@ class Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.parser.feed(data)
         out: list[bytes] = []
+        aof = self.engine.aof
+        appended = aof.durable_appends if aof is not None else 0
+        writes: list[int] | None = None
         try:
             while (args := self.parser.next_command()) is not None:
-                out.append(self.run(args))
+                reply = self.run(args)
+                if aof is not None and aof.durable_appends != appended:
+                    appended = aof.durable_appends
+                    if writes is None:
+                        writes = []
+                    writes.append(len(out))
+                out.append(reply)
                 if self._closing:
                     break
         except ProtocolError as exc:
@@ -241,7 +263,7 @@ class Connection(asyncio.Protocol):
             self._closing = True
         self.server.account(self, 0 if self._closing else buffered)
         if out:
-            self.server.send_after_commit(self, b"".join(out))
+            self.server.send_after_commit(self, out if writes else b"".join(out), writes)
         if self._closing:
             self.server.send_after_commit(self, b"")
 

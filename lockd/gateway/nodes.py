@@ -41,6 +41,7 @@ from lockd.resp.replies import CommandError
 
 __all__ = [
     "EmbeddedNode",
+    "FailedNode",
     "LockView",
     "Mode",
     "Node",
@@ -206,9 +207,12 @@ class EmbeddedNode(Node):
     async def info(self) -> NodeInfo:
         e = self.engine
         left = e.restart_delay_remaining_ms()
-        return NodeInfo(
-            self.address, self.mode, True, 0.0, left, e.restart_reason if left else "", e.run_id
-        )
+        reason = e.restart_reason if left else ""
+        if e.disk_error is not None:  # answers, but refuses writes: down for the quorum
+            return NodeInfo(
+                self.address, self.mode, False, 0.0, left, reason, e.run_id, str(e.misconf())
+            )
+        return NodeInfo(self.address, self.mode, True, 0.0, left, reason, e.run_id)
 
 
 class RespNode(Node):
@@ -408,3 +412,27 @@ class RespNode(Node):
             left = self._restart_left_ms()
             reason = self._restart_reason if left else ""
         return NodeInfo(self.address, self.mode, True, latency, left, reason, self._run_id)
+
+
+class FailedNode(Node):
+    """An embedded engine that could not start (a damaged data directory): every call
+    fails with the reason, so the other nodes keep serving."""
+
+    synchronous = True
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.address = f"embedded:{index}"
+        self.mode = Mode.EMBEDDED
+        self.reason = f"engine failed to start: {reason}"
+
+    def call_now(self, call: Call) -> Reply:
+        return NodeFailure(self.reason)
+
+    async def call(self, call: Call) -> Reply:
+        return NodeFailure(self.reason)
+
+    async def view(self, name: bytes) -> LockView:
+        raise RuntimeError(self.reason)
+
+    async def info(self) -> NodeInfo:
+        return NodeInfo(self.address, self.mode, False, error=self.reason)

@@ -18,7 +18,7 @@ from lockd.engine import Engine, EngineConfig
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.locks import LockManager
 from lockd.gateway.metrics import Metrics, MetricsServer
-from lockd.gateway.nodes import EmbeddedNode, Node, RespNode
+from lockd.gateway.nodes import EmbeddedNode, FailedNode, Node, RespNode
 from lockd.gateway.service import LockService
 from lockd.rpc import DecodeErrors, bind, credentials, mark_serving, standard
 from lockd.serving import host_port, run_until_signal
@@ -40,15 +40,30 @@ def build_nodes(config: GatewayConfig) -> list[Node]:
             RespNode(url, config.max_ttl_ms, config.node_timeout_ms / 1000) for url in config.nodes
         ]
     nodes: list[Node] = []
+    failed: list[str] = []
     for i in range(config.embedded_nodes):
-        engine = Engine(
-            EngineConfig(
-                dir=config.data_dir / f"node-{i}",
-                appendfsync=config.appendfsync,
-                max_ttl_ms=config.max_ttl_ms,
+        directory = config.data_dir / f"node-{i}"
+        try:
+            engine = Engine(
+                EngineConfig(
+                    dir=directory, appendfsync=config.appendfsync, max_ttl_ms=config.max_ttl_ms
+                )
             )
-        )
+        except (OSError, RuntimeError) as exc:
+            # One bad directory must not take the other engines down with it.
+            log.error("embedded engine %d (%s) failed to start: %s", i, directory, exc)
+            failed.append(f"node {i}: {exc}")
+            nodes.append(FailedNode(i, str(exc)))
+            continue
         nodes.append(EmbeddedNode(engine, i))
+    if len(failed) > len(nodes) // 2:
+        for node in nodes:
+            if isinstance(node, EmbeddedNode):
+                node.engine.close()
+        raise RuntimeError(
+            f"{len(failed)} of {len(nodes)} embedded engines failed to start, too many for a "
+            "quorum: " + "; ".join(failed)
+        )
     return nodes
 
 

@@ -238,6 +238,9 @@ class ClusterConfig:
     unsafe_wall_clock: bool = False
     power_loss: bool = False
     """Engines run with `--appendfsync no --hold-aof-until-fsync`: SIGKILL is a power cut."""
+    disk_faults: bool = False
+    """Engines accept LOCKD.DISK (and, without power loss, run `--appendfsync always`, so
+    every acknowledged write had to reach the disk)."""
     seed: int = 0
 
 
@@ -265,6 +268,10 @@ class Cluster:
                 args.append("--unsafe-wall-clock")
             if c.power_loss:
                 args += ["--appendfsync", "no", "--hold-aof-until-fsync"]
+            if c.disk_faults:
+                args.append("--enable-disk-faults")
+                if not c.power_loss:
+                    args += ["--appendfsync", "always"]
             self.engines.append(
                 Service(f"engine-{n}", "lockd", args, self.logs / f"engine-{n}.log", port)
             )

@@ -26,13 +26,15 @@ __all__ = [
     "schedule",
 ]
 
-FAULTS = ("kill", "power-loss", "pause", "clock", "partition")
+FAULTS = ("kill", "power-loss", "pause", "clock", "partition", "disk")
 """Nemesis kinds, in the order `--nemesis all` lists them."""
 SHAPES = ("one", "minority", "majority", "majorities-ring", "bridge", "delay", "loss")
 """Partition-nemesis shapes: five cut patterns of gateway-node links, then degraded links."""
 
 SAFE_DRIFT = 0.005
 """Largest clock-rate error the clock nemesis applies (gateways allow 1% + 2 ms)."""
+DISK_ERRORS = ("ENOSPC", "EIO", "EPERM")
+"""What the disk nemesis makes writes fail with: a full disk, a dying one, `chattr +i`."""
 
 Link = tuple[int, int]  # (gateway, node)
 
@@ -113,6 +115,7 @@ class Fault:
     loss: float = 0.0
     clock: tuple[ClockStep, ...] = ()
     workers: int = 0
+    errno: str = ""
 
     def describe(self) -> dict[str, Any]:
         """The fault as JSON data (what the history records)."""
@@ -136,6 +139,8 @@ class Fault:
             ]
         if self.workers:
             out["workers"] = self.workers
+        if self.errno:
+            out["errno"] = self.errno
         return out
 
 
@@ -241,6 +246,16 @@ def _fault(
         loss = r.uniform(0.05, 0.3) if shape == "loss" else 0.0
         return Fault(
             kind, at, r.uniform(3.0, 6.0), shape=shape, links=links, delay_ms=delay, loss=loss
+        )
+    if kind == "disk":
+        # Writes fail on a minority: those nodes turn read-only (MISCONF), the rest serve.
+        count = r.choice((1, nodes - quorum))
+        return Fault(
+            kind,
+            at,
+            r.uniform(2.0, 5.0),
+            nodes=tuple(sorted(r.sample(range(nodes), count))),
+            errno=r.choice(DISK_ERRORS),
         )
     raise ValueError(f"unknown nemesis {kind!r}; known: {', '.join(FAULTS)}")
 

@@ -9,6 +9,8 @@
   start (`scramble`), then in each fault drift (within what the gateways allow for) and
   steps of the wall clock, forward past the TTL and backward.
 - partition: cut, delay or degrade gateway-node links at the fault proxies.
+- disk: through `LOCKD.DISK` on a minority of engines, make every disk write fail with
+  ENOSPC, EIO or EPERM; those nodes turn read-only (MISCONF) until healed.
 Every fault heals at its end; `heal_all` undoes everything before the final phase.
 """
 
@@ -46,13 +48,19 @@ class Nemesis:
         self._paused: list[WorkerProcess] = []
 
     async def _clock(self, node: int, *command: str) -> str:
+        return await self._engine_command(node, "LOCKD.CLOCK", *command)
+
+    async def _disk(self, node: int, *command: str) -> str:
+        return await self._engine_command(node, "LOCKD.DISK", *command)
+
+    async def _engine_command(self, node: int, name: str, *command: str) -> str:
         engine = self.cluster.engines[node]
         client = aredis.Redis(port=engine.port, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
-            await client.execute_command("LOCKD.CLOCK", *command)  # type: ignore[no-untyped-call]
+            await client.execute_command(name, *command)  # type: ignore[no-untyped-call]
             return ""
         except (redis.exceptions.RedisError, OSError) as exc:
-            return f"node {node}: LOCKD.CLOCK {' '.join(command)}: {exc}"
+            return f"node {node}: {name} {' '.join(command)}: {exc}"
         finally:
             await client.aclose()
 
@@ -101,6 +109,11 @@ class Nemesis:
                 info["paused_workers"] = [worker.index]
         elif fault.kind == "clock":
             self._clock_task = asyncio.create_task(self._run_clock(fault))
+        elif fault.kind == "disk":
+            errors = await asyncio.gather(
+                *(self._disk(n, "FAIL", fault.errno) for n in fault.nodes)
+            )
+            info["errors"] = [e for e in errors if e]
         elif fault.kind == "partition":
             for link in fault.links:
                 proxy = c.links.get(link)
@@ -140,6 +153,9 @@ class Nemesis:
             for link in fault.links:
                 if link in c.links:
                     c.links[link].heal()
+        elif fault.kind == "disk":
+            healed = await asyncio.gather(*(self._disk(n, "HEAL") for n in fault.nodes))
+            info["errors"] = [e for e in healed if e]
         self.record("stop", info)
 
     async def scramble(self, offsets: list[float]) -> None:
@@ -171,6 +187,8 @@ class Nemesis:
         clock = await asyncio.gather(
             *(self._clock(n, "RATE", "1.0") for n in range(len(c.engines)))
         )
+        if c.config.disk_faults:
+            clock += await asyncio.gather(*(self._disk(n, "HEAL") for n in range(len(c.engines))))
         self.record(
             "healed",
             {

@@ -135,6 +135,7 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
             unsafe_store=config.unsafe_store,
             unsafe_wall_clock=config.unsafe_wall_clock,
             power_loss="power-loss" in config.nemeses,
+            disk_faults="disk" in config.nemeses,
             seed=config.seed,
         )
     )

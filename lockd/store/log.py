@@ -1,21 +1,25 @@
 """The store's durable state: an append-only log of accepted writes, replayed on start.
 
-`store.log` in the data directory holds a header record, then one record per accepted
-write, framed as RESP arrays like the engine's AOF (`encode_command`):
+`store.log` is a framed file (`lockd.durable`): the header `LOCKD store 2`, then one
+checksummed frame per append (a batch of writes fsynced together), each holding RESP
+records
 
-    LOCKDSTORE 1                                   (header)
-    W <resource> <key> <value> <token> <crc32>     (a write)
+    W <resource> <key> <value> <token>
 
-The CRC (8 hex digits, zlib.crc32) covers the encoded record without it. Replay applies
-the records in order, rebuilding the values and each resource's highest token (the
-largest token of its records). The first record that is incomplete, malformed or fails
-its checksum ends the log: it and everything after it are cut off, with a warning. A
-crash during an append leaves only such a torn tail, and nothing in it was acknowledged,
-because an append is fsynced before any of its writes is answered.
+Replay applies the records in order, rebuilding the values and each resource's highest
+token. A torn tail (what a crash during an append leaves) is cut, with a warning:
+nothing in it was acknowledged, because an append is fsynced before any of its writes
+is answered. Any other damage stops the store from starting (`CorruptFile`, naming the
+offset and `lockd repair`): dropping an acknowledged record could lower a resource's
+highest token and let a stale writer in.
 
-Compaction writes the live state (one record per key, with the token of its last write,
-so the highest tokens survive) to a new file and renames it over the log.
-`store.lock` is flock()ed while a process uses the directory.
+Version 1 logs (a CRC per record, no chain) are read as before, except that a bad record
+followed by good ones is damage too, and are rewritten as version 2 at once; the old
+file is kept as `store.log.v1`. Compaction writes the live state (one record per key,
+with the token of its last write, so the highest tokens survive) to a new file and
+renames it over the log. `store.lock` is flock()ed while a process uses the directory;
+`store.json` is written once the log exists, so a log deleted or emptied later is
+noticed (the store refuses to start) instead of starting afresh with every token lost.
 """
 
 from __future__ import annotations
@@ -29,17 +33,45 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from lockd.engine.persistence import fsync_dir
+from lockd.durable import (
+    CorruptFile,
+    FrameReader,
+    Salvage,
+    encode_frame,
+    file_header,
+    fsync_dir,
+    header_seed,
+    keep_copy,
+    open_private,
+    private_dir,
+    repair_hint,
+    salvage,
+    write_all,
+    write_durably,
+)
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 
-__all__ = ["Entry", "State", "StoreLog", "encode_write", "read_writes"]
+__all__ = [
+    "Entry",
+    "State",
+    "StoreLog",
+    "encode_write",
+    "read_writes",
+    "repair_store_log",
+]
 
 log = logging.getLogger("lockd.store")
 
 LOG_NAME = "store.log"
 LOCK_NAME = "store.lock"
-HEADER = encode_command(b"LOCKDSTORE", b"1")
+MARKER_NAME = "store.json"
+HEADER = file_header(b"store")
+SEED = header_seed(HEADER)
+V1_HEADER = encode_command(b"LOCKDSTORE", b"1")
 _WRITE = b"W"
+_COMPACT_FRAME = 1 << 20  # bytes of records per frame when compacting
+
+Write = tuple[str, str, bytes, int]
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,17 +101,13 @@ class State:
 
 
 def encode_write(resource: str, key: str, value: bytes, token: int) -> bytes:
-    """The log record of one write."""
-    args = (_WRITE, resource.encode(), key.encode(), value, b"%d" % token)
-    body = encode_command(*args)
-    return encode_command(*args, b"%08x" % zlib.crc32(body))
+    """The log record of one write (framed with its batch by `StoreLog.append`)."""
+    return encode_command(_WRITE, resource.encode(), key.encode(), value, b"%d" % token)
 
 
-def _decode_write(args: list[bytes]) -> tuple[str, str, bytes, int] | None:
+def _decode_write(args: list[bytes]) -> Write | None:
     """(resource, key, value, token) of a well-formed write record, else None."""
-    if len(args) != 6 or args[0] != _WRITE:
-        return None
-    if args[5] != b"%08x" % zlib.crc32(encode_command(*args[:5])):
+    if len(args) != 5 or args[0] != _WRITE:
         return None
     try:
         token = int(args[4])
@@ -89,25 +117,88 @@ def _decode_write(args: list[bytes]) -> tuple[str, str, bytes, int] | None:
     return (resource, key, args[3], token) if token > 0 else None
 
 
-def read_writes(path: Path) -> Iterator[tuple[str, str, bytes, int]]:
-    """(resource, key, value, token) of every whole write in a store log, in log order.
-
-    Read-only (a torn tail just ends the iteration); the Jepsen harness checks the order
-    in which the store accepted tokens with it."""
-    data = path.read_bytes()
-    if data[: len(HEADER)] != HEADER:
-        raise ValueError(f"{path} is not a lockd store log")
+def _decode_payload(payload: bytes | memoryview) -> list[tuple[Write, int]] | None:
+    """The writes of one frame with their record sizes, or None if it is not whole."""
     parser = RequestParser()
-    parser.feed(data[len(HEADER) :])
-    while True:
+    parser.feed(bytes(payload))
+    writes: list[tuple[Write, int]] = []
+    start = 0
+    while start < len(payload):
         try:
             args = parser.next_command()
         except ProtocolError:
-            return
+            return None
         write = None if args is None else _decode_write(args)
         if write is None:
+            return None
+        writes.append((write, parser.offset() - start))
+        start = parser.offset()
+    return writes
+
+
+def _decode_v1(args: list[bytes]) -> Write | None:
+    """A version 1 record: the write's arguments and the CRC of their encoding."""
+    if len(args) != 6 or args[5] != b"%08x" % zlib.crc32(encode_command(*args[:5])):
+        return None
+    return _decode_write(args[:5])
+
+
+def _read_v1(path: Path, data: bytes) -> tuple[list[Write], int]:
+    """The writes of a version 1 log and where they end; damage other than a torn tail
+    (a bad record that whole records follow) raises `CorruptFile`."""
+    parser = RequestParser()
+    parser.feed(data[len(V1_HEADER) :])
+    writes: list[Write] = []
+    good = len(V1_HEADER)
+    while good < len(data):
+        try:
+            args = parser.next_command()
+        except ProtocolError:
+            args = []
+        if args is None:
+            break  # ends inside a record: torn
+        write = _decode_v1(args)
+        if write is None:
+            if _v1_record_after(data, good + 1):
+                raise CorruptFile(path, good, "damaged version 1 record", repair_hint(path))
+            break
+        writes.append(write)
+        good = len(V1_HEADER) + parser.offset()
+    return writes, good
+
+
+def _v1_record_after(data: bytes, start: int) -> bool:
+    """Whether a whole version 1 record that checks starts at or after `start`."""
+    at = data.find(b"*6\r\n", start)
+    while at >= 0:
+        parser = RequestParser()
+        parser.feed(data[at:])
+        with contextlib.suppress(ProtocolError):
+            args = parser.next_command()
+            if args is not None and _decode_v1(args) is not None:
+                return True
+        at = data.find(b"*6\r\n", at + 1)
+    return False
+
+
+def read_writes(path: Path) -> Iterator[Write]:
+    """(resource, key, value, token) of every intact write in a store log, in log order.
+
+    Read-only (a torn tail or damage just ends the iteration); the Jepsen harness checks
+    the order in which the store accepted tokens with it."""
+    data = path.read_bytes()
+    if data.startswith(V1_HEADER):
+        with contextlib.suppress(CorruptFile):
+            yield from _read_v1(path, data)[0]
+        return
+    if not data.startswith(HEADER):
+        raise ValueError(f"{path} is not a lockd store log")
+    for _, payload in FrameReader(data, len(HEADER), SEED):
+        writes = _decode_payload(payload)
+        if writes is None:
             return
-        yield write
+        for write, _ in writes:
+            yield write
 
 
 class StoreLog:
@@ -120,13 +211,14 @@ class StoreLog:
         self.size = 0
         self.fsyncs = 0
         self.compactions = 0
+        self._crc = SEED
         self._fd = -1
         self._lock_fd = -1
 
     def open(self) -> State:
         """Lock the directory, replay the log (cutting a torn tail), open it for appends."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.directory, (LOG_NAME, LOCK_NAME, MARKER_NAME))
+        self._lock_fd = open_private(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,100 +226,133 @@ class StoreLog:
             self._lock_fd = -1
             raise RuntimeError(f"{self.directory} is in use by another lockd store") from None
         try:
-            state = self._replay()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self.size = os.fstat(self._fd).st_size
-            if self.size == 0:
-                self.append([HEADER])
-                self.size = len(HEADER)
+            state, upgrade = self._replay()
+            if upgrade:
+                keep_copy(self.path, ".v1")
+                self.compact(list(state.values.items()), fresh=True)
+                log.warning(
+                    "store log %s: upgraded to format 2 (the old file is kept as %s.v1)",
+                    self.path,
+                    LOG_NAME,
+                )
+            else:
+                self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                self.size = os.fstat(self._fd).st_size
+                if self.size == 0:
+                    write_all(self._fd, HEADER)
+                    os.fsync(self._fd)
+                    self.size = len(HEADER)
+                    self._crc = SEED
             fsync_dir(self.directory)
+            marker = self.directory / MARKER_NAME
+            if not marker.exists():
+                write_durably(marker, b'{"format": 2}\n')
         except BaseException:
             self.close()
             raise
         return state
 
-    def _replay(self) -> State:
+    def _replay(self) -> tuple[State, bool]:
+        """The state the log holds, and whether it is a version 1 log to upgrade."""
         state = State()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return state
-        if data[: len(HEADER)] != HEADER[: len(data)]:
-            raise RuntimeError(f"{self.path} is not a lockd store log")
-        parser = RequestParser()
-        parser.feed(data)
-        good = 0
-        count = 0
-        problem = "incomplete record"
-        while good < len(data):
-            try:
-                args = parser.next_command()
-            except ProtocolError as exc:
-                problem = str(exc)
-                break
-            if args is None:
-                break
-            if good > 0:
-                write = _decode_write(args)
-                if write is None:
-                    problem = "bad record or checksum"
-                    break
-                state.apply(*write, size=parser.offset() - good)
-                count += 1
-            good = parser.offset()
-        if good < len(data):
-            log.warning(
-                "store log %s: torn tail (%s at byte %d): kept %d writes, dropped the last "
-                "%d bytes",
-                self.path,
-                problem,
-                good,
-                count,
-                len(data) - good,
+            data = b""
+        if len(data) < len(HEADER) and (self.directory / MARKER_NAME).exists():
+            raise RuntimeError(
+                f"{self.path} is missing or shorter than its header, but {MARKER_NAME} says "
+                "this directory held a store log: every highest token would be forgotten "
+                "and stale writers accepted. Restore the log, or remove "
+                f"{self.directory / MARKER_NAME} to start an empty store knowingly"
             )
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
+        if not data:
+            return state, False
+        if len(data) < len(HEADER) and HEADER.startswith(data):
+            self._cut(data, 0, "torn file header")  # crashed while creating the log
+            return state, False
+        if data.startswith(V1_HEADER):
+            old, good = _read_v1(self.path, data)
+            for write in old:
+                state.apply(*write, size=len(encode_write(*write)))
+            if good < len(data):
+                log.warning(
+                    "store log %s: torn tail of a version 1 log (%d bytes at byte %d) ignored",
+                    self.path,
+                    len(data) - good,
+                    good,
+                )
+            return state, True
+        if not data.startswith(HEADER):
+            raise RuntimeError(f"{self.path} is not a lockd store log (or its header is damaged)")
+        reader = FrameReader(data, len(HEADER), SEED)
+        count = 0
+        for offset, payload in reader:
+            frame = _decode_payload(payload)
+            if frame is None:
+                raise CorruptFile(
+                    self.path, offset, "unreadable records in a frame", repair_hint(self.path)
+                )
+            for write, size in frame:
+                state.apply(*write, size=size)
+            count += len(frame)
+        if reader.damage is not None:
+            raise CorruptFile(self.path, reader.end, reader.damage, repair_hint(self.path))
+        self._crc = reader.crc
+        if reader.torn is not None:
+            self._cut(data, reader.end, f"torn tail ({reader.torn}): kept {count} writes")
         elif count:
             log.info("store log %s: replayed %d writes", self.path, count)
-        return state
+        return state, False
+
+    def _cut(self, data: bytes, good: int, what: str) -> None:
+        log.warning(
+            "store log %s: %s, cut the last %d bytes at byte %d",
+            self.path,
+            what,
+            len(data) - good,
+            good,
+        )
+        with open(self.path, "r+b") as f:
+            f.truncate(good)
+            os.fsync(f.fileno())
 
     def append(self, records: Sequence[bytes]) -> None:
-        """Write `records` and fsync them: durable when this returns."""
-        data = b"".join(records)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        """Write `records` as one frame and fsync it: durable when this returns."""
+        frame, crc = encode_frame(b"".join(records), self._crc)
+        write_all(self._fd, frame)
         os.fsync(self._fd)
-        self.size += len(data)
+        self._crc = crc
+        self.size += len(frame)
         self.fsyncs += 1
 
-    def compact(self, entries: Iterable[tuple[tuple[str, str], Entry]]) -> None:
+    def compact(
+        self, entries: Iterable[tuple[tuple[str, str], Entry]], fresh: bool = False
+    ) -> None:
         """Replace the log with one record per entry (fsynced, atomically renamed).
 
         A failure before the rename leaves the old log in use (OSError is raised); after
-        a failure `usable` tells whether the log can still be appended to.
+        a failure `usable` tells whether the log can still be appended to. `fresh`: no
+        log is open yet (an upgrade).
         """
         tmp = self.path.with_name(LOG_NAME + ".compact")
         try:
-            with open(tmp, "wb") as f:
-                f.write(HEADER)
-                for (resource, key), entry in entries:
-                    f.write(encode_write(resource, key, entry.value, entry.token))
-                f.flush()
-                os.fsync(f.fileno())
+            crc = _write_log(tmp, (encode_write(r, k, e.value, e.token) for (r, k), e in entries))
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
         os.replace(tmp, self.path)
-        os.close(self._fd)
-        self._fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         fsync_dir(self.directory)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        self._crc = crc
         self.size = os.fstat(self._fd).st_size
-        self.compactions += 1
-        log.info("store log %s compacted to %d bytes", self.path, self.size)
+        if not fresh:
+            self.compactions += 1
+            log.info("store log %s compacted to %d bytes", self.path, self.size)
 
     @property
     def usable(self) -> bool:
@@ -240,3 +365,59 @@ class StoreLog:
             if fd >= 0:
                 os.close(fd)
         self._fd = self._lock_fd = -1
+
+
+def _write_log(path: Path, records: Iterable[bytes]) -> int:
+    """Write a whole log of `records` to `path` and fsync it; returns the chain's CRC."""
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        crc = SEED
+        out = [HEADER]
+        chunk: list[bytes] = []
+        size = 0
+        for record in records:
+            chunk.append(record)
+            size += len(record)
+            if size >= _COMPACT_FRAME:
+                frame, crc = encode_frame(b"".join(chunk), crc)
+                out.append(frame)
+                chunk, size = [], 0
+                write_all(fd, b"".join(out))
+                out.clear()
+        if chunk:
+            frame, crc = encode_frame(b"".join(chunk), crc)
+            out.append(frame)
+        write_all(fd, b"".join(out))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return crc
+
+
+def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
+    """Check a store log; if it is damaged, write a repaired one that keeps every intact
+    record and keep the damaged file as `store.log.broken`. Returns what was dropped, or
+    None when the log needs no repair. With `dry_run` nothing is written."""
+    data = path.read_bytes()
+    if data.startswith(V1_HEADER):
+        raise RuntimeError(f"{path} is a version 1 store log: start the store to upgrade it")
+    if not data.startswith(HEADER):
+        raise RuntimeError(f"{path} is not a lockd store log (or its header is damaged)")
+    reader = FrameReader(data, len(HEADER), SEED)
+    for _ in reader:
+        pass
+    if reader.damage is None:
+        return None
+    result = salvage(data, len(HEADER), SEED, lambda p: _decode_payload(p) is not None)
+    if not dry_run:
+        keep_copy(path, ".broken")
+        tmp = path.with_name(path.name + ".repair")
+        _write_log(tmp, (r for payload in result.payloads for r in _records(payload)))
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    return result
+
+
+def _records(payload: bytes) -> Iterator[bytes]:
+    for (resource, key, value, token), _ in _decode_payload(payload) or []:
+        yield encode_write(resource, key, value, token)

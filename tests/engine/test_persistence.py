@@ -14,8 +14,18 @@ import pytest
 
 import lockd.engine.engine as engine_module
 from lockd.core.quorum import restart_delay_ms
+from lockd.durable import FRAME_OVERHEAD, SECTOR, encode_frame
 from lockd.engine import Clock, Engine, EngineConfig, FsyncPolicy, persistence
-from lockd.engine.persistence import AOF_NAME, RESERVATION_NAME, SHUTDOWN_NAME, clock_epoch
+from lockd.engine.persistence import (
+    AOF_HEADER,
+    AOF_NAME,
+    RESERVATION_NAME,
+    SHUTDOWN_NAME,
+    clock_epoch,
+    read_aof,
+    read_reservation,
+    write_aof,
+)
 from lockd.resp.protocol import encode_command
 from lockd.resp.replies import CommandError, Reply
 
@@ -88,8 +98,8 @@ def info_field(engine: Engine, name: str) -> str:
     raise KeyError(name)
 
 
-def epoch_record() -> bytes:
-    return encode_command(b"EPOCH", clock_epoch().encode())
+def epoch_record() -> list[bytes]:
+    return [b"EPOCH", clock_epoch().encode()]
 
 
 def finish_rewrite(engine: Engine) -> None:
@@ -211,10 +221,12 @@ def test_epoch_record_is_what_decides(open_engine: Callable[..., Engine]) -> Non
     ok(run(e1, "SET", "p", "x"))
     e1.close()
     aof = e1.config.dir / AOF_NAME  # type: ignore[operator]
-    data = aof.read_bytes()
+    records = read_aof(aof)
     epoch = clock_epoch().encode()
-    assert data.count(epoch) == 1
-    aof.write_bytes(data.replace(epoch, b"x" * len(epoch)))
+    assert records.count([b"EPOCH", epoch]) == 1
+    write_aof(
+        aof, (encode_command(*(b"x" * len(epoch) if a == epoch else a for a in r)) for r in records)
+    )
     e2 = open_engine()
     assert e2.execute([b"EXISTS", b"v"]) == 0
     assert e2.execute([b"EXISTS", b"p"]) == 1
@@ -235,30 +247,32 @@ def test_torn_tail_is_cut_back_to_the_last_whole_record(
     e1.close()
     aof = e1.config.dir / AOF_NAME  # type: ignore[operator]
     whole = aof.read_bytes()
+    kept = read_aof(aof)[:-1]
     last = encode_command(b"SET", b"last", b"the-last-value")
     assert whole.endswith(last)
-    good = len(whole) - len(last)
-    keep = len(last) - 1 if cut == -1 else cut  # bytes of the last record that survive
+    good = len(whole) - len(last) - FRAME_OVERHEAD
+    keep = len(last) + FRAME_OVERHEAD - 1 if cut == -1 else cut  # bytes of the last frame
     with open(aof, "r+b") as f:
         f.truncate(good + keep)
 
     with caplog.at_level(logging.WARNING, logger="lockd.engine"):
         e2 = open_engine()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("truncated tail" in r.getMessage() for r in warnings), caplog.text
-    assert f"dropped the last {keep} bytes" in caplog.text
+    assert any("torn tail" in r.getMessage() for r in warnings), caplog.text
+    assert f"cut the last {keep} bytes at byte {good}" in caplog.text
     assert e2.execute([b"GET", b"a"]) == b"1"
     assert e2.execute([b"GET", b"b"]) == b"2"
     assert e2.execute([b"GET", b"last"]) is None
     # The file was cut back before the new start's EPOCH record was appended.
-    assert aof.read_bytes() == whole[:good] + epoch_record()
+    assert aof.read_bytes()[:good] == whole[:good]
+    assert read_aof(aof) == [*kept, epoch_record()]
     ok(run(e2, "SET", "after", "1"))
     e2.close()
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lockd.engine"):
         e3 = open_engine()
-    assert "truncated" not in caplog.text
+    assert "torn" not in caplog.text
     assert e3.execute([b"EXISTS", b"a", b"b", b"after"]) == 3
     e3.close()
 
@@ -275,29 +289,32 @@ def test_zero_filled_tail_is_cut_back(
     aof.write_bytes(whole + b"\0" * 4096)
     with caplog.at_level(logging.WARNING, logger="lockd.engine"):
         e2 = open_engine()
-    assert "truncated tail" in caplog.text
+    assert "torn tail (4096 zero bytes)" in caplog.text
     assert e2.execute([b"GET", b"a"]) == b"1"
-    assert aof.read_bytes() == whole + epoch_record()
+    assert aof.read_bytes()[: len(whole)] == whole
+    assert read_aof(aof)[-1] == epoch_record()
     e2.close()
 
 
-def test_partial_record_followed_by_zeros_is_cut_back(
+def test_frame_cut_by_zeroed_sectors_is_cut_back(
     open_engine: Callable[..., Engine], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A torn write whose missing bytes read back as zeros is a corrupt record, not a
-    short one; it is cut off the same way."""
+    """A torn write whose unwritten sectors read back as zeros (size extended, data
+    not written): a whole-length frame that fails its checksum, cut off the same way."""
     e1 = open_engine()
     ok(run(e1, "SET", "a", "1"))
     e1.close()
     aof = e1.config.dir / AOF_NAME  # type: ignore[operator]
     whole = aof.read_bytes()
-    aof.write_bytes(whole + b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$5\r\nva" + b"\0" * 100)
+    frame, _ = encode_frame(encode_command(b"SET", b"b", b"v" * 2000), 0)
+    written = SECTOR - len(whole) % SECTOR  # up to the next sector boundary
+    aof.write_bytes(whole + frame[:written] + bytes(len(frame) - written))
     with caplog.at_level(logging.WARNING, logger="lockd.engine"):
         e2 = open_engine()
-    assert "truncated tail" in caplog.text
+    assert "torn tail (a frame cut by" in caplog.text
     assert e2.execute([b"GET", b"a"]) == b"1"
     assert e2.execute([b"EXISTS", b"b"]) == 0
-    assert aof.read_bytes() == whole + epoch_record()
+    assert read_aof(aof)[-1] == epoch_record()
     e2.close()
 
 
@@ -364,8 +381,8 @@ def test_rewrite_drops_expired_keys(open_engine: Callable[..., Engine], src: Fak
     assert e1.rewrite_aof()
     finish_rewrite(e1)
     assert e1.aof is not None
-    data = (e1.config.dir / AOF_NAME).read_bytes()  # type: ignore[operator]
-    assert data == epoch_record() + encode_command(b"SET", b"p", b"x")
+    records = read_aof(e1.config.dir / AOF_NAME)  # type: ignore[operator]
+    assert records == [epoch_record(), [b"SET", b"p", b"x"]]
     e1.close()
 
 
@@ -512,6 +529,7 @@ def test_no_policy_does_not_fsync_writes(
     e1 = open_engine(appendfsync=FsyncPolicy.NO)
     aof = e1.aof
     assert aof is not None
+    fsync_log.clear()  # opening fsyncs the new file's header
     for i in range(50):
         ok(run(e1, "SET", f"k{i}", "v"))
         fake_fsync_time[0] += 1
@@ -536,7 +554,7 @@ def test_fence_advance_needs_no_aof_fsync_under_always(
     # Reserved at 1 (-> 11), 12 (-> 22) and 23 (-> 33): three durable reservation writes.
     assert e1.reservation.writes == 3
     assert e1.reservation.reserved == 33
-    assert (e1.config.dir / RESERVATION_NAME).read_text() == "33\n"  # type: ignore[operator]
+    assert read_reservation(e1.config.dir / RESERVATION_NAME) == (33, False)  # type: ignore[operator]
     assert e1.aof.fsyncs == base
     assert AOF_NAME not in fsync_log
     assert fsync_log.count(RESERVATION_NAME + ".tmp") == 3
@@ -582,7 +600,7 @@ def test_counters_restart_at_the_reservation_after_unclean_stop(
     elif damage == "emptied":
         aof.write_bytes(b"")
     else:
-        assert aof.read_bytes() == b""  # nothing reached the disk
+        assert aof.read_bytes() == AOF_HEADER  # nothing reached the disk
 
     e2 = open_engine(**config)
     assert e2.fence_floor == 250

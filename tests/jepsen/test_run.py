@@ -81,7 +81,9 @@ def test_safe_configuration_under_every_nemesis_is_valid(tmp_path: Path) -> None
     assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
     assert code == 0
     _layout(run)
-    assert set(results["stats"]["faults"]) == {"kill", "power-loss", "pause", "clock", "partition"}
+    assert set(results["stats"]["faults"]) == {
+        "kill", "power-loss", "pause", "clock", "partition", "disk",
+    }  # fmt: skip
     assert results["tokens"]["grants"] > 50
     assert results["mutex"]["lease_violations"] == 0
     assert results["store"]["lost_updates"]["lost"] == 0
@@ -167,3 +169,23 @@ def test_interrupted_run_leaves_no_process(tmp_path: Path, sig: signal.Signals) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(200)
+def test_disk_faults_on_a_minority_lose_nothing(tmp_path: Path) -> None:
+    code, results, run = _run(
+        tmp_path, "--nemesis", "disk", "--time-limit", "20", "--heal-time", "3", "--seed", "7"
+    )
+    assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
+    assert code == 0
+    assert results["stats"]["faults"].get("disk", 0) >= 2
+    assert results["store"]["lost_updates"]["lost"] == 0
+    assert results["store"]["token_order"]["decreases"] == 0
+    assert results["tokens"]["grants"] > 20
+    events = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()[1:]]
+    starts = [
+        e for e in events if e.get("f") == "start" and (e.get("value") or {}).get("fault") == "disk"
+    ]
+    assert starts and all(not e["value"]["errors"] for e in starts)
+    logs = "".join(p.read_text() for p in (run / "logs").glob("engine-*.log"))
+    assert "refusing writes" in logs and "writable again" in logs  # the faults really bit

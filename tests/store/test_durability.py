@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from lockd.durable import encode_frame
 from lockd.store.fenced import FencedStore
 from lockd.store.log import HEADER, LOG_NAME, StoreLog, encode_write
 from lockd_client.store import AsyncStoreClient, ReadResult, StaleToken, StoreError
@@ -98,11 +99,10 @@ async def test_sigterm_stops_gracefully(store_dir: Path) -> None:
 @pytest.mark.parametrize(
     "tail",
     [
-        pytest.param(lambda r: r[:-9], id="half-record"),
-        pytest.param(lambda r: r[:5], id="record-header-only"),
-        pytest.param(lambda r: r.replace(b"late", b"LATE"), id="bad-checksum"),
-        pytest.param(lambda r: b"\0" * 4096, id="zeros"),
-        pytest.param(lambda r: b"$garbage\r\n" + r, id="garbage"),
+        pytest.param(lambda f: f[:-9], id="half-frame"),
+        pytest.param(lambda f: f[:5], id="frame-header-only"),
+        pytest.param(lambda f: b"\0" * 4096, id="zeros"),
+        pytest.param(lambda f: f[:30] + bytes(len(f) - 30), id="frame-cut-by-zeroed-sectors"),
     ],
 )
 async def test_torn_tail_is_cut_back(
@@ -114,8 +114,9 @@ async def test_torn_tail_is_cut_back(
     path = store_dir / LOG_NAME
     intact = path.stat().st_size
     assert callable(tail)
+    frame, _ = encode_frame(encode_write("r", "k1", b"late" * 200, 4), 0)
     with open(path, "ab") as f:
-        f.write(tail(encode_write("r", "k1", b"late", 4)))
+        f.write(tail(frame))
     with caplog.at_level(logging.WARNING, logger="lockd.store"):
         async with client(store_dir) as (_, c):
             assert path.stat().st_size == intact

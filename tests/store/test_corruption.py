@@ -1,0 +1,207 @@
+"""The store log under damage: flipped bytes, truncation, deletion, repair, upgrade.
+
+The property that matters: after any single corruption, the store either refuses to
+start or still knows every acknowledged token, so no write with a token below one it
+acknowledged is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lockd.durable import CorruptFile
+from lockd.resp.protocol import encode_command
+from lockd.store.fenced import FencedStore
+from lockd.store.log import (
+    HEADER,
+    LOG_NAME,
+    MARKER_NAME,
+    V1_HEADER,
+    StoreLog,
+    repair_store_log,
+)
+from lockd_client.store import StaleToken
+from tests.store.helpers import client
+
+RESOURCES = ("a", "b", "c")
+
+
+def _record(token: int) -> bytes:
+    resource = RESOURCES[token % len(RESOURCES)].encode()
+    return encode_command(b"W", resource, b"k", b"value-%d" % token, b"%d" % token)
+
+
+def _write_log(directory: Path, tokens: int = 50) -> dict[str, int]:
+    """One append per write (tokens 1..n over three resources); returns the highest
+    token acknowledged per resource."""
+    log = StoreLog(directory)
+    state = log.open()
+    acked: dict[str, int] = {}
+    try:
+        for token in range(1, tokens + 1):
+            resource = RESOURCES[token % len(RESOURCES)]
+            record = _record(token)
+            log.append([record])
+            state.apply(resource, "k", b"value-%d" % token, token, len(record))
+            acked[resource] = token
+    finally:
+        log.close()
+    return acked
+
+
+def _open(directory: Path) -> dict[str, int] | None:
+    """The highest tokens the store starts with, or None when it refuses to start."""
+    log = StoreLog(directory)
+    try:
+        state = log.open()
+    except (CorruptFile, RuntimeError):
+        return None
+    finally:
+        log.close()
+    return state.highest
+
+
+async def test_a_flipped_byte_mid_file_refuses_to_start(store_dir: Path) -> None:
+    """The issue's probe: one byte of token 20's record flipped, then a restart."""
+    _write_log(store_dir)
+    path = store_dir / LOG_NAME
+    data = bytearray(path.read_bytes())
+    at = data.index(b"value-20") + 3
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile) as refused:
+        StoreLog(store_dir).open()
+    message = str(refused.value)
+    assert str(path) in message and "lockd repair" in message
+    assert refused.value.offset <= at < refused.value.offset + 100
+    assert path.read_bytes() == bytes(data)  # nothing cut
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_flipped_bytes_never_lower_an_acknowledged_token(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    acked = _write_log(directory, tokens=30)
+    path = directory / LOG_NAME
+    raw = bytearray(path.read_bytes())
+    flips = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, len(raw) - 1), st.integers(1, 255)), min_size=1, max_size=3
+        )
+    )
+    for offset, mask in flips:
+        raw[offset] ^= mask
+    path.write_bytes(bytes(raw))
+    highest = _open(directory)
+    if highest is not None:  # started: every acknowledged token is still known
+        for resource, token in acked.items():
+            assert highest.get(resource, 0) >= token
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cut=st.integers(0, 10_000))
+def test_truncation_is_a_torn_tail(tmp_path_factory: pytest.TempPathFactory, cut: int) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    _write_log(directory, tokens=20)
+    path = directory / LOG_NAME
+    whole = path.read_bytes()
+    cut = min(cut, len(whole))
+    kept = {t for t in range(1, 21) if _record(t) in whole[:cut]}
+    path.write_bytes(whole[:cut])
+    if cut < len(HEADER):
+        assert _open(directory) is None  # the marker says a log existed: refuse
+        return
+    highest = _open(directory)
+    assert highest is not None
+    for token in kept:
+        assert highest[RESOURCES[token % len(RESOURCES)]] >= token
+
+
+async def test_a_deleted_log_refuses_to_start(store_dir: Path) -> None:
+    _write_log(store_dir)
+    (store_dir / LOG_NAME).unlink()
+    with pytest.raises(RuntimeError, match="missing"):
+        StoreLog(store_dir).open()
+    (store_dir / LOG_NAME).write_bytes(b"")
+    with pytest.raises(RuntimeError, match=MARKER_NAME):
+        StoreLog(store_dir).open()
+
+
+async def test_repair_keeps_intact_records_and_the_damaged_file(store_dir: Path) -> None:
+    acked = _write_log(store_dir)
+    path = store_dir / LOG_NAME
+    data = bytearray(path.read_bytes())
+    data[data.index(b"value-20") + 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert repair_store_log(path, dry_run=True) is not None
+    assert path.read_bytes() == bytes(data)  # a dry run writes nothing
+    result = repair_store_log(path)
+    assert result is not None and len(result.dropped) == 1
+    assert (store_dir / (LOG_NAME + ".broken")).read_bytes() == bytes(data)
+    assert repair_store_log(path) is None  # now intact
+    highest = _open(store_dir)
+    assert highest == acked  # token 20 was not the highest of its resource
+    async with client(store_dir) as (_, c):
+        with pytest.raises(StaleToken):
+            await c.write("a", "k", b"stale", token=acked["a"] - 1)
+
+
+async def test_a_version_1_log_is_upgraded_and_kept(store_dir: Path) -> None:
+    store_dir.mkdir()
+    records = [V1_HEADER]
+    for token in (1, 2, 3):
+        args = (b"W", b"r", b"k%d" % token, b"v%d" % token, b"%d" % token)
+        records.append(encode_command(*args, b"%08x" % zlib.crc32(encode_command(*args))))
+    old = b"".join(records) + records[-1][:-5]  # with a torn tail
+    (store_dir / LOG_NAME).write_bytes(old)
+    store = FencedStore(store_dir)
+    await store.open()
+    try:
+        assert store.read("r", "k3") == (b"v3", 3)
+        await store.write("r", "k4", b"v4", 4)
+    finally:
+        await store.close()
+    assert (store_dir / LOG_NAME).read_bytes().startswith(HEADER)
+    assert (store_dir / (LOG_NAME + ".v1")).read_bytes() == old
+    assert _open(store_dir) == {"r": 4}
+
+
+async def test_a_damaged_version_1_record_refuses_to_start(store_dir: Path) -> None:
+    store_dir.mkdir()
+    records = [V1_HEADER]
+    for token in (1, 2, 3):
+        args = (b"W", b"r", b"k", b"v%d" % token, b"%d" % token)
+        records.append(encode_command(*args, b"%08x" % zlib.crc32(encode_command(*args))))
+    records[2] = records[2].replace(b"v2", b"v9")
+    (store_dir / LOG_NAME).write_bytes(b"".join(records))
+    with pytest.raises(CorruptFile, match="version 1"):
+        StoreLog(store_dir).open()
+
+
+async def test_files_and_directory_are_private(store_dir: Path) -> None:
+    async with client(store_dir) as (_, c):
+        await c.write("r", "k", b"v", token=1)
+    assert store_dir.stat().st_mode & 0o777 == 0o700
+    for name in (LOG_NAME, MARKER_NAME, "store.lock"):
+        assert (store_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+
+async def test_an_existing_store_directory_is_tightened(store_dir: Path) -> None:
+    _write_log(store_dir, tokens=2)
+    os.chmod(store_dir, 0o755)
+    os.chmod(store_dir / LOG_NAME, 0o644)
+    _open(store_dir)
+    assert store_dir.stat().st_mode & 0o777 == 0o700
+    assert (store_dir / LOG_NAME).stat().st_mode & 0o777 == 0o600
