@@ -33,7 +33,7 @@ from lockd.core.quorum import quorum, validity_ns
 __all__ = ["Acquire", "Release", "Renew"]
 
 Outcome = Granted | NotGranted | Renewed | RenewFailed | Released
-TIMEOUT = NodeFailure("timed out")
+TIMEOUT = NodeFailure("timed out", timed_out=True)
 
 
 class _Machine:
