@@ -24,9 +24,17 @@ from lockd.core.messages import (
     fence_key,
     lock_key,
 )
-from lockd.core.quorum import drift_ns, quorum, retry_delay_ns, validity_ns
+from lockd.core.quorum import (
+    RENEW_ROUNDS,
+    drift_ns,
+    quorum,
+    renew_again,
+    retry_delay_ns,
+    validity_ns,
+)
 
 __all__ = [
+    "RENEW_ROUNDS",
     "Acquire",
     "AcquireCall",
     "AcquireReply",
@@ -50,6 +58,7 @@ __all__ = [
     "fence_key",
     "lock_key",
     "quorum",
+    "renew_again",
     "retry_delay_ns",
     "validity_ns",
 ]

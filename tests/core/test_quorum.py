@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lockd.core import drift_ns, quorum, retry_delay_ns, validity_ns
+from lockd.core import RENEW_ROUNDS, drift_ns, quorum, renew_again, retry_delay_ns, validity_ns
 
 MS = 1_000_000
 
@@ -112,3 +112,36 @@ def test_retry_delay_is_deterministic_for_a_seed() -> None:
     a = [retry_delay_ns(random.Random(9), n) for n in range(10)]
     b = [retry_delay_ns(random.Random(9), n) for n in range(10)]
     assert a == b
+
+
+@pytest.mark.parametrize(
+    ("ok", "unanswered", "needed", "rounds", "left_ms", "again"),
+    [
+        # Nodes that timed out or have not answered could have made the quorum: again.
+        (2, 3, 3, 1, 500, True),
+        (0, 3, 3, 1, 500, True),
+        (2, 1, 3, 2, 500, True),
+        (3, 1, 4, 1, 51, True),
+        # Not for lack of time: refusals or failures, not timeouts, missed the quorum.
+        (2, 0, 3, 1, 500, False),
+        (1, 1, 3, 1, 500, False),
+        (0, 2, 3, 1, 500, False),
+        # Out of rounds.
+        (2, 3, 3, 3, 500, False),
+        (2, 3, 3, 4, 500, False),
+        # An answer within the node timeout (50 ms) would come with no validity left.
+        (2, 3, 3, 1, 50, False),
+        (2, 3, 3, 1, 10, False),
+        (2, 3, 3, 1, -5, False),
+    ],
+)
+def test_renew_again_only_for_lack_of_time(
+    ok: int, unanswered: int, needed: int, rounds: int, left_ms: int, again: bool
+) -> None:
+    assert renew_again(ok, unanswered, needed, rounds, RENEW_ROUNDS, left_ms * MS, 50 * MS) is again
+
+
+def test_a_renewal_gets_three_rounds_by_default() -> None:
+    assert RENEW_ROUNDS == 3
+    assert renew_again(0, 5, 3, 2, RENEW_ROUNDS, 10**9, 0)
+    assert not renew_again(0, 5, 3, 3, RENEW_ROUNDS, 10**9, 0)
