@@ -26,10 +26,18 @@ from lockd.core.messages import (
     lock_key,
     lock_name,
 )
-from lockd.core.quorum import drift_ns, quorum, retry_delay_ns, validity_ns
+from lockd.core.quorum import (
+    RENEW_ROUNDS,
+    drift_ns,
+    quorum,
+    renew_again,
+    retry_delay_ns,
+    validity_ns,
+)
 from lockd.core.table import LockTable
 
 __all__ = [
+    "RENEW_ROUNDS",
     "Acquire",
     "AcquireCall",
     "AcquireReply",
@@ -55,6 +63,7 @@ __all__ = [
     "lock_key",
     "lock_name",
     "quorum",
+    "renew_again",
     "retry_delay_ns",
     "validity_ns",
 ]

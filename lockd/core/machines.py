@@ -28,13 +28,13 @@ from lockd.core.messages import (
     fence_key,
     lock_key,
 )
-from lockd.core.quorum import quorum, validity_ns
+from lockd.core.quorum import RENEW_ROUNDS, quorum, renew_again, validity_ns
 from lockd.units import MS
 
 __all__ = ["Acquire", "Release", "Renew"]
 
 Outcome = Granted | NotGranted | Renewed | RenewFailed | Released
-TIMEOUT = NodeFailure("timed out")
+TIMEOUT = NodeFailure("timed out", timed_out=True)
 
 
 class _Machine:
@@ -246,7 +246,13 @@ class Acquire(_Machine):
 class Renew(_Machine):
     """Extend a held lease on every node; renewed on a quorum with validity left,
     otherwise lost (and released everywhere, so nobody waits on its leftovers).
-    `unsafe_no_drift` (simulator only) drops the drift term, as in `Acquire`."""
+
+    A round that misses the quorum only because nodes did not answer in time is sent
+    again to every node (`renew_again`: up to `max_rounds`, while an answer could still
+    leave validity) before the lease is declared lost: a burst that delays answers does
+    not cost a lease that the nodes still hold. Validity always counts from the first
+    round's start. `unsafe_no_drift` (simulator only) drops the drift term, as in
+    `Acquire`."""
 
     def __init__(
         self,
@@ -256,20 +262,29 @@ class Renew(_Machine):
         nodes: int,
         node_timeout_ns: int,
         *,
+        max_rounds: int = RENEW_ROUNDS,
         unsafe_no_drift: bool = False,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
         self.ttl_ms = ttl_ms
         self.lease = lease
+        self.max_rounds = max_rounds
         self.unsafe_no_drift = unsafe_no_drift
         self.started_ns = 0
+        self.rounds = 0
         self._lock_key = lock_key(name)
         self._ok = 0
         self._not_ok = 0
+        self._timed_out = 0
 
     def start(self, now: int) -> list[Send]:
         """`lockd_extend` on every node."""
         self.started_ns = now
+        return self._round(now)
+
+    def _round(self, now: int) -> list[Send]:
+        self.rounds += 1
+        self._ok = self._not_ok = self._timed_out = 0
         return self._broadcast(
             now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms)] * self.nodes
         )
@@ -279,17 +294,29 @@ class Renew(_Machine):
             self._ok += 1
         else:
             self._not_ok += 1
+            self._timed_out += isinstance(reply, NodeFailure) and reply.timed_out
+        validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
         if self._ok >= self.quorum:
-            validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
             if validity > 0:
                 self.outcome = Renewed(validity, now)
                 self._waiting.clear()
                 return []
             return self._lost(now, "extended on a quorum, but after the TTL ran out")
         if self.nodes - self._not_ok < self.quorum:
+            if renew_again(
+                self._ok,
+                self._timed_out + len(self._waiting),
+                self.quorum,
+                self.rounds,
+                self.max_rounds,
+                validity,
+                self.node_timeout_ns,
+            ):
+                return self._round(now)
+            tries = f" (in {self.rounds} rounds)" if self.rounds > 1 else ""
             return self._lost(
                 now,
-                f"extended on only {self._ok} of {self.nodes} nodes; "
+                f"extended on only {self._ok} of {self.nodes} nodes{tries}; "
                 f"the lease expired or was taken over",
             )
         return []

@@ -124,11 +124,13 @@ class FenceReply:
 class NodeFailure:
     """The node answered with an error or could not be reached.
 
-    `restart_delay_ms` is set when it refused because of its delayed restart.
+    `restart_delay_ms` is set when it refused because of its delayed restart;
+    `timed_out` when no answer came in time (the call may still have been carried out).
     """
 
     message: str
     restart_delay_ms: int | None = None
+    timed_out: bool = False
 
 
 Reply = AcquireReply | FenceReply | bool | NodeFailure

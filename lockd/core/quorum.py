@@ -7,7 +7,18 @@ import random
 
 from lockd.units import MS
 
-__all__ = ["drift_ns", "quorum", "restart_delay_ms", "retry_delay_ns", "validity_ns"]
+__all__ = [
+    "RENEW_ROUNDS",
+    "drift_ns",
+    "quorum",
+    "renew_again",
+    "restart_delay_ms",
+    "retry_delay_ns",
+    "validity_ns",
+]
+
+RENEW_ROUNDS = 3
+"""Rounds a renewal may take when timeouts, not refusals, kept it from a quorum."""
 
 
 def quorum(nodes: int) -> int:
@@ -41,3 +52,23 @@ def retry_delay_ns(rng: random.Random, attempt: int, base_ms: int = 5, cap_ms: i
     [delay/2, delay] with delay = min(cap, base·2^attempt)."""
     delay = min(cap_ms, base_ms * (1 << min(attempt, 20))) * MS
     return delay // 2 + rng.randrange(delay // 2 + 1)
+
+
+def renew_again(
+    ok: int,
+    unanswered: int,
+    needed: int,
+    rounds: int,
+    max_rounds: int,
+    validity_left_ns: int,
+    node_timeout_ns: int,
+) -> bool:
+    """Whether a renewal round that can no longer reach a quorum is tried again.
+
+    Only when it failed for lack of time: `ok` extensions plus the `unanswered` nodes
+    (timed out, or not answered yet) would have made the `needed` quorum, so refusals
+    ("not this lease") and outright failures are final; only while fewer than
+    `max_rounds` rounds were made; and only while an answer within `node_timeout_ns`
+    would still leave validity. A later round is as safe as the first: each extension
+    it makes happens after the renewal started, which validity is measured from."""
+    return ok + unanswered >= needed and rounds < max_rounds and validity_left_ns > node_timeout_ns

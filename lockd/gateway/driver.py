@@ -1,22 +1,25 @@
 """Drive a sans-I/O core machine against real nodes with asyncio.
 
-Synchronous (embedded) nodes are answered inline; RESP nodes get one task per request.
-Fire-and-forget sends (releases after a failed attempt), and the lock table's attempts
-and probes over RESP nodes, run in the background and are tracked so they are neither
-garbage-collected nor lost at shutdown.
+Synchronous (embedded) nodes are answered inline. RESP nodes get each request through
+`Node.send`, whose callback feeds the reply to the machine as it arrives (from the
+connection's `data_received`), so a call costs no task and no timer of its own.
+Fire-and-forget sends (releases after a failed attempt) are queued on the connections,
+which finish them before closing; background machines are tracked tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from lockd.core import NodeFailure, Reply, Send
+from lockd.core import Reply, Send
 from lockd.core.machines import Acquire, Outcome, Release, Renew
 from lockd.gateway.nodes import Node
+from lockd.gateway.resp_client import Request
 
 __all__ = ["Driver"]
 
@@ -52,49 +55,24 @@ class Driver:
             node.commit()
 
     async def run(self, machine: Machine) -> Outcome:
-        """Start `machine`, deliver every reply and timeout, return its outcome."""
+        """Start `machine`, deliver every reply and failure, return its outcome.
+
+        Requests go out through `Node.send` with a callback each: no task and no
+        `wait_for` per call. The nodes' transport times a request out from when it is
+        written, so the machine's own deadlines are not polled here; when the outcome is
+        known, requests not written yet are cancelled."""
         if self.synchronous:
             return self.run_now(machine)
-        replies: asyncio.Queue[tuple[int, Reply]] = asyncio.Queue()
-        pending: collections.deque[Send] = collections.deque(machine.start(time.monotonic_ns()))
-        while True:
-            while pending:
-                send = pending.popleft()
-                node = self.nodes[send.node]
-                if send.tag < 0:
-                    self._fire_and_forget(node, send)
-                elif node.synchronous:
-                    reply = node.call_now(send.call)
-                    pending.extend(machine.receive(send.tag, reply, time.monotonic_ns()))
-                else:
-                    self._track(asyncio.create_task(self._call(node, send, replies)))
-            if machine.outcome is not None:
-                self._commit()
-                return machine.outcome
-            deadline = machine.next_deadline()
-            assert deadline is not None, "a machine without outcome must be waiting"
-            timeout = max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+        run = _Run(self.nodes, machine, asyncio.get_running_loop().create_future())
+        run.begin()
+        if machine.outcome is None:
             try:
-                tag, reply = await asyncio.wait_for(replies.get(), timeout)
-            except TimeoutError:
-                pending.extend(machine.tick(time.monotonic_ns()))
-            else:
-                pending.extend(machine.receive(tag, reply, time.monotonic_ns()))
-
-    @staticmethod
-    async def _call(node: Node, send: Send, replies: asyncio.Queue[tuple[int, Reply]]) -> None:
-        timeout = max(0.0, (send.deadline_ns - time.monotonic_ns()) / 1e9)
-        try:
-            reply = await asyncio.wait_for(node.call(send.call), timeout)
-        except TimeoutError:
-            reply = NodeFailure("timed out")
-        replies.put_nowait((send.tag, reply))
-
-    def _fire_and_forget(self, node: Node, send: Send) -> None:
-        if node.synchronous:
-            node.call_now(send.call)  # committed with the machine's outcome
-            return
-        self._track(asyncio.create_task(self._call(node, send, asyncio.Queue())))
+                await run.done
+            finally:
+                run.cancel_pending()
+        self._commit()
+        assert machine.outcome is not None
+        return machine.outcome
 
     def run_in_background(self, machine: Machine) -> None:
         """Run `machine` without waiting for it (releases nobody waits for)."""
@@ -116,3 +94,78 @@ class Driver:
         """Wait for requests still in flight, and what they start (at shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _discard(reply: Reply) -> None:
+    """The reply callback of a fire-and-forget send."""
+
+
+class _Run:
+    """One machine driven against nodes whose replies arrive through callbacks.
+
+    Replies that arrive while the machine is being fed (a node that fails at once, an
+    embedded node in a mixed set) are queued and fed in order, never re-entrantly."""
+
+    __slots__ = ("_busy", "_inbox", "done", "machine", "nodes", "requests")
+
+    def __init__(self, nodes: list[Node], machine: Machine, done: asyncio.Future[None]) -> None:
+        self.nodes = nodes
+        self.machine = machine
+        self.done = done
+        self.requests: list[Request] = []
+        self._inbox: collections.deque[tuple[int, Reply]] = collections.deque()
+        self._busy = False
+
+    def begin(self) -> None:
+        """Send the machine's first requests."""
+        self._busy = True
+        try:
+            self._dispatch(self.machine.start(time.monotonic_ns()))
+        finally:
+            self._busy = False
+        self._drain()
+
+    def deliver(self, tag: int, reply: Reply) -> None:
+        """A node answered request `tag` (or failed it)."""
+        if self.machine.outcome is not None:
+            return
+        self._inbox.append((tag, reply))
+        if not self._busy:
+            self._drain()
+
+    def _drain(self) -> None:
+        machine = self.machine
+        self._busy = True
+        try:
+            while self._inbox and machine.outcome is None:
+                tag, reply = self._inbox.popleft()
+                self._dispatch(machine.receive(tag, reply, time.monotonic_ns()))
+        finally:
+            self._busy = False
+        if machine.outcome is not None:
+            self.cancel_pending()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def _dispatch(self, sends: list[Send]) -> None:
+        now = time.monotonic_ns()
+        for send in sends:
+            node = self.nodes[send.node]
+            if node.synchronous:
+                reply = node.call_now(send.call)  # committed with the machine's outcome
+                if send.tag >= 0:
+                    self._inbox.append((send.tag, reply))
+                continue
+            timeout_s = max(send.deadline_ns - now, 0) / 1e9
+            if send.tag < 0:
+                node.send(send.call, timeout_s, _discard)
+                continue
+            request = node.send(send.call, timeout_s, functools.partial(self.deliver, send.tag))
+            if request is not None:
+                self.requests.append(request)
+
+    def cancel_pending(self) -> None:
+        """The outcome is known (or nobody waits for it): drop requests not yet written."""
+        for request in self.requests:
+            request.cancel()
+        self.requests.clear()

@@ -1,8 +1,9 @@
 """Node transports: how the gateway reaches one engine node.
 
 `EmbeddedNode` calls an in-process `Engine` directly. `RespNode` speaks RESP through
-`redis.asyncio` to a `lockd engine` process or to a real Redis 7+ / Valkey server (with
-lockd's Lua library loaded and its settings checked). Both turn every answer into a core
+`lockd.gateway.resp_client` (one pipelined connection per node, lockd's own codec) to a
+`lockd engine` process or to a real Redis 7+ / Valkey server (with lockd's Lua library
+loaded and its settings checked on every connect). Both turn every answer into a core
 `Reply`; a call never raises.
 """
 
@@ -14,13 +15,11 @@ import dataclasses
 import enum
 import logging
 import re
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from urllib.parse import urlsplit
-
-import redis.asyncio as aredis
-import redis.exceptions
 
 from lockd.core import (
     AcquireCall,
@@ -37,7 +36,19 @@ from lockd.core import (
 )
 from lockd.core.quorum import restart_delay_ms
 from lockd.engine import RELEASE_CHANNEL, Engine
+from lockd.gateway.resp_client import (
+    BULK,
+    NORMAL,
+    URGENT,
+    Request,
+    RequestTimeout,
+    RespClient,
+    RespConnection,
+    TransportError,
+)
+from lockd.resp.protocol import encode_command
 from lockd.resp.replies import CommandError
+from lockd.resp.replies import Reply as RespReply
 
 __all__ = [
     "EmbeddedNode",
@@ -55,6 +66,7 @@ log = logging.getLogger("lockd.gateway")
 
 _RESTART = re.compile(r"RESTARTDELAY (\d+) ms")
 ReleaseListener = Callable[[bytes], None]
+ReplyListener = Callable[[Reply], None]
 
 
 class Mode(enum.Enum):
@@ -98,6 +110,8 @@ def lua_library() -> str:
 
 def _failure(exc: BaseException) -> NodeFailure:
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, RequestTimeout):
+        return NodeFailure(text, timed_out=True)
     m = _RESTART.match(text)
     return NodeFailure(text, int(m.group(1)) if m else None)
 
@@ -126,6 +140,12 @@ class Node:
 
     async def call(self, call: Call) -> Reply:
         """Send one lock-function call; failures come back as `NodeFailure`."""
+        raise NotImplementedError
+
+    def send(self, call: Call, timeout_s: float, done: ReplyListener) -> Request | None:
+        """Send one call without waiting (only when not `synchronous`): `done` gets the
+        reply, or a `NodeFailure` if none came within `timeout_s` of the request being
+        written; cancelling the returned request drops it if it was not written yet."""
         raise NotImplementedError
 
     async def view(self, name: bytes) -> LockView:
@@ -215,87 +235,180 @@ class EmbeddedNode(Node):
         return NodeInfo(self.address, self.mode, True, 0.0, left, reason, e.run_id)
 
 
+def _info(text: RespReply) -> dict[str, str]:
+    """INFO's `key:value` lines as a dict."""
+    if not isinstance(text, bytes):
+        raise CommandError(f"ERR unexpected INFO reply {text!r}")
+    out: dict[str, str] = {}
+    for line in text.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            out[key] = value.strip()
+    return out
+
+
+def _config(reply: RespReply) -> dict[str, str]:
+    """CONFIG GET's reply (a flat array in RESP2, a map in RESP3) as a dict."""
+    items: list[tuple[RespReply, RespReply]]
+    if isinstance(reply, dict):
+        items = list(reply.items())
+    elif isinstance(reply, list):
+        items = list(zip(reply[::2], reply[1::2], strict=True))
+    else:
+        raise CommandError(f"ERR unexpected CONFIG GET reply {reply!r}")
+    return {
+        k.decode(): v.decode() if isinstance(v, bytes) else str(v)
+        for k, v in items
+        if isinstance(k, bytes)
+    }
+
+
+def _pair(reply: RespReply | TransportError) -> tuple[bool, int] | NodeFailure:
+    """The `{flag, counter}` reply of lockd_acquire and lockd_fence_advance."""
+    if isinstance(reply, list) and len(reply) == 2:
+        flag, counter = reply
+        if isinstance(flag, int) and isinstance(counter, int):
+            return flag == 1, counter
+    return _unexpected(reply)
+
+
+def _flag(reply: RespReply | TransportError) -> Reply:
+    """The `1 | 0` reply of lockd_release and lockd_extend."""
+    if isinstance(reply, int):
+        return reply == 1
+    return _unexpected(reply)
+
+
+def _unexpected(reply: RespReply | TransportError) -> NodeFailure:
+    if isinstance(reply, TransportError | CommandError):
+        return _failure(reply)
+    return NodeFailure(f"unexpected reply from the node: {reply!r:.80}")
+
+
 class RespNode(Node):
     """A node over RESP: a `lockd engine`, or real Redis / Valkey (Lua library).
 
-    For real Redis the gateway enforces the delayed restart itself: a node whose run id
-    changed, or whose uptime is below max-TTL + drift, is treated as restarting.
+    Calls go through one pipelined connection (`RespClient`); release notifications
+    through a second one, subscribed to `lockd:released`. Every (re)connect checks the
+    node before any call uses it: a node with unsafe settings is refused, Redis gets
+    lockd's Lua library, and its run id is noted. For real Redis the gateway enforces
+    the delayed restart itself: a node whose run id changed, or whose uptime is below
+    max-TTL + drift, is treated as restarting. `username`, `password` and `ssl_context`
+    apply to both connections (`rediss://` without a context uses the system's CAs).
     """
 
-    def __init__(self, url: str, max_ttl_ms: int, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_ttl_ms: int,
+        timeout_s: float = 1.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        resp3: bool = False,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(f"node URL {url!r} must look like redis://host:port")
+        if parts.scheme == "rediss" and ssl_context is None:
+            ssl_context = ssl.create_default_context()
         self.address = url
         self.mode = Mode.LOCKD_ENGINE
         self.max_ttl_ms = max_ttl_ms
-        self._client = aredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-        self._listener: asyncio.Task[None] | None = None
+        self.timeout_s = timeout_s
+        self._host = parts.hostname
+        self._port = parts.port or 6379
+        self._username = username
+        self._password = password
+        self._ssl = ssl_context
+        self._resp3 = resp3
+        self._client = self._new_client(on_connect=self._check)
+        self._events: RespClient | None = None
         self._run_id = ""
         self._restart_until = 0.0  # time.monotonic() before which acquisitions are refused
         self._restart_reason = ""
-        self._last_error = ""
-        self._checked = False
-        self._check_lock = asyncio.Lock()
+        self._unsafe = ""
+
+    def _new_client(
+        self,
+        on_connect: Callable[[RespConnection], Awaitable[None]] | None = None,
+        on_message: Callable[[bytes, bytes], None] | None = None,
+    ) -> RespClient:
+        return RespClient(
+            self._host,
+            self._port,
+            username=self._username,
+            password=self._password,
+            ssl=self._ssl,
+            resp3=self._resp3,
+            timeout_s=self.timeout_s,
+            channels=(RELEASE_CHANNEL,) if on_message else (),
+            on_message=on_message,
+            on_connect=on_connect,
+            name=self.address,
+        )
 
     async def start(self, on_release: ReleaseListener) -> None:
-        try:
-            await self._check()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        def released(channel: bytes, message: bytes) -> None:
+            on_release(message)
+
+        self._events = self._new_client(on_message=released)
+        results = await asyncio.gather(
+            self._client.start(), self._events.start(), return_exceptions=True
+        )
+        if isinstance(results[0], UnsafeNodeError):
+            raise results[0]
+        if isinstance(results[0], BaseException):
             # A minority of nodes may be down: this one is checked when it first answers.
-            self._last_error = str(exc)
             log.warning(
-                "node %s is unreachable (%s); will check it when it answers", self.address, exc
+                "node %s is unreachable (%s); will check it when it answers",
+                self.address,
+                results[0],
             )
-        self._listener = asyncio.create_task(self._listen(on_release))
 
-    async def _ready(self) -> NodeFailure | None:
-        """None once the node passed `_check`; otherwise why it cannot be used yet."""
-        if self._checked:
-            return None
-        try:
-            await self._check()
-        except UnsafeNodeError as exc:
-            log.error("%s", exc)
-            return NodeFailure(str(exc))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            self._last_error = str(exc)
-            return _failure(exc)
-        return None
-
-    async def _check(self) -> None:
+    async def _check(self, conn: RespConnection) -> None:
         """Refuse an unsafe node, load the Lua library into Redis, note the run id."""
-        async with self._check_lock:
-            if not self._checked:
-                await self._check_now()
-                self._checked = True
-
-    async def _check_now(self) -> None:
-        info = await self._client.info("server")
-        if "lockd_version" in info:
-            self.mode = Mode.LOCKD_ENGINE
-            config = await self._client.config_get("lockd-max-ttl")
-            node_max = int(config.get("lockd-max-ttl") or 0)
-            if node_max < self.max_ttl_ms:
-                raise UnsafeNodeError(
-                    f"{self.address}: lockd engine's --max-ttl is {node_max} ms, below the "
-                    f"gateway's {self.max_ttl_ms} ms; start it with --max-ttl "
-                    f"{self.max_ttl_ms}ms or more"
+        try:
+            info = _info(await conn.execute(b"INFO", b"server", timeout_s=self._control_s))
+            if "lockd_version" in info:
+                self.mode = Mode.LOCKD_ENGINE
+                config = _config(
+                    await conn.execute(
+                        b"CONFIG", b"GET", b"lockd-max-ttl", timeout_s=self._control_s
+                    )
                 )
-        else:
-            self.mode = Mode.REDIS
-            await self._check_redis()
-            await self._client.function_load(lua_library(), replace=True)
-        self._note_run_id(str(info.get("run_id", "")), int(info.get("uptime_in_seconds") or 0))
+                node_max = int(config.get("lockd-max-ttl") or 0)
+                if node_max < self.max_ttl_ms:
+                    raise UnsafeNodeError(
+                        f"{self.address}: lockd engine's --max-ttl is {node_max} ms, below "
+                        f"the gateway's {self.max_ttl_ms} ms; start it with --max-ttl "
+                        f"{self.max_ttl_ms}ms or more"
+                    )
+            else:
+                self.mode = Mode.REDIS
+                await self._check_redis(conn)
+                await conn.execute(
+                    b"FUNCTION",
+                    b"LOAD",
+                    b"REPLACE",
+                    lua_library().encode(),
+                    timeout_s=self._control_s,
+                )
+        except UnsafeNodeError as exc:
+            if str(exc) != self._unsafe:
+                log.error("%s", exc)
+            self._unsafe = str(exc)
+            raise
+        self._unsafe = ""
+        self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
 
-    async def _check_redis(self) -> None:
-        config = await self._client.config_get("*")
+    @property
+    def _control_s(self) -> float:
+        return max(self.timeout_s, 1.0)
+
+    async def _check_redis(self, conn: RespConnection) -> None:
+        config = _config(await conn.execute(b"CONFIG", b"GET", b"*", timeout_s=self._control_s))
         policy = config.get("maxmemory-policy", "")
         if policy != "noeviction":
             raise UnsafeNodeError(
@@ -329,85 +442,92 @@ class RespNode(Node):
     def _restart_left_ms(self) -> int:
         return max(0, int((self._restart_until - time.monotonic()) * 1000))
 
-    async def _listen(self, on_release: ReleaseListener) -> None:
-        delay = 0.05
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await pubsub.subscribe(RELEASE_CHANNEL)
-                delay = 0.05
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        on_release(bytes(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("node %s: release notifications interrupted: %s", self.address, exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
     async def close(self) -> None:
-        if self._listener is not None:
-            # redis-py can swallow a cancellation that lands while it subscribes, and then
-            # blocks reading forever: cancel again until the listener has ended.
-            while not self._listener.done():
-                self._listener.cancel()
-                await asyncio.wait({self._listener}, timeout=0.1)
-        await self._client.aclose()
+        closing = [self._client.close(drain_s=self.timeout_s)]
+        if self._events is not None:
+            closing.append(self._events.close())
+        await asyncio.gather(*closing)
+
+    def send(self, call: Call, timeout_s: float, done: ReplyListener) -> Request | None:
+        if isinstance(call, AcquireCall):
+            left = self._restart_left_ms()
+            if left:
+                done(NodeFailure(f"RESTARTDELAY {left} ms left: {self._restart_reason}", left))
+                return None
+            data = encode_command(
+                b"FCALL", b"lockd_acquire", b"2", call.lock_key, call.fence_key, call.lease,
+                b"%d" % call.ttl_ms,
+            )  # fmt: skip
+
+            def acquired(reply: RespReply | TransportError) -> None:
+                pair = _pair(reply)
+                done(AcquireReply(*pair) if isinstance(pair, tuple) else pair)
+
+            return self._client.send(data, acquired, BULK, timeout_s)
+        if isinstance(call, FenceCall):
+            data = encode_command(
+                b"FCALL", b"lockd_fence_advance", b"1", call.fence_key, b"%d" % call.token
+            )
+
+            def fenced(reply: RespReply | TransportError) -> None:
+                pair = _pair(reply)
+                done(FenceReply(*pair) if isinstance(pair, tuple) else pair)
+
+            return self._client.send(data, fenced, NORMAL, timeout_s)
+        if isinstance(call, ReleaseCall):
+            data = encode_command(b"FCALL", b"lockd_release", b"1", call.lock_key, call.lease)
+        else:
+            data = encode_command(
+                b"FCALL", b"lockd_extend", b"1", call.lock_key, call.lease, b"%d" % call.ttl_ms
+            )
+
+        def flagged(reply: RespReply | TransportError) -> None:
+            done(_flag(reply))
+
+        return self._client.send(data, flagged, URGENT, timeout_s)
 
     async def call(self, call: Call) -> Reply:
-        if (failure := await self._ready()) is not None:
-            return failure
-        c = self._client
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Reply) -> None:
+            if not future.done():
+                future.set_result(reply)
+
+        request = self.send(call, self.timeout_s, done)
         try:
-            if isinstance(call, AcquireCall):
-                left = self._restart_left_ms()
-                if left:
-                    return NodeFailure(f"RESTARTDELAY {left} ms left: {self._restart_reason}", left)
-                got, counter = await c.fcall(
-                    "lockd_acquire", 2, call.lock_key, call.fence_key, call.lease, call.ttl_ms
-                )
-                return AcquireReply(got == 1, int(counter))
-            if isinstance(call, ReleaseCall):
-                return bool(await c.fcall("lockd_release", 1, call.lock_key, call.lease) == 1)
-            if isinstance(call, ExtendCall):
-                result = await c.fcall("lockd_extend", 1, call.lock_key, call.lease, call.ttl_ms)
-                return bool(result == 1)
-            assert isinstance(call, FenceCall)
-            accepted, counter = await c.fcall("lockd_fence_advance", 1, call.fence_key, call.token)
-            return FenceReply(accepted == 1, int(counter))
-        except (redis.exceptions.RedisError, OSError) as exc:
-            self._last_error = str(exc)
-            return _failure(exc)
+            return await future
+        finally:
+            if request is not None:
+                request.cancel()
 
     async def view(self, name: bytes) -> LockView:
-        await self._check()
         # lockd_describe, not GET: a `lockd engine` reports its counters above the fence
         # floor it restarted with, as the embedded engine does.
-        pttl, counter = await self._client.fcall(
-            "lockd_describe", 2, lock_key(name), fence_key(name)
+        reply = await self._client.execute(
+            b"FCALL", b"lockd_describe", b"2", lock_key(name), fence_key(name)
         )
-        return LockView(int(pttl), int(counter))
+        match reply:
+            case [int(pttl), int(counter)]:
+                return LockView(pttl, counter)
+        raise CommandError(f"ERR unexpected reply to lockd_describe: {reply!r}")
 
     async def info(self) -> NodeInfo:
-        if (failure := await self._ready()) is not None:
-            return NodeInfo(self.address, self.mode, False, error=failure.message)
+        await self._client.try_now(self.timeout_s)
+        if not self._client.connected:
+            error = self._unsafe or self._client.last_error or "not connected yet"
+            return NodeInfo(self.address, self.mode, False, error=error)
         try:
             start = time.perf_counter()
-            await self._client.ping()
+            await self._client.execute(b"PING", timeout_s=self._control_s)
             latency = (time.perf_counter() - start) * 1000
-            section = "lockd" if self.mode is Mode.LOCKD_ENGINE else "server"
-            info = await self._client.info(section)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            self._last_error = str(exc)
+            section = b"lockd" if self.mode is Mode.LOCKD_ENGINE else b"server"
+            info = _info(await self._client.execute(b"INFO", section, timeout_s=self._control_s))
+        except (TransportError, CommandError) as exc:
             return NodeInfo(self.address, self.mode, False, error=str(exc))
-        self._note_run_id(str(info.get("run_id", "")), int(info.get("uptime_in_seconds", 0)))
+        self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
         if self.mode is Mode.LOCKD_ENGINE:
-            left = int(info.get("restart_delay_remaining_ms", 0))
-            reason = str(info.get("restart_delay_reason", "")) if left else ""
+            left = int(info.get("restart_delay_remaining_ms") or 0)
+            reason = info.get("restart_delay_reason", "") if left else ""
         else:
             left = self._restart_left_ms()
             reason = self._restart_reason if left else ""

@@ -1,7 +1,9 @@
-"""Sans-I/O RESP2 request parser and reply encoder.
+"""Sans-I/O RESP codec: request parser and reply encoder (servers), reply parser and
+command encoder (clients).
 
-The same parser reads client requests and replays the engine's append-only file, so there
-is one definition of a well-formed command. Limits follow Redis's defaults where they
+The same request parser reads client requests and replays the engine's append-only file,
+so there is one definition of a well-formed command; the gateway's node transport reads
+replies (RESP2 and RESP3) with `ReplyParser`. Limits follow Redis's defaults where they
 matter for safety: a frame that breaks them raises `ProtocolError`, whose text is what
 Redis sends (`ERR Protocol error: ...`) before closing the connection.
 """
@@ -10,7 +12,15 @@ from __future__ import annotations
 
 from lockd.resp.replies import CommandError, Push, Reply, Status
 
-__all__ = ["ProtocolError", "RequestParser", "encode"]
+__all__ = [
+    "INCOMPLETE",
+    "Incomplete",
+    "ProtocolError",
+    "ReplyParser",
+    "RequestParser",
+    "encode",
+    "encode_command",
+]
 
 MAX_MULTIBULK = 1024 * 1024
 MAX_INLINE = 64 * 1024
@@ -249,3 +259,145 @@ def encode_command(*args: bytes) -> bytes:
 def _line(text: str) -> bytes:
     # Simple strings and errors cannot hold CR or LF.
     return text.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+# -- replies (what a client reads) ---------------------------------------------------------
+
+
+class Incomplete:
+    """The type of `INCOMPLETE`: no whole reply is buffered yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "INCOMPLETE"
+
+
+INCOMPLETE = Incomplete()
+"""`ReplyParser.next_reply()` when more bytes are needed (None is a valid reply: nil)."""
+
+MAX_REPLY_DEPTH = 64
+
+
+class ReplyParser:
+    """Incremental parser of server replies, RESP2 and RESP3.
+
+    Values are those of `lockd.resp.replies`: `int`, `bytes`, `None`, `Status`,
+    `CommandError` (an error reply is a value, not raised), `list`, `dict` and `Push`
+    (RESP3 `>`). RESP3 booleans become 1/0, big numbers `int`, doubles their text as
+    `bytes`, sets lists; attributes are skipped. A reply that is not whole yet is parsed
+    again from its start on the next call, which is cheap for the short replies of lock
+    calls; `max_bulk` bounds what one bulk string may claim.
+    """
+
+    __slots__ = ("_buf", "_max_bulk", "_pos")
+
+    def __init__(self, max_bulk: int = DEFAULT_MAX_BULK) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max_bulk = max_bulk
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed."""
+        return len(self._buf) - self._pos
+
+    def next_reply(self) -> Reply | Incomplete:
+        """The next whole reply, or `INCOMPLETE`. Raises `ProtocolError` on bytes that are
+        not RESP (the connection cannot be trusted after that)."""
+        if self._pos >= len(self._buf):
+            return INCOMPLETE
+        parsed = self._value(self._pos, 0)
+        if parsed is None:
+            return INCOMPLETE
+        value, self._pos = parsed
+        return value
+
+    def _line(self, pos: int) -> tuple[bytes, int] | None:
+        end = self._buf.find(b"\r\n", pos)
+        if end < 0:
+            if len(self._buf) - pos > MAX_INLINE:
+                raise ProtocolError("Protocol error: reply line too long")
+            return None
+        return bytes(self._buf[pos + 1 : end]), end + 2
+
+    def _value(self, pos: int, depth: int) -> tuple[Reply, int] | None:
+        """(value, position after it) of the reply at `pos`, or None if incomplete."""
+        if depth > MAX_REPLY_DEPTH:
+            raise ProtocolError("Protocol error: replies nested too deep")
+        if pos >= len(self._buf):
+            return None
+        kind = self._buf[pos]
+        line = self._line(pos)
+        if line is None:
+            return None
+        text, pos = line
+        if kind == 0x3A or kind == 0x28:  # ':' integer, '(' big number
+            return _int(text), pos
+        if kind == 0x24 or kind == 0x21 or kind == 0x3D:  # '$' bulk, '!' blob error, '=' verbatim
+            size = _int(text)
+            if size < 0:
+                return None, pos
+            if size > self._max_bulk:
+                raise ProtocolError(f"Protocol error: bulk reply of {size} bytes")
+            if len(self._buf) < pos + size + 2:
+                return None
+            data = bytes(self._buf[pos : pos + size])
+            if self._buf[pos + size : pos + size + 2] != b"\r\n":
+                raise ProtocolError("Protocol error: bulk reply not terminated by CRLF")
+            pos += size + 2
+            if kind == 0x21:
+                return CommandError(data.decode("utf-8", "replace")), pos
+            return (data[4:] if kind == 0x3D else data), pos
+        if kind == 0x2B:  # '+'
+            return Status(text.decode("utf-8", "replace")), pos
+        if kind == 0x2D:  # '-'
+            return CommandError(text.decode("utf-8", "replace")), pos
+        if kind == 0x2A or kind == 0x7E or kind == 0x3E:  # '*' array, '~' set, '>' push
+            count = _int(text)
+            if count < 0:
+                return None, pos
+            items: list[Reply] = Push() if kind == 0x3E else []
+            for _ in range(count):
+                parsed = self._value(pos, depth + 1)
+                if parsed is None:
+                    return None
+                item, pos = parsed
+                items.append(item)
+            return items, pos
+        if kind == 0x25 or kind == 0x7C:  # '%' map, '|' attribute (skipped)
+            mapping: dict[bytes, Reply] = {}
+            for _ in range(_int(text)):
+                key = self._value(pos, depth + 1)
+                if key is None:
+                    return None
+                value = self._value(key[1], depth + 1)
+                if value is None:
+                    return None
+                k = key[0]
+                mapping[k if isinstance(k, bytes) else str(k).encode()] = value[0]
+                pos = value[1]
+            if kind == 0x7C:
+                return self._value(pos, depth)
+            return mapping, pos
+        if kind == 0x5F:  # '_' null
+            return None, pos
+        if kind == 0x23:  # '#' boolean
+            return int(text == b"t"), pos
+        if kind == 0x2C:  # ',' double, kept as its text
+            return text, pos
+        shown = chr(kind) if 32 <= kind < 127 else f"\\x{kind:02x}"
+        raise ProtocolError(f"Protocol error: unknown reply type {shown!r}")
+
+
+def _int(text: bytes) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ProtocolError(f"Protocol error: {text[:32]!r} is not an integer") from None

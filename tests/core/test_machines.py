@@ -423,8 +423,8 @@ def test_a_timed_out_request_answered_late_is_ignored() -> None:
 RENEW_AT = 300 * MS
 
 
-def renew(nodes: int = 5) -> Driver:
-    d = Driver(Renew(NAME, LEASE, TTL, nodes, TIMEOUT), NAME)
+def renew(nodes: int = 5, max_rounds: int = 1) -> Driver:
+    d = Driver(Renew(NAME, LEASE, TTL, nodes, TIMEOUT, max_rounds=max_rounds), NAME)
     d.start(T0 + RENEW_AT)
     assert d.calls() == [ExtendCall(lock_key(NAME), LEASE, TTL)] * nodes
     return d
@@ -462,7 +462,7 @@ def test_renew(pattern: str, renewed: bool) -> None:
 
 @pytest.mark.parametrize(("late_ms", "renewed"), [(987, True), (988, False), (2_000, False)])
 def test_renew_too_late(late_ms: int, renewed: bool) -> None:
-    d = Driver(Renew(NAME, LEASE, TTL, 3, SLOW), NAME)
+    d = Driver(Renew(NAME, LEASE, TTL, 3, SLOW, max_rounds=1), NAME)
     d.start(T0)
     d.replies([True, True, True], T0 + late_ms * MS)
     got = d.machine.outcome
@@ -480,6 +480,74 @@ def test_renew_needs_a_quorum(nodes: int, needed: int) -> None:
     short = renew(nodes)
     short.replies([True] * (needed - 1) + [False] * (nodes - needed + 1), T0 + RENEW_AT + MS)
     assert isinstance(short.machine.outcome, RenewFailed)
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "rounds", "renewed"),
+    [
+        # Timeouts that could have made the quorum: a second round, to every node.
+        ("t t T T T", "t t t f f", 2, True),
+        ("t f f T T", "T t t t f", 2, True),
+        ("T T T T T", "t t t t t", 2, True),
+        ("t t f T F", "t t t F F", 2, True),
+        # Refusals and outright failures are final: no second round.
+        ("t t f f f", "", 1, False),
+        ("t f f F T", "", 1, False),
+        ("T T F F F", "", 1, False),
+        # A second round that times out again gets a third, and that is the last.
+        ("t t T T T", "t T T T T", 3, False),
+        ("t t T T T", "t t f T T", 3, False),
+    ],
+)
+def test_renew_tries_again_when_timeouts_cost_the_quorum(
+    first: str, again: str, rounds: int, renewed: bool
+) -> None:
+    d = renew(max_rounds=3)
+    answer(d, first, T0 + RENEW_AT + 5 * MS)
+    for pattern in (again, "T T T T T")[: rounds - 1]:
+        assert d.machine.outcome is None and len(d.rounds) == 2 + (pattern != again)
+        assert d.calls() == [ExtendCall(lock_key(NAME), LEASE, TTL)] * 5
+        answer(d, pattern, d.now + 5 * MS)
+    got = d.machine.outcome
+    assert len(d.rounds) == rounds
+    if renewed:
+        # Validity still counts from the first round's start.
+        assert isinstance(got, Renewed)
+        assert got.validity_ns == validity_ns(TTL, T0 + RENEW_AT, got.decided_ns)
+        assert got.decided_ns == T0 + RENEW_AT + (TIMEOUT + 5 * MS)
+        assert d.releases == []
+    else:
+        assert isinstance(got, RenewFailed)
+        assert ("in 3 rounds" in got.detail) == (rounds == 3)
+        assert [s.call for s in d.releases] == [ReleaseCall(lock_key(NAME), LEASE)] * 5
+
+
+@pytest.mark.parametrize(
+    ("timeout_at_ms", "again"),
+    [
+        # Renewed on a quorum only if the answer could come with validity left: a round
+        # needs more than one node timeout (50 ms) of the 988 ms of validity.
+        (900, True),
+        (937, True),
+        (938, False),
+        (987, False),
+    ],
+)
+def test_renew_tries_again_only_while_an_answer_could_leave_validity(
+    timeout_at_ms: int, again: bool
+) -> None:
+    d = Driver(Renew(NAME, LEASE, TTL, 5, TIMEOUT), NAME)
+    d.start(T0)
+    d.replies([True, True, None, None, None], T0 + MS)
+    d.tick(T0 + timeout_at_ms * MS)
+    if again:
+        assert d.machine.outcome is None and len(d.rounds) == 2
+        d.replies([True] * 5, d.now + MS)
+        got = d.machine.outcome
+        assert isinstance(got, Renewed)
+        assert got.validity_ns == (988 - timeout_at_ms - 1) * MS
+    else:
+        assert isinstance(d.machine.outcome, RenewFailed) and len(d.rounds) == 1
 
 
 # -- Release -----------------------------------------------------------------------------

@@ -362,8 +362,8 @@ def test_renew_renewed_iff_quorum_extended_in_time(
     nodes: int, ttl_ms: int, timeout_ms: int, data: st.DataObject
 ) -> None:
     """Renewed iff a quorum extended while validity was left; otherwise lost and
-    released everywhere."""
-    m = Renew(NAME, b"L", ttl_ms, nodes, timeout_ms * MS)
+    released everywhere (one round; later rounds: test_renew_rounds_*)."""
+    m = Renew(NAME, b"L", ttl_ms, nodes, timeout_ms * MS, max_rounds=1)
     d = Driver(m, NAME)
     d.start(1_000 * MS)
     no_validity = 1_000 * MS + ttl_ms * MS - drift_ns(ttl_ms)

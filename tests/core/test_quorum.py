@@ -8,10 +8,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lockd.core import drift_ns, fence_key, lock_key, lock_name, quorum, retry_delay_ns, validity_ns
+from lockd.core import (
+    RENEW_ROUNDS,
+    drift_ns,
+    fence_key,
+    lock_key,
+    lock_name,
+    quorum,
+    renew_again,
+    retry_delay_ns,
+    validity_ns,
+)
 from lockd.core.quorum import restart_delay_ms
-
-MS = 1_000_000
+from lockd.units import MS
 
 
 @pytest.mark.parametrize(
@@ -126,3 +135,36 @@ def test_lock_key_round_trips_through_lock_name(name: bytes) -> None:
 @pytest.mark.parametrize(("max_ttl_ms", "delay_ms"), [(1000, 1012), (60_000, 60_602), (99, 101)])
 def test_restart_delay_is_max_ttl_plus_its_drift(max_ttl_ms: int, delay_ms: int) -> None:
     assert restart_delay_ms(max_ttl_ms) == delay_ms
+
+
+@pytest.mark.parametrize(
+    ("ok", "unanswered", "needed", "rounds", "left_ms", "again"),
+    [
+        # Nodes that timed out or have not answered could have made the quorum: again.
+        (2, 3, 3, 1, 500, True),
+        (0, 3, 3, 1, 500, True),
+        (2, 1, 3, 2, 500, True),
+        (3, 1, 4, 1, 51, True),
+        # Not for lack of time: refusals or failures, not timeouts, missed the quorum.
+        (2, 0, 3, 1, 500, False),
+        (1, 1, 3, 1, 500, False),
+        (0, 2, 3, 1, 500, False),
+        # Out of rounds.
+        (2, 3, 3, 3, 500, False),
+        (2, 3, 3, 4, 500, False),
+        # An answer within the node timeout (50 ms) would come with no validity left.
+        (2, 3, 3, 1, 50, False),
+        (2, 3, 3, 1, 10, False),
+        (2, 3, 3, 1, -5, False),
+    ],
+)
+def test_renew_again_only_for_lack_of_time(
+    ok: int, unanswered: int, needed: int, rounds: int, left_ms: int, again: bool
+) -> None:
+    assert renew_again(ok, unanswered, needed, rounds, RENEW_ROUNDS, left_ms * MS, 50 * MS) is again
+
+
+def test_a_renewal_gets_three_rounds_by_default() -> None:
+    assert RENEW_ROUNDS == 3
+    assert renew_again(0, 5, 3, 2, RENEW_ROUNDS, 10**9, 0)
+    assert not renew_again(0, 5, 3, 3, RENEW_ROUNDS, 10**9, 0)

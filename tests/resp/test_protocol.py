@@ -14,9 +14,12 @@ import pytest
 from lockd.resp.protocol import (
     ARG_OVERHEAD,
     DEFAULT_MAX_BULK,
+    INCOMPLETE,
     MAX_INLINE,
     MAX_MULTIBULK,
+    MAX_REPLY_DEPTH,
     ProtocolError,
+    ReplyParser,
     RequestParser,
     encode,
     encode_command,
@@ -490,3 +493,100 @@ def test_encode_command_round_trips() -> None:
     data = encode_command(*args)
     assert data.startswith(b"*4\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$256\r\n")
     assert parse(data * 3) == [args] * 3
+
+
+# -- replies (the gateway's node transport reads them) -----------------------------------
+
+
+def replies(*chunks: bytes) -> list[object]:
+    """Every reply in `chunks`, fed one by one, draining after each."""
+    parser = ReplyParser()
+    out: list[object] = []
+    for chunk in chunks:
+        parser.feed(chunk)
+        while (reply := parser.next_reply()) is not INCOMPLETE:
+            out.append(reply)
+    assert parser.buffered() == 0
+    return out
+
+
+RESP2_REPLIES: list[tuple[bytes, object]] = [
+    (b":1\r\n", 1),
+    (b":-42\r\n", -42),
+    (b"$5\r\nhello\r\n", b"hello"),
+    (b"$0\r\n\r\n", b""),
+    (b"$-1\r\n", None),
+    (b"*-1\r\n", None),
+    (b"+OK\r\n", OK),
+    (b"*0\r\n", []),
+    (b"*2\r\n:1\r\n:7\r\n", [1, 7]),  # lockd_acquire / lockd_fence_advance
+    (b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n", [b"message", b"c", b"hi"]),
+    (b"*2\r\n*1\r\n$1\r\na\r\n$-1\r\n", [[b"a"], None]),
+    (b"$4\r\na\r\nb\r\n", b"a\r\nb"),  # binary-safe
+]
+
+RESP3_REPLIES: list[tuple[bytes, object]] = [
+    (b"_\r\n", None),
+    (b"#t\r\n", 1),
+    (b"#f\r\n", 0),
+    (b",3.25\r\n", b"3.25"),
+    (b"(12345678901234567890\r\n", 12345678901234567890),
+    (b"=8\r\ntxt:abcd\r\n", b"abcd"),
+    (b"%2\r\n+a\r\n:1\r\n$1\r\nb\r\n*1\r\n:2\r\n", {b"a": 1, b"b": [2]}),
+    (b"~2\r\n:1\r\n:2\r\n", [1, 2]),
+    (b"|1\r\n+ttl\r\n:3\r\n:9\r\n", 9),  # the attribute is skipped
+]
+
+
+@pytest.mark.parametrize(("data", "value"), RESP2_REPLIES + RESP3_REPLIES)
+def test_reply_values(data: bytes, value: object) -> None:
+    assert replies(data) == [value]
+    # Byte by byte, a reply is returned only once whole.
+    assert replies(*(data[i : i + 1] for i in range(len(data)))) == [value]
+
+
+def test_reply_types_are_the_shared_reply_values() -> None:
+    status, error, blob_error, push = replies(
+        b"+QUEUED\r\n", b"-RESTARTDELAY 120 ms left\r\n", b"!9\r\nERR boom!\r\n",
+        b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+    )  # fmt: skip
+    assert isinstance(status, Status) and status == "QUEUED"
+    assert isinstance(error, CommandError) and error.code == "RESTARTDELAY"
+    assert isinstance(blob_error, CommandError) and str(blob_error) == "ERR boom!"
+    assert isinstance(push, Push) and push == [b"message", b"c", b"m"]
+
+
+def test_pipelined_replies_in_one_chunk_come_in_order() -> None:
+    data = b"".join(d for d, _ in RESP2_REPLIES) * 50
+    assert replies(data) == [v for _, v in RESP2_REPLIES] * 50
+
+
+def test_encoded_replies_parse_back() -> None:
+    values = [1, b"x", None, OK, PONG, [1, [b"a", None]], CommandError("ERR nope")]
+    for resp3 in (False, True):
+        got = replies(b"".join(encode(v, resp3) for v in values))
+        assert [str(g) if isinstance(g, CommandError) else g for g in got] == [
+            str(v) if isinstance(v, CommandError) else v for v in values
+        ]
+    assert replies(encode({b"k": 1, b"j": b"v"}, resp3=True)) == [{b"k": 1, b"j": b"v"}]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"?1\r\n",  # unknown type
+        b":12x\r\n",  # not an integer
+        b"$3\r\nabcde\r\n",  # bulk longer than declared
+        b"*1\r\n" * (MAX_REPLY_DEPTH + 2) + b":1\r\n",  # nested too deep
+    ],
+)
+def test_bytes_that_are_not_replies_raise(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        replies(data)
+
+
+def test_a_bulk_reply_beyond_the_limit_raises_before_it_is_buffered() -> None:
+    parser = ReplyParser(max_bulk=10)
+    parser.feed(b"$11\r\n")
+    with pytest.raises(ProtocolError):
+        parser.next_reply()

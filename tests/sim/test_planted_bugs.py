@@ -15,8 +15,8 @@ FIRST_FAILING = {
     # unsafe option: (first failing seed, the property that catches it)
     "single-phase-token": (0, "token-unique"),
     "no-drift": (60, "overlap"),
-    "wall-clock": (87, "overlap"),
-    "no-restart-delay": (2, "overlap"),
+    "wall-clock": (23, "overlap"),
+    "no-restart-delay": (92, "overlap"),
     "volatile-fence": (2, "token-unique"),
 }
 
