@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from lockd.core import (
     AcquireCall,
@@ -285,6 +285,45 @@ def _unexpected(reply: RespReply | TransportError) -> NodeFailure:
     return NodeFailure(f"unexpected reply from the node: {reply!r:.80}")
 
 
+def redact(url: str) -> str:
+    """A node URL fit to show: the password replaced by ***, options left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return urlunsplit(parts._replace(query=""))
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc, query=""))
+
+
+_TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"}
+
+
+def _tls_from_query(query: str, shown: str) -> ssl.SSLContext:
+    """The client TLS context a rediss:// URL asks for: ssl_ca_certs (CA bundle),
+    ssl_certfile/ssl_keyfile (client certificate), ssl_cert_reqs=none (no checks: warned)."""
+    options = dict(parse_qsl(query))
+    unknown = set(options) - _TLS_OPTIONS
+    if unknown:
+        raise ValueError(f"node URL {shown!r}: unknown option(s) {', '.join(sorted(unknown))}")
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if "ssl_certfile" in options:
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    reqs = options.get("ssl_cert_reqs", "required").lower()
+    if reqs == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        log.warning(
+            "INSECURE: node %s is reached over TLS WITHOUT checking its certificate "
+            "(ssl_cert_reqs=none): anyone on the path can impersonate it and read the "
+            "password; give ssl_ca_certs instead",
+            shown,
+        )
+    elif reqs != "required":
+        raise ValueError(f"node URL {shown!r}: ssl_cert_reqs must be required or none")
+    return context
+
+
 class RespNode(Node):
     """A node over RESP: a `lockd engine`, or real Redis / Valkey (Lua library).
 
@@ -310,10 +349,14 @@ class RespNode(Node):
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ValueError(f"node URL {url!r} must look like redis://host:port")
+            raise ValueError(f"node URL {redact(url)!r} must look like redis://host:port")
+        username = username or (unquote(parts.username) if parts.username else None)
+        password = password or (unquote(parts.password) if parts.password else None)
         if parts.scheme == "rediss" and ssl_context is None:
-            ssl_context = ssl.create_default_context()
-        self.address = url
+            ssl_context = _tls_from_query(parts.query, redact(url))
+        elif parts.query:
+            raise ValueError(f"node URL {redact(url)!r}: options need rediss://")
+        self.address = redact(url)
         self.mode = Mode.LOCKD_ENGINE
         self.max_ttl_ms = max_ttl_ms
         self.timeout_s = timeout_s
