@@ -45,9 +45,17 @@ types: install
 
 check: lint types test
 
-# Peers are installed only for benchmarking.
+# Peers are installed only for benchmarking: Debian's etcd and ZooKeeper servers, and the
+# Python clients (kazoo; etcd's gRPC stubs are generated from tests/bench/etcd.py).
 bench: install redis-server
-	$(BIN)/pip install -q redlock-py pottery
+	@{ command -v etcd >/dev/null 2>&1 && test -f /usr/share/java/zookeeper.jar; } || { \
+	  echo "installing Debian's etcd-server and zookeeper (benchmark peers)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq etcd-server zookeeper >/dev/null; }
+	@# The packages may start system services; the benchmark starts its own on free ports.
+	@-command -v systemctl >/dev/null 2>&1 && systemctl disable --now etcd zookeeper >/dev/null 2>&1; true
+	$(BIN)/pip install -q redlock-py pottery kazoo
 	$(BIN)/python -m tests.bench
 
 # Long Jepsen runs, five minutes per nemesis, results under var/jepsen (docs/CORRECTNESS.md).

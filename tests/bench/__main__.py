@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import engine_bench, gateway_bench
+from tests.bench import engine_bench, gateway_bench, shapes_bench
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
         ("engine vs redis-server over RESP", engine_bench.over_resp),
         ("engine memory", engine_bench.memory_per_lock),
         ("gateway vs Redlock peers on five redis-servers", gateway_bench.gateway_vs_peers),
+        ("lockd's shapes vs etcd, ZooKeeper and Redlock, one run", shapes_bench.shapes_vs_peers),
     ]
     print(f"{'benchmark':<58} {'result':>28}  target")
     for title, bench in sections:
