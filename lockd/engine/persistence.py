@@ -109,17 +109,28 @@ def clock_epoch() -> str:
 
 
 def write_json_durably(path: Path, value: dict[str, Any], faults: DiskFaults = NO_FAULTS) -> None:
-    """Atomically replace `path` with `value` as JSON and fsync it and its directory."""
-    write_durably(path, json.dumps(value, sort_keys=True).encode() + b"\n", faults)
+    """Atomically replace `path` with `value` as JSON, with a CRC of it (`crc32`), and
+    fsync it and its directory."""
+    crc = zlib.crc32(json.dumps(value, sort_keys=True).encode())
+    write_durably(
+        path, json.dumps({**value, "crc32": crc}, sort_keys=True).encode() + b"\n", faults
+    )
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it is missing or unreadable."""
+    """The JSON object in `path`, or None when it is missing, unreadable or fails its CRC
+    (files written before the CRC have none and are taken as they are)."""
     try:
         value = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        return None
+    if "crc32" in value:
+        crc = value.pop("crc32")
+        if crc != zlib.crc32(json.dumps(value, sort_keys=True).encode()):
+            return None
+    return value
 
 
 # -- the fencing reservation -------------------------------------------------------------------

@@ -30,6 +30,7 @@ from lockd.engine.persistence import (
     AOF_NAME,
     NODE_NAME,
     RESERVATION_NAME,
+    SHUTDOWN_NAME,
     read_reservation,
     repair_aof,
 )
@@ -528,3 +529,42 @@ def test_the_repair_command(node: Path) -> None:
     floor = runner.invoke(main, ["repair", "--fence-floor", "5000", str(node / RESERVATION_NAME)])
     assert floor.exit_code == 0
     Engine(EngineConfig(dir=node)).close()
+
+
+@SETTINGS
+@given(
+    name=st.sampled_from([NODE_NAME, SHUTDOWN_NAME]),
+    offset=st.integers(0, 200),
+    mask=st.integers(1, 255),
+)
+def test_flipped_node_files_never_shorten_the_restart_delay(
+    tmp_path_factory: pytest.TempPathFactory, name: str, offset: int, mask: int
+) -> None:
+    node = tmp_path_factory.mktemp("n") / "node"
+    src = FakeSource()
+    engine = Engine(EngineConfig(dir=node, max_ttl_ms=60_000), clock=Clock(src))
+    engine.lock_acquire(b"lock:{a}", b"fence:{a}", b"L", b"30000")
+    engine.close()
+    path = node / name
+    raw = bytearray(path.read_bytes())
+    raw[offset % len(raw)] ^= mask
+    path.write_bytes(bytes(raw))
+    try:
+        again = Engine(EngineConfig(dir=node, max_ttl_ms=1000), clock=Clock(src))
+    except (CorruptFile, RuntimeError):
+        return  # refused: fine
+    assert again.restart_delay_remaining_ms() >= 30_000
+    again.close()
+
+
+def test_a_shortened_shutdown_marker_is_not_trusted(node: Path) -> None:
+    src = FakeSource()
+    engine = Engine(EngineConfig(dir=node, max_ttl_ms=60_000), clock=Clock(src))
+    engine.lock_acquire(b"lock:{a}", b"fence:{a}", b"L", b"30000")
+    engine.close()
+    marker = node / SHUTDOWN_NAME
+    marker.write_bytes(marker.read_bytes().replace(b"30000", b"10000"))
+    again = Engine(EngineConfig(dir=node, max_ttl_ms=60_000), clock=Clock(src))
+    assert again.restart_delay_remaining_ms() >= 30_000
+    assert again.restart_reason == "unclean stop"
+    again.close()
