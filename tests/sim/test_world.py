@@ -1,4 +1,4 @@
-"""The simulator's parts on their own: client clocks, simulated disks and nodes (the real
+"""The simulator's parts on their own: host clocks, simulated disks and nodes (the real
 engine's restart logic on them), the network's weather, the store, and the checkers fed
 hand-made histories (a checker that cannot fail proves nothing)."""
 
@@ -13,7 +13,7 @@ from lockd.engine import EngineConfig, FsyncPolicy, restart_delay_ms
 from lockd.sim.checks import Grant, History, check
 from lockd.sim.schedule import Limits, Session, generate
 from lockd.sim.simulation import liveness_bound_ns
-from lockd.sim.world import MS, ClientClock, FencedStore, Network, SimDisk, SimNode, World
+from lockd.sim.world import MS, FencedStore, HostClock, Network, SimDisk, SimNode, World
 
 NAME = b"a"
 LOCK = lock_key(NAME)
@@ -23,8 +23,8 @@ FENCE = b"fence:{a}"
 # -- clocks ---------------------------------------------------------------------------------
 
 
-def test_client_clock_drifts_stops_in_a_pause_and_inverts() -> None:
-    clock = ClientClock(1.01, 5_000)
+def test_host_clock_drifts_stops_in_a_pause_and_inverts() -> None:
+    clock = HostClock(1.01, 5_000)
     assert clock.now(100 * MS) == 5_000 + 101 * MS
     assert clock.now(clock.true_at(10**9, 0)) >= 10**9
     assert clock.now(clock.true_at(10**9, 0) - 1) < 10**9
