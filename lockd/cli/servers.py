@@ -142,7 +142,7 @@ def engine(
 ) -> None:
     """Run one engine node speaking RESP (redis-cli and redis-py work unchanged)."""
     from lockd.engine import EngineConfig, FsyncPolicy
-    from lockd.engine.server import Limits, run
+    from lockd.engine.server import ServerLimits, run
 
     password = os.environ.get("LOCKD_ENGINE_PASSWORD") or None
     if password_file is not None:
@@ -166,7 +166,7 @@ def engine(
         unsafe_wall_clock=unsafe_wall_clock,
         disk_faults=enable_disk_faults,
     )
-    limits = Limits(
+    limits = ServerLimits(
         total_query_buffer=max_client_input,
         idle_timeout_s=idle_timeout / 1000,
         keepalive_s=max(0, round(tcp_keepalive / 1000)),

@@ -17,13 +17,13 @@ from lockd.core.messages import (
     FenceReply,
     Granted,
     NodeFailure,
+    NodeReply,
     NotGranted,
     Reason,
     ReleaseCall,
     Released,
     Renewed,
     RenewFailed,
-    Reply,
     Send,
     fence_key,
     lock_key,
@@ -74,7 +74,7 @@ class _Machine:
             return None
         return min(deadline for _, deadline in self._waiting.values())
 
-    def receive(self, tag: int, reply: Reply, now: int) -> list[Send]:
+    def receive(self, tag: int, reply: NodeReply, now: int) -> list[Send]:
         """A node answered request `tag`."""
         entry = self._waiting.pop(tag, None)
         if entry is None or self.outcome is not None:
@@ -92,7 +92,7 @@ class _Machine:
                 sends += self._on_reply(node, TIMEOUT, now)
         return sends
 
-    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+    def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:
         raise NotImplementedError
 
 
@@ -149,7 +149,7 @@ class Acquire(_Machine):
         call = AcquireCall(self._lock_key, self._fence_key, self.lease, self.ttl_ms)
         return self._broadcast(now, [call] * self.nodes)
 
-    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+    def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:
         if self._fencing:
             return self._on_fence_reply(reply, now)
         self._answered += 1
@@ -210,7 +210,7 @@ class Acquire(_Machine):
         self._rejected = 0
         return self._broadcast(now, [FenceCall(self._fence_key, self._token)] * self.nodes)
 
-    def _on_fence_reply(self, reply: Reply, now: int) -> list[Send]:
+    def _on_fence_reply(self, reply: NodeReply, now: int) -> list[Send]:
         if isinstance(reply, FenceReply):
             self._counter = max(self._counter, reply.counter)
             if reply.accepted:
@@ -289,7 +289,7 @@ class Renew(_Machine):
             now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms)] * self.nodes
         )
 
-    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+    def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:
         if reply is True:
             self._ok += 1
         else:
@@ -341,7 +341,7 @@ class Release(_Machine):
         """`lockd_release` on every node."""
         return self._broadcast(now, [ReleaseCall(self._lock_key, self.lease)] * self.nodes)
 
-    def _on_reply(self, node: int, reply: Reply, now: int) -> list[Send]:
+    def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:
         self._done += 1
         if not isinstance(reply, NodeFailure):
             self._answered += 1

@@ -14,13 +14,13 @@ __all__ = [
     "FenceReply",
     "Granted",
     "NodeFailure",
+    "NodeReply",
     "NotGranted",
     "Reason",
     "ReleaseCall",
     "Released",
     "RenewFailed",
     "Renewed",
-    "Reply",
     "Send",
     "fence_key",
     "lock_key",
@@ -133,7 +133,7 @@ class NodeFailure:
     timed_out: bool = False
 
 
-Reply = AcquireReply | FenceReply | bool | NodeFailure
+NodeReply = AcquireReply | FenceReply | bool | NodeFailure
 """A node's answer; release and extend answer True (done) or False (not this lease)."""
 
 

@@ -24,7 +24,7 @@ from lockd.resp.protocol import ProtocolError, RequestParser, encode
 from lockd.resp.replies import OK, CommandError, Push, Status
 from lockd.serving import is_loopback, run_until_signal
 
-__all__ = ["Limits", "RespServer"]
+__all__ = ["RespServer", "ServerLimits"]
 
 log = logging.getLogger("lockd.resp")
 
@@ -33,7 +33,7 @@ _SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Limits:
+class ServerLimits:
     """Bounds on what clients may make the engine hold (Redis's client-query-buffer-limit,
     maxmemory-clients, timeout and tcp-keepalive are the model)."""
 
@@ -56,12 +56,16 @@ class RespServer:
     """Serves one engine over TCP; `start()` binds, `stop()` closes cleanly."""
 
     def __init__(
-        self, engine: Engine, host: str = "127.0.0.1", port: int = 0, limits: Limits | None = None
+        self,
+        engine: Engine,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.engine = engine
         self.host = host
         self.port = port
-        self.limits = limits or Limits()
+        self.limits = limits or ServerLimits()
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._cron: asyncio.Task[None] | None = None
@@ -408,7 +412,7 @@ async def serve(
     engine: Engine,
     host: str,
     port: int,
-    limits: Limits | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve `engine` until SIGTERM or SIGINT, then stop gracefully (clean engine shutdown)."""
     server = RespServer(engine, host, port, limits)
@@ -420,7 +424,7 @@ async def serve(
     await run_until_signal(start, server.stop, "lockd engine")
 
 
-async def run(config: EngineConfig, limits: Limits | None = None) -> None:
+async def run(config: EngineConfig, limits: ServerLimits | None = None) -> None:
     """`lockd engine`: open the node `config` describes and serve it until a signal."""
     missing = [
         what

@@ -16,7 +16,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from lockd.core import Reply, Send
+from lockd.core import NodeReply, Send
 from lockd.core.machines import Acquire, Outcome, Release, Renew
 from lockd.gateway.nodes import Node
 from lockd.gateway.resp_client import Request
@@ -96,7 +96,7 @@ class Driver:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _discard(reply: Reply) -> None:
+def _discard(reply: NodeReply) -> None:
     """The reply callback of a fire-and-forget send."""
 
 
@@ -113,7 +113,7 @@ class _Run:
         self.machine = machine
         self.done = done
         self.requests: list[Request] = []
-        self._inbox: collections.deque[tuple[int, Reply]] = collections.deque()
+        self._inbox: collections.deque[tuple[int, NodeReply]] = collections.deque()
         self._busy = False
 
     def begin(self) -> None:
@@ -125,7 +125,7 @@ class _Run:
             self._busy = False
         self._drain()
 
-    def deliver(self, tag: int, reply: Reply) -> None:
+    def deliver(self, tag: int, reply: NodeReply) -> None:
         """A node answered request `tag` (or failed it)."""
         if self.machine.outcome is not None:
             return

@@ -62,7 +62,7 @@ from lockd.errors import ErrorReason
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics
-from lockd.gateway.nodes import LockView, Node, NodeInfo
+from lockd.gateway.nodes import LockView, Node, NodeHealth
 from lockd.units import MS
 
 __all__ = ["Description", "LockManager", "Now"]
@@ -423,7 +423,7 @@ class LockManager:
             nodes_holding=len(holding),
         )
 
-    async def cluster(self) -> list[NodeInfo]:
+    async def cluster(self) -> list[NodeHealth]:
         """Every node's health, measured now (and exported as metrics)."""
         infos = await asyncio.gather(*(node.info() for node in self.nodes))
         for info in infos:

@@ -4,7 +4,7 @@
 `lockd.gateway.resp_client` (one pipelined connection per node, lockd's own codec) to a
 `lockd engine` process or to a real Redis 7+ / Valkey server (with lockd's Lua library
 loaded and its settings checked on every connect). Both turn every answer into a core
-`Reply`; a call never raises.
+`NodeReply`; a call never raises.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from lockd.core import (
     FenceCall,
     FenceReply,
     NodeFailure,
+    NodeReply,
     ReleaseCall,
-    Reply,
     fence_key,
     lock_key,
 )
@@ -56,7 +56,7 @@ __all__ = [
     "LockView",
     "Mode",
     "Node",
-    "NodeInfo",
+    "NodeHealth",
     "RespNode",
     "UnsafeNodeError",
     "lua_library",
@@ -66,7 +66,7 @@ log = logging.getLogger("lockd.gateway")
 
 _RESTART = re.compile(r"RESTARTDELAY (\d+) ms")
 ReleaseListener = Callable[[bytes], None]
-ReplyListener = Callable[[Reply], None]
+ReplyListener = Callable[[NodeReply], None]
 
 
 class Mode(enum.Enum):
@@ -82,7 +82,7 @@ class UnsafeNodeError(Exception):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class NodeInfo:
+class NodeHealth:
     """A node's health as last measured."""
 
     address: str
@@ -130,7 +130,7 @@ class Node:
     async def close(self) -> None:
         """Disconnect (an embedded node also shuts its engine down cleanly)."""
 
-    def call_now(self, call: Call) -> Reply:
+    def call_now(self, call: Call) -> NodeReply:
         """Answer `call` synchronously (only when `synchronous`); the caller must
         `commit()` before anyone is told of the outcome."""
         raise NotImplementedError
@@ -138,7 +138,7 @@ class Node:
     def commit(self) -> None:
         """Make answered calls as durable as the node's fsync policy promises."""
 
-    async def call(self, call: Call) -> Reply:
+    async def call(self, call: Call) -> NodeReply:
         """Send one lock-function call; failures come back as `NodeFailure`."""
         raise NotImplementedError
 
@@ -152,7 +152,7 @@ class Node:
         """The node's view of lock `name` (raises on failure)."""
         raise NotImplementedError
 
-    async def info(self) -> NodeInfo:
+    async def info(self) -> NodeHealth:
         """PING and read the node's restart state."""
         raise NotImplementedError
 
@@ -194,14 +194,14 @@ class EmbeddedNode(Node):
         self.engine.unsubscribe(RELEASE_CHANNEL, self._released)
         self.engine.close()
 
-    def call_now(self, call: Call) -> Reply:
+    def call_now(self, call: Call) -> NodeReply:
         engine = self.engine
         try:
             if isinstance(call, AcquireCall):
                 got, counter = engine.lock_acquire(
                     call.lock_key, call.fence_key, call.lease, b"%d" % call.ttl_ms
                 )
-                reply: Reply = AcquireReply(got == 1, counter)
+                reply: NodeReply = AcquireReply(got == 1, counter)
             elif isinstance(call, ReleaseCall):
                 reply = engine.lock_release(call.lock_key, call.lease) == 1
             elif isinstance(call, ExtendCall):
@@ -216,7 +216,7 @@ class EmbeddedNode(Node):
     def commit(self) -> None:
         self.engine.commit()
 
-    async def call(self, call: Call) -> Reply:
+    async def call(self, call: Call) -> NodeReply:
         reply = self.call_now(call)
         self.engine.commit()
         return reply
@@ -224,15 +224,15 @@ class EmbeddedNode(Node):
     async def view(self, name: bytes) -> LockView:
         return LockView(*self.engine.lock_describe(lock_key(name), fence_key(name)))
 
-    async def info(self) -> NodeInfo:
+    async def info(self) -> NodeHealth:
         e = self.engine
         left = e.restart_delay_remaining_ms()
         reason = e.restart_reason if left else ""
         if e.disk_error is not None:  # answers, but refuses writes: down for the quorum
-            return NodeInfo(
+            return NodeHealth(
                 self.address, self.mode, False, 0.0, left, reason, e.run_id, str(e.misconf())
             )
-        return NodeInfo(self.address, self.mode, True, 0.0, left, reason, e.run_id)
+        return NodeHealth(self.address, self.mode, True, 0.0, left, reason, e.run_id)
 
 
 def _info(text: RespReply) -> dict[str, str]:
@@ -272,7 +272,7 @@ def _pair(reply: RespReply | TransportError) -> tuple[bool, int] | NodeFailure:
     return _unexpected(reply)
 
 
-def _flag(reply: RespReply | TransportError) -> Reply:
+def _flag(reply: RespReply | TransportError) -> NodeReply:
     """The `1 | 0` reply of lockd_release and lockd_extend."""
     if isinstance(reply, int):
         return reply == 1
@@ -529,10 +529,10 @@ class RespNode(Node):
 
         return self._client.send(data, flagged, URGENT, timeout_s)
 
-    async def call(self, call: Call) -> Reply:
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    async def call(self, call: Call) -> NodeReply:
+        future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
 
-        def done(reply: Reply) -> None:
+        def done(reply: NodeReply) -> None:
             if not future.done():
                 future.set_result(reply)
 
@@ -554,11 +554,11 @@ class RespNode(Node):
                 return LockView(pttl, counter)
         raise CommandError(f"ERR unexpected reply to lockd_describe: {reply!r}")
 
-    async def info(self) -> NodeInfo:
+    async def info(self) -> NodeHealth:
         await self._client.try_now(self.timeout_s)
         if not self._client.connected:
             error = self._unsafe or self._client.last_error or "not connected yet"
-            return NodeInfo(self.address, self.mode, False, error=error)
+            return NodeHealth(self.address, self.mode, False, error=error)
         try:
             start = time.perf_counter()
             await self._client.execute(b"PING", timeout_s=self._control_s)
@@ -566,7 +566,7 @@ class RespNode(Node):
             section = b"lockd" if self.mode is Mode.LOCKD_ENGINE else b"server"
             info = _info(await self._client.execute(b"INFO", section, timeout_s=self._control_s))
         except (TransportError, CommandError) as exc:
-            return NodeInfo(self.address, self.mode, False, error=str(exc))
+            return NodeHealth(self.address, self.mode, False, error=str(exc))
         self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
         if self.mode is Mode.LOCKD_ENGINE:
             left = int(info.get("restart_delay_remaining_ms") or 0)
@@ -574,7 +574,7 @@ class RespNode(Node):
         else:
             left = self._restart_left_ms()
             reason = self._restart_reason if left else ""
-        return NodeInfo(self.address, self.mode, True, latency, left, reason, self._run_id)
+        return NodeHealth(self.address, self.mode, True, latency, left, reason, self._run_id)
 
 
 class FailedNode(Node):
@@ -588,14 +588,14 @@ class FailedNode(Node):
         self.mode = Mode.EMBEDDED
         self.reason = f"engine failed to start: {reason}"
 
-    def call_now(self, call: Call) -> Reply:
+    def call_now(self, call: Call) -> NodeReply:
         return NodeFailure(self.reason)
 
-    async def call(self, call: Call) -> Reply:
+    async def call(self, call: Call) -> NodeReply:
         return NodeFailure(self.reason)
 
     async def view(self, name: bytes) -> LockView:
         raise RuntimeError(self.reason)
 
-    async def info(self) -> NodeInfo:
-        return NodeInfo(self.address, self.mode, False, error=self.reason)
+    async def info(self) -> NodeHealth:
+        return NodeHealth(self.address, self.mode, False, error=self.reason)

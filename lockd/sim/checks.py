@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from lockd.sim.world import MS, FencedStore
+from lockd.sim.world import MS, StoreModel
 
 __all__ = ["PROPERTIES", "Grant", "History", "Violation", "check", "fmt_ns"]
 
@@ -90,7 +90,7 @@ class History:
 
 def check(
     history: History,
-    store: FencedStore,
+    store: StoreModel,
     overlap_checked: bool,
     liveness: list[Violation],
 ) -> list[Violation]:
@@ -147,7 +147,7 @@ def _tokens(grants: list[Grant]) -> list[Violation]:
     return out
 
 
-def _stale_writes(store: FencedStore) -> list[Violation]:
+def _stale_writes(store: StoreModel) -> list[Violation]:
     out: list[Violation] = []
     top: dict[bytes, tuple[int, set[bytes]]] = {}  # name -> (highest token, its leases)
     for at, name, lease, token, kind, write_id in store.accepted:
@@ -168,7 +168,7 @@ def _stale_writes(store: FencedStore) -> list[Violation]:
     return out
 
 
-def _lost_writes(history: History, store: FencedStore) -> list[Violation]:
+def _lost_writes(history: History, store: StoreModel) -> list[Violation]:
     out: list[Violation] = []
     chains: dict[bytes, set[int]] = {}
     for at, name, write_id, client in history.acked:

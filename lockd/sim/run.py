@@ -12,8 +12,8 @@ from collections.abc import Callable, Generator, Sequence
 
 from lockd import exits
 from lockd.sim.checks import PROPERTIES, Violation, fmt_ns
-from lockd.sim.schedule import Schedule, Session, generate
-from lockd.sim.simulation import Outcome, Simulation
+from lockd.sim.schedule import Job, Schedule, generate
+from lockd.sim.simulation import RunResult, Simulation
 from lockd.sim.world import MS
 
 __all__ = [
@@ -42,7 +42,7 @@ def run_seed(
     unsafe: str | None = None,
     keep: Sequence[int] | None = None,
     trace: bool = False,
-) -> Outcome:
+) -> RunResult:
     """Run one seed (optionally only the steps in `keep`)."""
     return Simulation(schedule_for(seed, steps, keep), unsafe, trace).run()
 
@@ -97,7 +97,7 @@ class Summary:
         """Throughput."""
         return self.run * 60 / self.elapsed_s if self.elapsed_s else 0.0
 
-    def add(self, seed: int, outcome: Outcome) -> None:
+    def add(self, seed: int, outcome: RunResult) -> None:
         """Count one seed's outcome."""
         self.run += 1
         self.grants += outcome.grants
@@ -116,7 +116,7 @@ class Summary:
             self.passed += 1
 
 
-def _run_one(args: tuple[int, int, str | None]) -> tuple[int, Outcome]:
+def _run_one(args: tuple[int, int, str | None]) -> tuple[int, RunResult]:
     seed, steps, unsafe = args
     return seed, run_seed(seed, steps, unsafe)
 
@@ -127,7 +127,7 @@ def _jobs(jobs: int) -> int:
 
 def _results(
     args: list[tuple[int, int, str | None]], jobs: int
-) -> Generator[tuple[int, Outcome], None, None]:
+) -> Generator[tuple[int, RunResult], None, None]:
     if jobs == 1 or len(args) < 4:
         yield from map(_run_one, args)
         return
@@ -235,11 +235,11 @@ def shrink(
 # -- traces ---------------------------------------------------------------------------------
 
 
-def format_trace(schedule: Schedule, outcome: Outcome, limit: int | None = None) -> str:
+def format_trace(schedule: Schedule, outcome: RunResult, limit: int | None = None) -> str:
     """A readable account of a run: its setup, steps, what the clients and nodes did,
     and the violations."""
     lines = [f"setup: {schedule.setup.describe()}"]
-    sessions = [s for s in schedule.steps if isinstance(s.action, Session)]
+    sessions = [s for s in schedule.steps if isinstance(s.action, Job)]
     if sessions:
         lines.append("sessions:")
         lines += [f"  {fmt_ns(s.at_ms * MS):>10}  step {s.index}: {s.action}" for s in sessions]

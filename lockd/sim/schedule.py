@@ -17,12 +17,12 @@ __all__ = [
     "ClockJump",
     "ClockRate",
     "Crash",
+    "Envelope",
     "Heal",
-    "Limits",
+    "Job",
     "Partition",
     "Pause",
     "Schedule",
-    "Session",
     "Setup",
     "Step",
     "Storm",
@@ -39,7 +39,7 @@ def rng_for(seed: int, stream: str) -> random.Random:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
+class Envelope:
     """The simulator's fixed envelope (the same for every seed)."""
 
     max_ttl_ms: int = 500
@@ -57,9 +57,11 @@ class Setup:
     """Per-run constants."""
 
     clients: int
+    gateways: int
+    """Gateway hosts; client `c` runs on host `c % gateways` (loopback to its gateway)."""
     names: tuple[bytes, ...]
     node_rates: tuple[float, ...]
-    client_rates: tuple[float, ...]
+    host_rates: tuple[float, ...]
     wall_offsets_ms: tuple[int, ...]
     boot_ms: tuple[int, ...]
     fsync: tuple[FsyncPolicy, ...]
@@ -73,10 +75,12 @@ class Setup:
     def describe(self) -> str:
         """One paragraph for traces."""
         rates = " ".join(f"{r:.4f}" for r in self.node_rates)
-        crates = " ".join(f"{r:.4f}" for r in self.client_rates)
+        hrates = " ".join(f"{r:.4f}" for r in self.host_rates)
         return (
-            f"{self.clients} clients, locks {', '.join(n.decode() for n in self.names)}; "
-            f"node clock rates {rates}; client clock rates {crates}; "
+            f"{self.clients} clients on {self.gateways} gateway "
+            f"host{'s' if self.gateways > 1 else ''}, locks "
+            f"{', '.join(n.decode() for n in self.names)}; "
+            f"node clock rates {rates}; gateway host clock rates {hrates}; "
             f"fsync {'/'.join(p.value for p in self.fsync)}; fence block {self.fence_block}; "
             f"node timeout {self.node_timeout_ms} ms; loss {self.loss:.1%}, "
             f"duplication {self.dup:.1%}, long delays {self.long_p:.1%}"
@@ -87,11 +91,11 @@ class Setup:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Session:
-    """A client's unit of work: acquire `name` (retrying for up to `wait_ms`), do
-    `writes` read-then-write rounds on the fenced store over `hold_ms` (renewing the
-    lease if `renew`), then release it — or, if not `release`, walk away and let it
-    expire. A client does its sessions one at a time, in order."""
+class Job:
+    """A client's unit of work: acquire `name` through its gateway (which waits up to
+    `wait_ms`), do `writes` read-then-write rounds on the fenced store over `hold_ms`
+    (renewing the lease if `renew`), then release it — or, if not `release`, walk away
+    and let it expire. A client does its sessions one at a time, in order."""
 
     client: int
     name: bytes
@@ -113,7 +117,7 @@ class Session:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Partition:
-    """From now on (until the next partition or heal), these client-node links drop
+    """From now on (until the next partition or heal), these (gateway, node) links drop
     every message."""
 
     cuts: frozenset[tuple[int, int]]
@@ -172,13 +176,14 @@ class ClockRate:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Pause:
-    """Client `client` stops for `ms` (GC, SIGSTOP, a suspended VM); its clock stops too."""
+    """Gateway host `host` (its gateway and clients) stops for `ms` (a suspended VM, a
+    long GC or SIGSTOP); its clock stops too."""
 
-    client: int
+    host: int
     ms: int
 
     def __str__(self) -> str:
-        return f"pause c{self.client} for {self.ms} ms"
+        return f"pause host g{self.host} for {self.ms} ms"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -197,7 +202,7 @@ class Storm:
         )
 
 
-Action = Session | Partition | Heal | Crash | ClockJump | ClockRate | Pause | Storm
+Action = Job | Partition | Heal | Crash | ClockJump | ClockRate | Pause | Storm
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -216,7 +221,7 @@ class Schedule:
     seed: int
     setup: Setup
     steps: tuple[Step, ...]
-    limits: Limits
+    limits: Envelope
 
     def keep(self, indices: set[int]) -> Schedule:
         """Only the steps whose index is in `indices`."""
@@ -226,17 +231,19 @@ class Schedule:
 # -- generation --------------------------------------------------------------------------
 
 
-def generate(seed: int, steps: int, limits: Limits | None = None) -> Schedule:
+def generate(seed: int, steps: int, limits: Envelope | None = None) -> Schedule:
     """The schedule of run `seed` with `steps` steps."""
-    lim = limits or Limits()
+    lim = limits or Envelope()
     rng = rng_for(seed, "schedule")
     bound = lim.drift_bound
     clients = rng.choice((2, 3, 3, 4))
+    gateways = rng.choice((1, 2, clients))
     setup = Setup(
         clients=clients,
+        gateways=gateways,
         names=(b"a",) if rng.random() < 0.6 else (b"a", b"b"),
         node_rates=tuple(1 + rng.uniform(-bound, bound) for _ in range(NODES)),
-        client_rates=tuple(1 + rng.uniform(-bound, bound) for _ in range(clients)),
+        host_rates=tuple(1 + rng.uniform(-bound, bound) for _ in range(gateways)),
         wall_offsets_ms=tuple(rng.randrange(-500, 500) for _ in range(NODES)),
         boot_ms=tuple(rng.randrange(10**9) for _ in range(NODES)),
         fsync=tuple(rng.choice(list(FsyncPolicy)) for _ in range(NODES)),
@@ -272,9 +279,9 @@ def generate(seed: int, steps: int, limits: Limits | None = None) -> Schedule:
     return Schedule(seed, setup, tuple(out), lim)
 
 
-def _session(rng: random.Random, setup: Setup, lim: Limits) -> Session:
+def _session(rng: random.Random, setup: Setup, lim: Envelope) -> Job:
     ttl = rng.randrange(5, lim.max_ttl_ms // 10 + 1) * 10
-    return Session(
+    return Job(
         client=rng.randrange(setup.clients),
         name=rng.choice(setup.names),
         ttl_ms=ttl,
@@ -286,9 +293,9 @@ def _session(rng: random.Random, setup: Setup, lim: Limits) -> Session:
     )
 
 
-def _fault(rng: random.Random, kind: str, setup: Setup, lim: Limits, wild_clocks: bool) -> Action:
+def _fault(rng: random.Random, kind: str, setup: Setup, lim: Envelope, wild_clocks: bool) -> Action:
     if kind == "partition":
-        return _partition(rng, setup.clients)
+        return _partition(rng, setup.gateways)
     if kind == "crash":
         r = rng.random()
         count = 1 if r < 0.7 else (3 if r < 0.9 else NODES)
@@ -303,37 +310,37 @@ def _fault(rng: random.Random, kind: str, setup: Setup, lim: Limits, wild_clocks
         bound = lim.drift_bound
         return ClockRate(rng.randrange(NODES), 1 + rng.uniform(-bound, bound), False)
     if kind == "pause":
-        return Pause(rng.randrange(setup.clients), rng.randrange(lim.max_ttl_ms // 2, 2000))
+        return Pause(rng.randrange(setup.gateways), rng.randrange(lim.max_ttl_ms // 2, 2000))
     if kind == "storm":
         return Storm(rng.randrange(100, 2000), rng.uniform(0.1, 0.5), 0.1, 0.05)
     return Heal()
 
 
-def _partition(rng: random.Random, clients: int) -> Partition:
-    shape = rng.choice(("isolate", "split", "one-client", "ring"))
+def _partition(rng: random.Random, gateways: int) -> Partition:
+    shape = rng.choice(("isolate", "split", "one-gateway", "ring"))
     cuts: set[tuple[int, int]] = set()
     if shape == "isolate":
         lost = rng.sample(range(NODES), rng.choice((1, 2)))
-        cuts = {(c, n) for c in range(clients) for n in lost}
-        label = f"nodes {sorted(lost)} cut off from every client"
+        cuts = {(g, n) for g in range(gateways) for n in lost}
+        label = f"nodes {sorted(lost)} cut off from every gateway"
     elif shape == "split":
         label_parts = []
-        for c in range(clients):
+        for g in range(gateways):
             seen = rng.sample(range(NODES), rng.choice((2, 3, 3, 4)))
-            cuts |= {(c, n) for n in range(NODES) if n not in seen}
-            label_parts.append(f"c{c} sees {sorted(seen)}")
+            cuts |= {(g, n) for n in range(NODES) if n not in seen}
+            label_parts.append(f"g{g} sees {sorted(seen)}")
         label = "; ".join(label_parts)
-    elif shape == "one-client":
-        c = rng.randrange(clients)
+    elif shape == "one-gateway":
+        g = rng.randrange(gateways)
         lost = rng.sample(range(NODES), rng.choice((2, 3, 5)))
-        cuts = {(c, n) for n in lost}
-        label = f"c{c} cut off from nodes {sorted(lost)}"
+        cuts = {(g, n) for n in lost}
+        label = f"g{g} cut off from nodes {sorted(lost)}"
     else:
         first = rng.randrange(NODES)
         label_parts = []
-        for c in range(clients):
-            seen = [(first + c + i) % NODES for i in range(3)]
-            cuts |= {(c, n) for n in range(NODES) if n not in seen}
-            label_parts.append(f"c{c} sees {sorted(seen)}")
+        for g in range(gateways):
+            seen = [(first + g + i) % NODES for i in range(3)]
+            cuts |= {(g, n) for n in range(NODES) if n not in seen}
+            label_parts.append(f"g{g} sees {sorted(seen)}")
         label = "majorities ring: " + "; ".join(label_parts)
     return Partition(frozenset(cuts), label)

@@ -1,5 +1,6 @@
-"""One simulated run: five real engines, the clients, the network and the store, driven
-through a schedule, then healed and checked.
+"""One simulated run: five real engines, the gateway hosts (each the shipping lock
+table, with its clients), the network and the store, driven through a schedule, then
+healed and checked.
 
 Phases: the schedule's steps happen at their times (sessions are queued on their
 clients, faults are applied); once every step happened and every client is idle (or
@@ -13,28 +14,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from lockd.core import Reply, Send
+from lockd.core import NodeReply, Send
 from lockd.core.quorum import restart_delay_ms
+from lockd.core.table import Policy
 from lockd.engine import EngineConfig
 from lockd.sim.checks import Grant, History, Violation, check, fmt_ns
 from lockd.sim.clients import SimClient, StoreRead, StoreWrite
+from lockd.sim.gateway import SimGateway
 from lockd.sim.schedule import (
     NODES,
     ClockJump,
     ClockRate,
     Crash,
     Heal,
+    Job,
     Partition,
     Pause,
     Schedule,
-    Session,
     Step,
     Storm,
     rng_for,
 )
-from lockd.sim.world import MS, ClientClock, FencedStore, Network, SimNode, World
+from lockd.sim.world import MS, HostClock, Network, SimNode, StoreModel, World
 
-__all__ = ["UNSAFE", "Outcome", "Simulation", "liveness_bound_ns"]
+__all__ = ["UNSAFE", "RunResult", "Simulation", "liveness_bound_ns"]
 
 UNSAFE = ("single-phase-token", "no-drift", "wall-clock", "no-restart-delay", "volatile-fence")
 """The planted bugs, each a real `unsafe_*` option of the core, the engine or its clock."""
@@ -61,7 +64,7 @@ def liveness_bound_ns(schedule: Schedule) -> int:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class RunResult:
     """What one run found."""
 
     violations: tuple[Violation, ...]
@@ -115,26 +118,29 @@ class Simulation:
             for i in range(NODES)
         ]
         for node in self.nodes:
+            node.on_release = self._published
             node.start()
         self._restart_seq = [0] * NODES
         self.net = Network(
             lambda stream: rng_for(seed, stream),
-            setup.clients,
+            setup.gateways,
             NODES,
             setup.loss,
             setup.dup,
             setup.long_p,
             lim.long_delay_max_ms * MS,
         )
-        self.store = FencedStore()
-        self.clients: list[SimClient] = []
-        for i in range(setup.clients):
-            rng = rng_for(seed, f"client:{i}")
-            client = SimClient(
-                i, self, rng, ClientClock(setup.client_rates[i], rng.randrange(10**15))
-            )
-            client.retry_cap_ms = setup.retry_cap_ms
-            self.clients.append(client)
+        self.store = StoreModel()
+        policy = Policy(backoff_cap_ms=setup.retry_cap_ms)
+        self.gateways: list[SimGateway] = []
+        for g in range(setup.gateways):
+            rng = rng_for(seed, f"gateway:{g}")
+            clock = HostClock(setup.host_rates[g], rng.randrange(10**15))
+            leases = rng_for(seed, f"leases:{g}")
+            self.gateways.append(SimGateway(g, self, policy, rng, leases, clock))
+        self.clients = [
+            SimClient(i, self, self.gateways[i % setup.gateways]) for i in range(setup.clients)
+        ]
         self._crash_rng = rng_for(seed, "crash")
         self._storms = 0
         self._write_ids = 0
@@ -149,36 +155,75 @@ class Simulation:
 
     # -- Env, for the clients --------------------------------------------------------------
 
-    def send_node(self, client: int, seq: int, send: Send) -> None:
-        """A client's request to a node: cut, lost, delayed, duplicated or delivered."""
+    def send_node(self, host: int, run: int, send: Send) -> None:
+        """A gateway's request to a node: cut, lost, delayed, duplicated or delivered."""
         net = self.net
-        if (client, send.node) in net.cut:
+        if (host, send.node) in net.cut:
             return
         world = self.world
-        for delay in net.delays("req", client, send.node):
-            world.at(world.now + delay, self._at_node, (client, seq, send))
+        for delay in net.delays("req", host, send.node):
+            world.at(world.now + delay, self._at_node, (host, run, send))
 
     def _at_node(self, arg: tuple[int, int, Send]) -> None:
-        client, seq, send = arg
+        host, run, send = arg
         node = self.nodes[send.node]
-        if node.engine is None or (client, send.node) in self.net.cut:
+        if node.engine is None or (host, send.node) in self.net.cut:
             return
         reply = node.call(send.call)
-        if send.tag < 0 or seq != self.clients[client].seq:
+        if send.tag < 0 or not self.gateways[host].live(run):
             return  # fire-and-forget, or the machine already moved on: nobody would listen
         world = self.world
-        for delay in self.net.delays("rep", client, send.node):
-            world.at(world.now + delay, self._at_client, (client, send.node, seq, send.tag, reply))
+        for delay in self.net.delays("rep", host, send.node):
+            world.at(world.now + delay, self._at_gateway, (host, send.node, run, send.tag, reply))
 
-    def _at_client(self, arg: tuple[int, int, int, int, Reply]) -> None:
-        client, node, seq, tag, reply = arg
-        if (client, node) not in self.net.cut:
-            self.clients[client].on_reply((seq, node, tag, reply))
+    def _at_gateway(self, arg: tuple[int, int, int, int, NodeReply]) -> None:
+        host, node, run, tag, reply = arg
+        if (host, node) not in self.net.cut:
+            gateway = self.gateways[host]
+            gateway.deliver(gateway.on_reply, (run, node, tag, reply))
+
+    def send_view(self, host: int, probe: int, node: int, name: bytes) -> None:
+        """A gateway's probe of one node: the PTTL of lock `name`'s key."""
+        if (host, node) in self.net.cut:
+            return
+        world = self.world
+        for delay in self.net.delays("req", host, node):
+            world.at(world.now + delay, self._view_at_node, (host, probe, node, name))
+
+    def _view_at_node(self, arg: tuple[int, int, int, bytes]) -> None:
+        host, probe, n, name = arg
+        node = self.nodes[n]
+        if node.engine is None or (host, n) in self.net.cut:
+            return
+        pttl = node.pttl(name)
+        world = self.world
+        for delay in self.net.delays("rep", host, n):
+            world.at(world.now + delay, self._view_at_gateway, (host, n, probe, pttl))
+
+    def _view_at_gateway(self, arg: tuple[int, int, int, int]) -> None:
+        host, node, probe, pttl = arg
+        if (host, node) not in self.net.cut:
+            gateway = self.gateways[host]
+            gateway.deliver(gateway.on_view, (probe, pttl))
+
+    def _published(self, node: int, lock_key: bytes) -> None:
+        """Node `node` published a release: every gateway subscribed to it hears of it."""
+        world = self.world
+        for host in range(len(self.gateways)):
+            if (host, node) not in self.net.cut:
+                for delay in self.net.delays("pub", host, node):
+                    world.at(world.now + delay, self._heard, (host, node, lock_key))
+
+    def _heard(self, arg: tuple[int, int, bytes]) -> None:
+        host, node, lock_key = arg
+        if (host, node) not in self.net.cut:
+            self.gateways[host].on_release_heard(lock_key)
 
     def send_store(self, client: int, seq: int, op: StoreRead | StoreWrite) -> None:
         """A client's request to the store (delayed, never lost or duplicated)."""
         world = self.world
-        delay = self.net.delays("req", client, Network.STORE, lossless=True)[0]
+        host = self.clients[client].gateway.index
+        delay = self.net.delays("req", host, Network.STORE, lossless=True)[0]
         world.at(world.now + delay, self._at_store, (client, seq, op))
 
     def _at_store(self, arg: tuple[int, int, StoreRead | StoreWrite]) -> None:
@@ -191,17 +236,9 @@ class Simulation:
             result = self.store.write(
                 world.now, op.name, op.lease, op.token, op.write_id, op.based_on
             )
-        delay = self.net.delays("rep", client, Network.STORE, lossless=True)[0]
+        host = self.clients[client].gateway.index
+        delay = self.net.delays("rep", host, Network.STORE, lossless=True)[0]
         world.at(world.now + delay, self.clients[client].on_store_reply, (seq, result))
-
-    def released(self, client: int, name: bytes) -> None:
-        """Wake the client waiting longest for `name`, as a gateway wakes the head of its
-        queue on a release (waking all makes them collide); polling covers expiries."""
-        waiting = [c for c in self.clients if c.waiting_for == name and c.index != client]
-        if waiting:
-            head = min(waiting, key=lambda c: (c.waiting_since, c.index))
-            delay = self.net.delays("rep", head.index, Network.STORE, lossless=True)[0]
-            self.world.at(self.world.now + delay, head.on_release_notice, head.seq)
 
     def write_id(self) -> int:
         """A fresh id for a store write."""
@@ -226,9 +263,9 @@ class Simulation:
             return
         action = step.action
         now = self.world.now
-        if not isinstance(action, Session):
+        if not isinstance(action, Job):
             self._note("nemesis", f"step {step.index}: {action}")
-        if isinstance(action, Session):
+        if isinstance(action, Job):
             self.clients[action.client].enqueue(action)
         elif isinstance(action, Partition):
             self.net.cut = set(action.cuts)
@@ -243,7 +280,7 @@ class Simulation:
             self.nodes[action.node].set_rate(action.rate)
             self.beyond_bound |= action.beyond_bound
         elif isinstance(action, Pause):
-            self.clients[action.client].pause(now + action.ms * MS)
+            self.gateways[action.host].pause(now + action.ms * MS)
         elif isinstance(action, Storm):
             loss, dup, long_p = self.net.base
             self.net.weather = (loss + action.loss, dup + action.dup, long_p + action.long_p)
@@ -301,10 +338,11 @@ class Simulation:
         names = self.schedule.setup.names
         for client in self.clients:
             client.cancel()
-            client.resume()
+        for gateway in self.gateways:
+            gateway.resume()
             for k in range(len(names)):
                 name = names[(client.index + k) % len(names)]
-                client.enqueue(Session(client.index, name, PROBE_TTL_MS, 10**9, 10, 1, False, True))
+                client.enqueue(Job(client.index, name, PROBE_TTL_MS, 10**9, 10, 1, False, True))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -315,7 +353,7 @@ class Simulation:
             if len(self.first_after_heal) == len(self.schedule.setup.names):
                 self.world.stopped = True
 
-    def run(self) -> Outcome:
+    def run(self) -> RunResult:
         """Run to the end and check every property."""
         world = self.world
         world.run(self._last_step_ns + MAX_DRAIN_NS)
@@ -336,7 +374,7 @@ class Simulation:
         ]
         overlap_checked = not self.beyond_bound
         violations = check(self.history, self.store, overlap_checked, liveness)
-        return Outcome(
+        return RunResult(
             violations=tuple(violations),
             digest=self._digest(),
             events=world.events,

@@ -14,8 +14,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from lockd.core import Call, Reply
-from lockd.engine import Clock, Engine, EngineConfig, FsyncPolicy, WallClock
+from lockd.core import Call, NodeReply, lock_key
+from lockd.engine import RELEASE_CHANNEL, Clock, Engine, EngineConfig, FsyncPolicy, WallClock
 from lockd.engine.persistence import FenceReservation
 from lockd.gateway.nodes import EmbeddedNode
 from lockd.resp.protocol import RequestParser
@@ -23,11 +23,11 @@ from lockd.units import MS
 
 __all__ = [
     "MS",
-    "ClientClock",
-    "FencedStore",
+    "HostClock",
     "Network",
     "SimDisk",
     "SimNode",
+    "StoreModel",
     "World",
 ]
 
@@ -76,10 +76,10 @@ class World:
         self.events += count
 
 
-class ClientClock:
-    """A client's monotonic clock: runs at `rate` times true time and stands still while
-    the client is paused (a suspended VM's CLOCK_MONOTONIC does), so after a pause the
-    client believes less time passed than did."""
+class HostClock:
+    """A gateway host's monotonic clock (its gateway's and its clients'): runs at `rate`
+    times true time and stands still while the host is paused (a suspended VM's
+    CLOCK_MONOTONIC does), so after a pause they believe less time passed than did."""
 
     __slots__ = ("_anchor", "_base", "paused", "rate")
 
@@ -234,6 +234,8 @@ class SimNode:
         self.engine: Engine | None = None
         self._node: EmbeddedNode | None = None
         self.starts = 0
+        self.on_release: Callable[[int, bytes], None] | None = None
+        """Called with (node, lock key) when the engine publishes a release."""
 
     @property
     def up(self) -> bool:
@@ -262,10 +264,15 @@ class SimNode:
         )
         self.disk.marker = None
         self.disk.commit()
+        engine.subscribe(RELEASE_CHANNEL, self._published)
         self.engine = engine
         self._node = EmbeddedNode(engine, self.index)
         self.starts += 1
         return engine
+
+    def _published(self, channel: bytes, message: bytes) -> None:
+        if self.on_release is not None:
+            self.on_release(self.index, message)
 
     def stop(self, clean: bool, rng: random.Random) -> int:
         """Stop the process: cleanly (marker, all flushed) or by power loss (unfsynced
@@ -278,17 +285,24 @@ class SimNode:
             return 0
         return self.disk.crash(rng)
 
-    def call(self, call: Call) -> Reply:
+    def call(self, call: Call) -> NodeReply:
         """Answer one lock-function call, then commit as a host must before replying."""
         assert self._node is not None
         reply = self._node.call_now(call)
         self.disk.commit()
         return reply
 
+    def pttl(self, name: bytes) -> int:
+        """The remaining TTL of lock `name`'s key in ms (-2 absent), as `PTTL` answers."""
+        assert self.engine is not None
+        reply = self.engine.execute([b"PTTL", lock_key(name)])
+        assert isinstance(reply, int)
+        return reply
+
 
 class Network:
-    """Links between clients and nodes (and the store): per-link latency, loss,
-    duplication, long delays (which reorder), partitions (cut client-node pairs) and
+    """Links between gateway hosts and nodes (and the store): per-link latency, loss,
+    duplication, long delays (which reorder), partitions (cut host-node pairs) and
     storms (a while of much worse weather). Each link draws from its own random stream,
     so removing a fault elsewhere leaves a link's luck alone."""
 
@@ -298,7 +312,7 @@ class Network:
     def __init__(
         self,
         rng_for: Callable[[str], random.Random],
-        clients: int,
+        hosts: int,
         nodes: int,
         loss: float,
         dup: float,
@@ -311,17 +325,18 @@ class Network:
         self.long_max_ns = long_max_ns
         self.cut: set[tuple[int, int]] = set()
         self._links: dict[tuple[str, int, int], tuple[random.Random, int]] = {}
-        for c in range(clients):
+        for h in range(hosts):
             for n in [*range(nodes), self.STORE]:
-                for way in ("req", "rep"):
-                    rng = rng_for(f"link:{way}:{c}:{n}")
+                for way in ("req", "rep", "pub"):
+                    rng = rng_for(f"link:{way}:{h}:{n}")
                     latency = 50_000 + rng.randrange(450_000)  # 0.05 to 0.5 ms one way
-                    self._links[way, c, n] = (rng, latency)
+                    self._links[way, h, n] = (rng, latency)
 
-    def delays(self, way: str, client: int, node: int, lossless: bool = False) -> tuple[int, ...]:
-        """Delivery delays of one message in direction `way` ("req" or "rep") of the link
-        between `client` and `node`: () lost, two values duplicated."""
-        rng, latency = self._links[way, client, node]
+    def delays(self, way: str, host: int, node: int, lossless: bool = False) -> tuple[int, ...]:
+        """Delivery delays of one message in direction `way` ("req", "rep", or "pub" for
+        a node's release notices) of the link between `host` and `node`: () lost, two
+        values duplicated."""
+        rng, latency = self._links[way, host, node]
         loss, dup, long_p = self.weather
         if loss and not lossless and rng.random() < loss:
             return ()
@@ -333,7 +348,7 @@ class Network:
         return (first,)
 
 
-class FencedStore:
+class StoreModel:
     """The protected resource: per lock name a value under a fencing token, as
     `lockd store` keeps it. Reads and writes present the holder's token; one below the
     highest the store has seen is refused, and an accepted one raises the highest.

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from lockd.core import (
     Acquire,
     Call,
+    NodeReply,
     NotGranted,
     Release,
     ReleaseCall,
     Renew,
     RenewFailed,
-    Reply,
     Send,
     lock_key,
 )
@@ -37,7 +37,7 @@ class Counted:
 
     now: int
     send: Send
-    reply: Reply | None
+    reply: NodeReply | None
 
 
 class Driver:
@@ -66,7 +66,7 @@ class Driver:
         sends = self.machine.start(now)
         return self._after(sends)
 
-    def deliver(self, tag: int, reply: Reply, now: int | None = None) -> list[Send]:
+    def deliver(self, tag: int, reply: NodeReply, now: int | None = None) -> list[Send]:
         """Feed `reply` to request `tag` (stale or not) at `now` (default: unchanged)."""
         self._advance(now)
         before = self.machine.outcome
@@ -76,11 +76,11 @@ class Driver:
         sends = self.machine.receive(tag, reply, self.now)
         return self._after(sends, before)
 
-    def reply(self, node: int, reply: Reply, now: int | None = None) -> list[Send]:
+    def reply(self, node: int, reply: NodeReply, now: int | None = None) -> list[Send]:
         """Answer the latest request sent to `node`."""
         return self.deliver(self.latest(node).tag, reply, now)
 
-    def replies(self, replies: Sequence[Reply | None], now: int | None = None) -> list[Send]:
+    def replies(self, replies: Sequence[NodeReply | None], now: int | None = None) -> list[Send]:
         """Answer the latest request of every node, in node order; None: no answer."""
         sends: list[Send] = []
         for node, reply in enumerate(replies):

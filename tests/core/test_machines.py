@@ -16,6 +16,7 @@ from lockd.core import (
     FenceReply,
     Granted,
     NodeFailure,
+    NodeReply,
     NotGranted,
     Reason,
     Release,
@@ -24,7 +25,6 @@ from lockd.core import (
     Renew,
     Renewed,
     RenewFailed,
-    Reply,
     fence_key,
     lock_key,
     validity_ns,
@@ -44,7 +44,7 @@ def acquire(nodes: int = 5, timeout: int = TIMEOUT, rounds: int = 5, ttl: int = 
     return d
 
 
-def parse(word: str) -> Reply | None:
+def parse(word: str) -> NodeReply | None:
     """A0/A7: acquired with counter; H9: refused (held), counter 9; F: error;
     R300: delayed restart with 300 ms left; T: no answer (times out); t/f: True/False;
     Y6/N8: fence accepted/rejected with that counter."""

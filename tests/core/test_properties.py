@@ -33,6 +33,7 @@ from lockd.core import (
     FenceReply,
     Granted,
     NodeFailure,
+    NodeReply,
     NotGranted,
     Reason,
     Release,
@@ -41,7 +42,6 @@ from lockd.core import (
     Renew,
     Renewed,
     RenewFailed,
-    Reply,
     Send,
     drift_ns,
     fence_key,
@@ -69,7 +69,7 @@ SILENT = -1  # a round whose requests are never answered (a partition), only tim
 # -- one machine, scripted replies -------------------------------------------------------
 
 
-def any_reply(data: st.DataObject, call: Call | None, good: int) -> Reply:
+def any_reply(data: st.DataObject, call: Call | None, good: int) -> NodeReply:
     """An answer to `call`: a success with probability `good`%, else a refusal or a
     failure; now and then an answer meant for another kind of call."""
     if call is None or data.draw(st.integers(0, 19)) == 19:
@@ -413,7 +413,7 @@ class Node:
             return None
         return entry[0] if entry else None
 
-    def handle(self, call: Call, now: int) -> Reply:
+    def handle(self, call: Call, now: int) -> NodeReply:
         if isinstance(call, AcquireCall):
             counter = self.counters.get(call.fence_key, 0)
             holder = self._holder(call.lock_key, now)
@@ -495,7 +495,7 @@ class Cluster:
     def _delay(self) -> int:
         return self.rng.randrange(self.net.max_delay_ns + 1)
 
-    def send(self, send: Send, on_reply: Callable[[Reply], None] | None) -> None:
+    def send(self, send: Send, on_reply: Callable[[NodeReply], None] | None) -> None:
         """Deliver `send` to its node (maybe), and its answer back (maybe)."""
         if self.rng.random() < self.net.loss:
             return
@@ -505,7 +505,7 @@ class Cluster:
             if self.rng.random() < self.net.forget:
                 node.keys.clear()
             if self.rng.random() < self.net.error:
-                reply: Reply = NodeFailure("ERR injected")
+                reply: NodeReply = NodeFailure("ERR injected")
             else:
                 reply = node.handle(send.call, self.now)
             if on_reply is None or self.rng.random() < self.net.loss:
@@ -520,7 +520,7 @@ class Cluster:
         ticks: set[int] = set()
         finished = False
 
-        def answer(tag: int) -> Callable[[Reply], None]:
+        def answer(tag: int) -> Callable[[NodeReply], None]:
             return lambda reply: handle(d.deliver(tag, reply, self.now))
 
         def handle(sends: list[Send]) -> None:
@@ -680,7 +680,7 @@ def test_the_model_cluster_grants_and_contends() -> None:
 class CarelessNode(Node):
     """A node whose fence accepts T when counter <= T: reuse, which must be caught."""
 
-    def handle(self, call: Call, now: int) -> Reply:
+    def handle(self, call: Call, now: int) -> NodeReply:
         if isinstance(call, FenceCall) and self.counters.get(call.fence_key, 0) == call.token:
             return FenceReply(True, call.token)
         return super().handle(call, now)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lockd.engine import Engine
-from lockd.engine.server import Connection, Limits, RespServer
+from lockd.engine.server import Connection, RespServer, ServerLimits
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 from tests.support import EngineProcess, redis_server, redis_server_binary
 
@@ -139,7 +139,7 @@ QUERY_BUFFER = 300
 
 
 async def feed_connection(chunks: list[bytes]) -> tuple[FakeTransport, list[int]]:
-    server = RespServer(Engine(), limits=Limits(max_bulk=200, query_buffer=QUERY_BUFFER))
+    server = RespServer(Engine(), limits=ServerLimits(max_bulk=200, query_buffer=QUERY_BUFFER))
     conn = Connection(server)
     transport = FakeTransport()
     conn.connection_made(transport)

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from lockd.engine import RELEASE_CHANNEL, Engine, EngineConfig, FsyncPolicy
-from lockd.engine.server import Limits, RespServer
+from lockd.engine.server import RespServer, ServerLimits
 from lockd.resp.protocol import encode, encode_command
 from lockd.resp.replies import Push
 from tests.support import EngineProcess
@@ -221,7 +221,7 @@ def test_many_protocol_errors_do_not_stop_the_server(
 class Harness:
     """An in-memory engine behind a RespServer on a free port, and its clients."""
 
-    def __init__(self, limits: Limits | None, engine: Engine | None) -> None:
+    def __init__(self, limits: ServerLimits | None, engine: Engine | None) -> None:
         self.server = RespServer(engine or Engine(), limits=limits)
         self.peers: list[Peer] = []
 
@@ -233,7 +233,7 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def serving(
-    limits: Limits | None = None, engine: Engine | None = None
+    limits: ServerLimits | None = None, engine: Engine | None = None
 ) -> AsyncIterator[Harness]:
     harness = Harness(limits, engine)
     await harness.server.start()
@@ -323,7 +323,7 @@ class Peer:
 )
 def test_query_buffer_limit_closes_only_that_connection(flood: bytes) -> None:
     async def scenario() -> None:
-        async with serving(Limits(query_buffer=64 * 1024, max_bulk=1 << 20)) as harness:
+        async with serving(ServerLimits(query_buffer=64 * 1024, max_bulk=1 << 20)) as harness:
             good = await harness.connect()
             await good.expect(cmd("PING"), b"+PONG\r\n")
             hog = await harness.connect()
@@ -345,7 +345,7 @@ def test_query_buffer_limit_closes_only_that_connection(flood: bytes) -> None:
 
 def test_bulk_over_max_bulk_is_refused() -> None:
     async def scenario() -> None:
-        async with serving(Limits(query_buffer=64 * 1024, max_bulk=1000)) as harness:
+        async with serving(ServerLimits(query_buffer=64 * 1024, max_bulk=1000)) as harness:
             peer = await harness.connect()
             await peer.expect(cmd("SET", "k", b"v" * 1000), b"+OK\r\n")
             peer.send(cmd("SET", "k", b"v" * 1001))
@@ -358,7 +358,7 @@ def test_subscriber_that_never_reads_is_disconnected() -> None:
     limit = 256 * 1024
 
     async def scenario() -> None:
-        async with serving(Limits(output_buffer=limit)) as harness:
+        async with serving(ServerLimits(output_buffer=limit)) as harness:
             slow = await harness.connect(rcvbuf=4096)
             await slow.expect(cmd("SUBSCRIBE", "news"), push(b"subscribe", b"news", 1))
             publisher = await harness.connect()
@@ -693,7 +693,7 @@ def test_total_query_buffer_closes_the_largest_holders() -> None:
     total = 1 << 20
 
     async def scenario() -> None:
-        limits = Limits(query_buffer=512 * 1024, max_bulk=1 << 20, total_query_buffer=total)
+        limits = ServerLimits(query_buffer=512 * 1024, max_bulk=1 << 20, total_query_buffer=total)
         async with serving(limits) as harness:
             good = await harness.connect()
             await good.expect(cmd("PING"), b"+PONG\r\n")
@@ -721,7 +721,7 @@ def test_half_sent_array_of_empty_arguments_counts_its_memory() -> None:
     """A million empty arguments are ~50 MB of Python objects, not 0 bytes."""
 
     async def scenario() -> None:
-        async with serving(Limits(query_buffer=4 << 20)) as harness:
+        async with serving(ServerLimits(query_buffer=4 << 20)) as harness:
             hog = await harness.connect()
             sending = asyncio.create_task(hog.send_all(b"*1000000\r\n" + b"$0\r\n\r\n" * 200_000))
             got = await hog.read_to_eof()
@@ -734,7 +734,7 @@ def test_half_sent_array_of_empty_arguments_counts_its_memory() -> None:
 
 def test_idle_connections_are_closed_but_not_subscribers() -> None:
     async def scenario() -> None:
-        async with serving(Limits(idle_timeout_s=0.3)) as harness:
+        async with serving(ServerLimits(idle_timeout_s=0.3)) as harness:
             idle = await harness.connect()
             await idle.expect(cmd("PING"), b"+PONG\r\n")
             sub = await harness.connect()
@@ -751,7 +751,7 @@ def test_idle_connections_are_closed_but_not_subscribers() -> None:
 
 def test_connections_get_tcp_keepalive() -> None:
     async def scenario() -> None:
-        async with serving(Limits(keepalive_s=45)) as harness:
+        async with serving(ServerLimits(keepalive_s=45)) as harness:
             peer = await harness.connect()
             await peer.expect(cmd("PING"), b"+PONG\r\n")
             (conn,) = harness.server.connections

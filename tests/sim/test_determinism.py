@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from lockd.sim import UNSAFE, run_seed, schedule_for
-from lockd.sim.schedule import Session
+from lockd.sim.schedule import Job
 
 
 def test_a_seed_replays_exactly() -> None:
@@ -39,8 +39,8 @@ def test_another_process_with_another_hash_seed_agrees() -> None:
 
 def test_a_subset_of_the_schedule_replays_exactly() -> None:
     steps = schedule_for(4, 200).steps
-    keep = [s.index for s in steps if not isinstance(s.action, Session)][:10] + [
-        s.index for s in steps if isinstance(s.action, Session)
+    keep = [s.index for s in steps if not isinstance(s.action, Job)][:10] + [
+        s.index for s in steps if isinstance(s.action, Job)
     ][:10]
     assert len(schedule_for(4, 200, keep).steps) == 20
     assert run_seed(4, 200, None, keep).digest == run_seed(4, 200, None, keep).digest

@@ -1,4 +1,4 @@
-"""The simulator's parts on their own: client clocks, simulated disks and nodes (the real
+"""The simulator's parts on their own: host clocks, simulated disks and nodes (the real
 engine's restart logic on them), the network's weather, the store, and the checkers fed
 hand-made histories (a checker that cannot fail proves nothing)."""
 
@@ -12,9 +12,9 @@ from lockd.core import AcquireCall, AcquireReply, FenceCall, FenceReply, NodeFai
 from lockd.core.quorum import restart_delay_ms
 from lockd.engine import EngineConfig, FsyncPolicy
 from lockd.sim.checks import Grant, History, check
-from lockd.sim.schedule import Limits, Session, generate
+from lockd.sim.schedule import Envelope, Job, generate
 from lockd.sim.simulation import liveness_bound_ns
-from lockd.sim.world import MS, ClientClock, FencedStore, Network, SimDisk, SimNode, World
+from lockd.sim.world import MS, HostClock, Network, SimDisk, SimNode, StoreModel, World
 
 NAME = b"a"
 LOCK = lock_key(NAME)
@@ -24,8 +24,8 @@ FENCE = b"fence:{a}"
 # -- clocks ---------------------------------------------------------------------------------
 
 
-def test_client_clock_drifts_stops_in_a_pause_and_inverts() -> None:
-    clock = ClientClock(1.01, 5_000)
+def test_host_clock_drifts_stops_in_a_pause_and_inverts() -> None:
+    clock = HostClock(1.01, 5_000)
     assert clock.now(100 * MS) == 5_000 + 101 * MS
     assert clock.now(clock.true_at(10**9, 0)) >= 10**9
     assert clock.now(clock.true_at(10**9, 0) - 1) < 10**9
@@ -142,8 +142,8 @@ def grant(client: int, token: int, start: int, decided: int, end: int, lease: by
     return Grant(NAME, client, lease, token, start * MS, decided * MS, end * MS)
 
 
-def props(history: History, store: FencedStore | None = None) -> list[str]:
-    return [v.prop for v in check(history, store or FencedStore(), True, [])]
+def props(history: History, store: StoreModel | None = None) -> list[str]:
+    return [v.prop for v in check(history, store or StoreModel(), True, [])]
 
 
 def test_checkers_pass_a_clean_history() -> None:
@@ -168,7 +168,7 @@ def test_overlap_checker_skips_paused_holders() -> None:
 
 
 def test_store_checkers() -> None:
-    store = FencedStore()
+    store = StoreModel()
     assert store.read(1, NAME, b"a", 5) == (True, None)
     assert store.write(2, NAME, b"a", 5, 1, None)
     assert store.read(3, NAME, b"old", 4) == (False, None)  # fenced out
@@ -176,7 +176,7 @@ def test_store_checkers() -> None:
     assert not store.write(5, NAME, b"a", 5, 2, None)
     assert props(History(acked=[(2, NAME, 1, 0)]), store) == []
     # Two leases with one token (what a token bug does): the store cannot tell them apart.
-    twin = FencedStore()
+    twin = StoreModel()
     twin.read(1, NAME, b"a", 7)
     twin.read(2, NAME, b"b", 7)
     twin.write(3, NAME, b"a", 7, 1, None)
@@ -192,14 +192,14 @@ def test_schedules_are_pure_and_shrinkable() -> None:
     a, b = generate(3, 50), generate(3, 50)
     assert a == b and len(a.steps) == 50
     assert generate(3, 20).steps == a.steps[:20]  # a shorter run is a prefix
-    kept = a.keep({s.index for s in a.steps if isinstance(s.action, Session)})
-    assert all(isinstance(s.action, Session) for s in kept.steps)
+    kept = a.keep({s.index for s in a.steps if isinstance(s.action, Job)})
+    assert all(isinstance(s.action, Job) for s in kept.steps)
     assert all(str(s.action) for s in a.steps)
 
 
 def test_liveness_bound_covers_the_restart_delay() -> None:
     schedule = generate(0, 10)
-    assert liveness_bound_ns(schedule) > restart_delay_ms(Limits().max_ttl_ms) * MS
+    assert liveness_bound_ns(schedule) > restart_delay_ms(Envelope().max_ttl_ms) * MS
 
 
 @pytest.mark.parametrize("policy", list(FsyncPolicy))
