@@ -17,7 +17,19 @@ from lockd.cli.params import DURATION
 if TYPE_CHECKING:
     from lockd_client import AsyncClient
 
-__all__ = ["acquire", "release", "renew", "run", "status"]
+__all__ = ["acquire", "release", "renew", "run", "status", "text", "when"]
+
+
+def text(value: bytes) -> str:
+    """A stored value for people and JSON: UTF-8, undecodable bytes as \\xNN escapes."""
+    return value.decode(errors="backslashreplace")
+
+
+def when(unix_s: float | None) -> str:
+    """An acquired-at time as ISO 8601 UTC, "-" when unknown."""
+    if unix_s is None:
+        return "-"
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds")
 
 
 @click.command()
@@ -25,15 +37,23 @@ __all__ = ["acquire", "release", "renew", "run", "status"]
 @click.option("--ttl", default="30s", type=DURATION, help="Lease time to live.")
 @click.option("--wait", default="0s", type=DURATION, help="How long to wait for the lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@click.option(
+    "--owner", default=None, help="Who holds it, for `status`/`list`  [default: host/pid]"
+)
+@click.option("--value", default="", help="A small value stored with the lock (at most 1 KiB).")
 @client_options
-def acquire(name: str, ttl: int, wait: int, as_json: bool, **conn: Any) -> None:
+def acquire(
+    name: str, ttl: int, wait: int, as_json: bool, owner: str | None, value: str, **conn: Any
+) -> None:
     """Acquire NAME and print its fencing token, lease id and deadline.
 
     The lease is not renewed: it lasts TTL unless renewed with `lockd renew`. Exit status
     3 when the lock stayed held for the whole wait, 4 when lockd is unavailable."""
 
     async def go(client: AsyncClient) -> int:
-        lease = await client.acquire(name, ttl / 1000, wait / 1000, watchdog=False)
+        lease = await client.acquire(
+            name, ttl / 1000, wait / 1000, watchdog=False, owner=owner, value=value.encode()
+        )
         validity_ms = max(0, round((lease.deadline - time.monotonic()) * 1000))
         deadline = datetime.now(UTC) + timedelta(milliseconds=validity_ms)
         if as_json:
@@ -104,7 +124,7 @@ def status(name: str | None, as_json: bool, **conn: Any) -> None:
         if name is not None:
             info = await client.describe(name)
             if as_json:
-                click.echo(json.dumps(dataclasses.asdict(info)))
+                click.echo(json.dumps(dataclasses.asdict(info) | {"value": text(info.value)}))
                 return 0
             rows = [
                 ("lock", info.name),
@@ -114,6 +134,12 @@ def status(name: str | None, as_json: bool, **conn: Any) -> None:
                 ("waiters", str(info.waiters)),
                 ("nodes holding", f"{info.nodes_holding} of {info.nodes_answered} answering"),
             ]
+            if info.held:
+                rows += [
+                    ("owner", info.owner or "-"),
+                    ("value", text(info.value) or "-"),
+                    ("acquired at", when(info.acquired_at)),
+                ]
             click.echo(table(["", ""], rows, header=False))
             return 0
         cluster = await client.cluster_status()

@@ -22,12 +22,14 @@ from lockd import errors
 from lockd.core import (
     Acquire,
     Granted,
+    Meta,
     NotGranted,
     Reason,
     Release,
     Released,
     Renew,
     Renewed,
+    encode_meta,
     lock_name,
     quorum,
     retry_delay_ns,
@@ -213,9 +215,15 @@ class LockManager:
     # -- acquire -------------------------------------------------------------------------
 
     async def acquire(
-        self, name: bytes, ttl_ms: int, wait_ms: int, deadline_ns: int | None = None
+        self,
+        name: bytes,
+        ttl_ms: int,
+        wait_ms: int,
+        deadline_ns: int | None = None,
+        meta: Meta | None = None,
     ) -> Granted:
-        """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease."""
+        """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease;
+        `meta` is the owner record to store with it (stamped at each attempt)."""
         if wait_ms < 0:
             raise errors.invalid(ErrorReason.BAD_WAIT, f"wait_ms={wait_ms} is negative")
         self._check_running()
@@ -256,7 +264,7 @@ class LockManager:
                     f"{(time.monotonic_ns() - started) // MS} ms "
                     "(queued behind other waiters)",
                 )
-            return await self._acquire_at_head(name, queue, ttl_ms, until, started)
+            return await self._acquire_at_head(name, queue, ttl_ms, until, started, meta)
         finally:
             self._waiting -= 1
             self.metrics.waiters.set(self._waiting)
@@ -268,7 +276,7 @@ class LockManager:
             elif self._queues.get(name) is queue:
                 del self._queues[name]
 
-    def acquire_now(self, name: bytes, ttl_ms: int) -> Granted | None:
+    def acquire_now(self, name: bytes, ttl_ms: int, meta: Meta | None = None) -> Granted | None:
         """The uncontended fast path when every node answers inline: one attempt, no
         waiting, no task. None when that cannot grant (queued waiters, a live local
         holder, a failed attempt, a limit): the caller then takes `acquire`."""
@@ -281,7 +289,12 @@ class LockManager:
         if len(self._holders) >= self.config.max_locks:
             return None
         machine = Acquire(
-            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
+            name,
+            ttl_ms,
+            secrets.token_bytes(LEASE_BYTES),
+            len(self.nodes),
+            self._timeout_ns,
+            meta=_stamped(meta),
         )
         outcome = self.driver.run_now(machine)
         if isinstance(outcome, Granted):
@@ -296,7 +309,13 @@ class LockManager:
         self.metrics.grants.inc()
 
     async def _acquire_at_head(
-        self, name: bytes, queue: _Queue, ttl_ms: int, until: int, started: int
+        self,
+        name: bytes,
+        queue: _Queue,
+        ttl_ms: int,
+        until: int,
+        started: int,
+        meta: Meta | None = None,
     ) -> Granted:
         attempt = 0
         while True:
@@ -310,7 +329,7 @@ class LockManager:
                 if time.monotonic_ns() >= until and not queue.wake.is_set():
                     raise self._held_error(started)
                 continue
-            outcome = await self._attempt(name, ttl_ms)
+            outcome = await self._attempt(name, ttl_ms, meta)
             if isinstance(outcome, Granted):
                 self._granted(name, ttl_ms, outcome)
                 return outcome
@@ -376,9 +395,16 @@ class LockManager:
             ErrorReason.LOCK_HELD, f"lock held by another lease; waited {waited} ms"
         )
 
-    async def _attempt(self, name: bytes, ttl_ms: int) -> Granted | NotGranted:
+    async def _attempt(
+        self, name: bytes, ttl_ms: int, meta: Meta | None = None
+    ) -> Granted | NotGranted:
         machine = Acquire(
-            name, ttl_ms, secrets.token_bytes(LEASE_BYTES), len(self.nodes), self._timeout_ns
+            name,
+            ttl_ms,
+            secrets.token_bytes(LEASE_BYTES),
+            len(self.nodes),
+            self._timeout_ns,
+            meta=_stamped(meta),
         )
         try:
             outcome = await self.driver.run(machine)
@@ -515,6 +541,16 @@ class LockManager:
             nodes_holding=len(holding),
         )
 
+    def waiters(self, name: bytes) -> int:
+        """Acquire calls waiting for lock `name` at this gateway."""
+        queue = self._queues.get(name)
+        return len(queue.waiters) if queue else 0
+
+    @property
+    def node_timeout_s(self) -> float:
+        """How long one node call may take."""
+        return self._timeout_ns / 1e9
+
     async def cluster(self) -> list[NodeInfo]:
         """Every node's health, measured now (and exported as metrics)."""
         infos = await asyncio.gather(*(node.info() for node in self.nodes))
@@ -523,6 +559,13 @@ class LockManager:
             self.metrics.node_restart_delay.labels(info.address).set(info.restart_delay_ms / 1e3)
             self.metrics.node_latency.labels(info.address).set(info.latency_ms / 1e3)
         return list(infos)
+
+
+def _stamped(meta: Meta | None) -> bytes | None:
+    """The owner record an attempt writes: `meta` with the wall time of this attempt."""
+    if meta is None:
+        return None
+    return encode_meta(dataclasses.replace(meta, acquired_at_ms=time.time_ns() // MS))
 
 
 async def _wait_event(signal: Signal, until_ns: int) -> bool:

@@ -44,7 +44,9 @@ __all__ = [
     "LockView",
     "Mode",
     "Node",
+    "NodeError",
     "NodeInfo",
+    "RawReply",
     "RespNode",
     "UnsafeNodeError",
     "lua_library",
@@ -62,6 +64,27 @@ class Mode(enum.Enum):
     EMBEDDED = 1
     LOCKD_ENGINE = 2
     REDIS = 3
+
+
+RawReply = int | bytes | None | list["RawReply"]
+"""A node function's reply in plain values."""
+
+
+class NodeError(Exception):
+    """A node function call failed: an error reply, or the node could not be reached."""
+
+
+def _plain(reply: object) -> RawReply:
+    """A reply from the engine or redis-py as plain values; error replies raise."""
+    if isinstance(reply, CommandError | redis.exceptions.ResponseError):
+        raise NodeError(str(reply))
+    if reply is None or isinstance(reply, int | bytes):
+        return reply
+    if isinstance(reply, str):
+        return reply.encode()
+    if isinstance(reply, list | tuple):
+        return [_plain(item) for item in reply]
+    raise NodeError(f"unexpected reply {reply!r}")
 
 
 class UnsafeNodeError(Exception):
@@ -131,6 +154,12 @@ class Node:
         """The node's view of lock `name` (raises on failure)."""
         raise NotImplementedError
 
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        """Call one of lockd's node functions (`lockd_list`, `lockd_peek`, ...) and return
+        its reply as bytes, ints, None and lists; raises `NodeError` on an error reply or
+        a transport failure. Mutations are committed before it returns."""
+        raise NotImplementedError
+
     async def info(self) -> NodeInfo:
         """PING and read the node's restart state."""
         raise NotImplementedError
@@ -178,7 +207,7 @@ class EmbeddedNode(Node):
         try:
             if isinstance(call, AcquireCall):
                 got, counter = engine.lock_acquire(
-                    call.lock_key, call.fence_key, call.lease, b"%d" % call.ttl_ms
+                    call.lock_key, call.fence_key, call.lease, b"%d" % call.ttl_ms, call.meta
                 )
                 reply: Reply = AcquireReply(got == 1, counter)
             elif isinstance(call, ReleaseCall):
@@ -202,6 +231,11 @@ class EmbeddedNode(Node):
 
     async def view(self, name: bytes) -> LockView:
         return LockView(*self.engine.lock_describe(lock_key(name), fence_key(name)))
+
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        reply = self.engine.execute([b"FCALL", function, b"%d" % len(keys), *keys, *args])
+        self.engine.commit()
+        return _plain(reply)
 
     async def info(self) -> NodeInfo:
         e = self.engine
@@ -363,8 +397,15 @@ class RespNode(Node):
                 left = self._restart_left_ms()
                 if left:
                     return NodeFailure(f"RESTARTDELAY {left} ms left: {self._restart_reason}", left)
+                meta = () if call.meta is None else (call.meta,)
                 got, counter = await c.fcall(
-                    "lockd_acquire", 2, call.lock_key, call.fence_key, call.lease, call.ttl_ms
+                    "lockd_acquire",
+                    2,
+                    call.lock_key,
+                    call.fence_key,
+                    call.lease,
+                    call.ttl_ms,
+                    *meta,
                 )
                 return AcquireReply(got == 1, int(counter))
             if isinstance(call, ReleaseCall):
@@ -387,6 +428,16 @@ class RespNode(Node):
             "lockd_describe", 2, lock_key(name), fence_key(name)
         )
         return LockView(int(pttl), int(counter))
+
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        if (failure := await self._ready()) is not None:
+            raise NodeError(failure.message)
+        try:
+            reply = await self._client.fcall(function.decode(), len(keys), *keys, *args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            self._last_error = str(exc)
+            raise NodeError(str(exc)) from exc
+        return _plain(reply)
 
     async def info(self) -> NodeInfo:
         if (failure := await self._ready()) is not None:

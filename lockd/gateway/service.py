@@ -18,6 +18,7 @@ import grpc
 from lockd import __version__
 from lockd.core import Granted
 from lockd.errors import ErrorReason, LockdError, abort
+from lockd.gateway import records
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import Mode
 from lockd.units import MS
@@ -78,7 +79,8 @@ class LockService(pb_grpc.LockServiceServicer):
         try:
             name = m.check_name(request.name)
             ttl = m.check_ttl(request.ttl_ms)
-            granted = await m.acquire(name, ttl, request.wait_ms, deadline_ns)
+            meta = records.requested(request.owner, request.value)
+            granted = await m.acquire(name, ttl, request.wait_ms, deadline_ns, meta)
             if cancelled():
                 # Granted too late for the caller to hear of it: give it back at once.
                 m.release_in_background(name, granted.lease)
@@ -107,7 +109,8 @@ class LockService(pb_grpc.LockServiceServicer):
                 start = time.perf_counter()
                 name = m.check_name(request.acquire.name)
                 ttl = m.check_ttl(request.acquire.ttl_ms)
-                granted = m.acquire_now(name, ttl) if request.acquire.wait_ms >= 0 else None
+                meta = records.requested(request.acquire.owner, request.acquire.value)
+                granted = m.acquire_now(name, ttl, meta) if request.acquire.wait_ms >= 0 else None
                 if granted is None:
                     return None
                 m.metrics.acquire_seconds.labels("granted").observe(time.perf_counter() - start)
@@ -175,15 +178,20 @@ class LockService(pb_grpc.LockServiceServicer):
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         m = self.manager
         try:
-            d = await m.describe(m.check_name(request.name))
+            name = m.check_name(request.name)
         except LockdError as exc:
             await abort(context, exc)
+        d = await records.holder(m, name)
+        meta = d.meta
         return pb.DescribeResponse(
+            owner=meta.owner.decode(errors="replace") if meta else "",
+            value=meta.value if meta else b"",
+            acquired_at_ms=meta.acquired_at_ms if meta else 0,
             name=request.name,
             held=d.held,
             ttl_remaining_ms=d.ttl_remaining_ms,
             fencing_counter=d.fencing_counter,
-            waiters=d.waiters,
+            waiters=m.waiters(name),
             nodes_answered=d.nodes_answered,
             nodes_holding=d.nodes_holding,
         )

@@ -121,6 +121,7 @@ class Client:
         timeout: float = 10.0,
         renew_fraction: float = 1 / 3,
         safety_margin: float | None = None,
+        owner: str | None = None,
     ) -> None:
         self._runner = _LoopThread()
 
@@ -131,6 +132,7 @@ class Client:
                 timeout=timeout,
                 renew_fraction=renew_fraction,
                 safety_margin=safety_margin,
+                owner=owner,
             )
 
         self._client = self._runner.run(make())
@@ -148,8 +150,11 @@ class Client:
         *,
         watchdog: bool = True,
         on_lost: Callable[[Lease], object] | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> Lease:
-        """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed)."""
+        """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed). `owner`
+        and `value` are stored with it for Describe and List."""
         holder: list[Lease] = []
 
         def lost(inner: AsyncLease) -> None:
@@ -159,7 +164,9 @@ class Client:
         lease = Lease(
             self._runner,
             self._runner.run(
-                self._client.acquire(name, ttl, wait, watchdog=watchdog, on_lost=lost)
+                self._client.acquire(
+                    name, ttl, wait, watchdog=watchdog, on_lost=lost, owner=owner, value=value
+                )
             ),
         )
         holder.append(lease)
@@ -173,9 +180,11 @@ class Client:
         wait: float = 60.0,
         *,
         on_lost: Callable[[Lease], object] | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> Iterator[Lease]:
         """`with client.lock(name) as lease:` holds the lock for the block."""
-        with self.acquire(name, ttl, wait, on_lost=on_lost) as lease:
+        with self.acquire(name, ttl, wait, on_lost=on_lost, owner=owner, value=value) as lease:
             yield lease
 
     def release(self, name: str, lease_id: bytes) -> int:
@@ -187,7 +196,7 @@ class Client:
         return self._runner.run(self._client.renew(name, lease_id, ttl))
 
     def describe(self, name: str) -> LockInfo:
-        """Held?, TTL left, fencing counter and waiters of a lock."""
+        """Held?, TTL left, fencing counter, waiters, owner, value, acquired at."""
         return self._runner.run(self._client.describe(name))
 
     def cluster_status(self) -> ClusterInfo:

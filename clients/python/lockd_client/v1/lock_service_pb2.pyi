@@ -19,14 +19,18 @@ NODE_MODE_LOCKD_ENGINE: NodeMode
 NODE_MODE_REDIS: NodeMode
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("name", "ttl_ms", "wait_ms")
+    __slots__ = ("name", "ttl_ms", "wait_ms", "owner", "value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     ttl_ms: int
     wait_ms: int
-    def __init__(self, name: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    owner: str
+    value: bytes
+    def __init__(self, name: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("lease_id", "fencing_token", "validity_ms", "ttl_ms")
@@ -77,7 +81,7 @@ class DescribeRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "held", "ttl_remaining_ms", "fencing_counter", "waiters", "nodes_answered", "nodes_holding")
+    __slots__ = ("name", "held", "ttl_remaining_ms", "fencing_counter", "waiters", "nodes_answered", "nodes_holding", "owner", "value", "acquired_at_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +89,9 @@ class DescribeResponse(_message.Message):
     WAITERS_FIELD_NUMBER: _ClassVar[int]
     NODES_ANSWERED_FIELD_NUMBER: _ClassVar[int]
     NODES_HOLDING_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     held: bool
     ttl_remaining_ms: int
@@ -92,7 +99,10 @@ class DescribeResponse(_message.Message):
     waiters: int
     nodes_answered: int
     nodes_holding: int
-    def __init__(self, name: _Optional[str] = ..., held: _Optional[bool] = ..., ttl_remaining_ms: _Optional[int] = ..., fencing_counter: _Optional[int] = ..., waiters: _Optional[int] = ..., nodes_answered: _Optional[int] = ..., nodes_holding: _Optional[int] = ...) -> None: ...
+    owner: str
+    value: bytes
+    acquired_at_ms: int
+    def __init__(self, name: _Optional[str] = ..., held: _Optional[bool] = ..., ttl_remaining_ms: _Optional[int] = ..., fencing_counter: _Optional[int] = ..., waiters: _Optional[int] = ..., nodes_answered: _Optional[int] = ..., nodes_holding: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., acquired_at_ms: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("id", "acquire", "release", "renew")

@@ -30,7 +30,8 @@ class LockServiceStub:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
@@ -81,7 +82,8 @@ class LockServiceServicer:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
@@ -181,7 +183,8 @@ class LockService:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
