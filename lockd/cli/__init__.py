@@ -10,7 +10,7 @@ import click
 
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
-from lockd.cli.locks import acquire, release, renew, run, status
+from lockd.cli.locks import acquire, list_locks, release, renew, run, status
 from lockd.cli.servers import engine, serve, store
 
 __all__ = ["main"]
@@ -31,5 +31,7 @@ def main(log_level: str) -> None:
     )
 
 
-for command in (serve, engine, store, acquire, release, renew, status, run, jepsen, sim):
+for command in (
+    serve, engine, store, acquire, release, renew, status, list_locks, run, jepsen, sim
+):  # fmt: skip
     main.add_command(command)

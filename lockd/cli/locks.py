@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,7 +19,7 @@ from lockd.cli.params import DURATION
 if TYPE_CHECKING:
     from lockd_client import AsyncClient
 
-__all__ = ["acquire", "release", "renew", "run", "status", "text", "when"]
+__all__ = ["acquire", "list_locks", "release", "renew", "run", "status", "text", "when"]
 
 
 def text(value: bytes) -> str:
@@ -82,15 +84,83 @@ def acquire(
 
 @click.command()
 @click.argument("name")
-@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@click.option("--lease", "lease", help="Lease id printed by `lockd acquire`.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take the lock back whatever lease holds it (admin: needs the admin token, or an "
+    "admin client certificate).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the gateway's admin token (for --force; or set LOCKD_ADMIN_TOKEN).",
+)
 @client_options
-def release(name: str, lease: str, **conn: Any) -> None:
-    """Release NAME held by lease --lease (exit 1 if that lease does not hold it)."""
+def release(
+    name: str, lease: str | None, force: bool, admin_token_file: Path | None, **conn: Any
+) -> None:
+    """Release NAME held by lease --lease (exit 1 if that lease does not hold it), or
+    with --force whatever holds it (exit 6 without a valid admin credential)."""
+    if force == (lease is not None):
+        raise click.UsageError("give either --lease or --force")
+    if force:
+        token = (
+            admin_token_file.read_text().strip()
+            if admin_token_file is not None
+            else os.environ.get("LOCKD_ADMIN_TOKEN", "").strip()
+        )
+
+        async def forced(client: AsyncClient) -> int:
+            nodes = await client.force_release(name, token or None)
+            click.echo(
+                f"force-released {name} on {nodes} nodes" if nodes else f"{name} was not held"
+            )
+            return 0
+
+        run_client(forced, **conn)
+        return
+    assert lease is not None
     lease_bytes = lease_id(lease)
 
     async def go(client: AsyncClient) -> int:
         nodes = await client.release(name, lease_bytes)
         click.echo(f"released {name} on {nodes} nodes")
+        return 0
+
+    run_client(go, **conn)
+
+
+@click.command("list")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per lock.")
+@click.option("--page-size", default=100, type=click.IntRange(1, 1000), help="Keys per call.")
+@client_options
+def list_locks(prefix: str, as_json: bool, page_size: int, **conn: Any) -> None:
+    """List the held locks whose names start with PREFIX: owner, token, TTL left."""
+
+    async def go(client: AsyncClient) -> int:
+        rows = []
+        async for lock in client.list(prefix, page_size):
+            if as_json:
+                entry = dataclasses.asdict(lock) | {"value": text(lock.value)}
+                click.echo(json.dumps(entry))
+            else:
+                rows.append(
+                    (
+                        lock.name,
+                        lock.owner or "-",
+                        str(lock.token),
+                        f"{lock.ttl_remaining * 1000:.0f} ms",
+                        when(lock.acquired_at),
+                        str(lock.waiters),
+                        text(lock.value),
+                    )
+                )
+        if not as_json:
+            rows.sort()
+            headers = ["lock", "owner", "token", "ttl left", "acquired at", "waiters", "value"]
+            click.echo(table(headers, rows) if rows else "no locks held")
         return 0
 
     run_client(go, **conn)

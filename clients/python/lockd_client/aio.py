@@ -34,7 +34,7 @@ from lockd_client.errors import (
 )
 from lockd_client.v1 import lock_service_pb2 as pb
 
-__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "LockInfo", "NodeInfo"]
+__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "HeldLock", "LockInfo", "NodeInfo"]
 
 log = logging.getLogger("lockd_client")
 
@@ -66,6 +66,21 @@ class LockInfo:
     """The small value stored with the lock by its holder."""
     acquired_at: float | None = None
     """When the gateway granted it (Unix seconds), None when not held or unknown."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldLock:
+    """A held lock as `list` shows it (never its lease id)."""
+
+    name: str
+    owner: str
+    value: bytes
+    token: int
+    """The highest fencing counter the nodes report: the holder's token, or more."""
+    ttl_remaining: float
+    acquired_at: float | None
+    """When it was granted (Unix seconds), None when unknown."""
+    waiters: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,6 +400,38 @@ class AsyncClient:
             r.value,
             r.acquired_at_ms / 1000 if r.acquired_at_ms else None,
         )
+
+    async def list(self, prefix: str = "", page_size: int = 0) -> AsyncIterator[HeldLock]:
+        """`async for lock in client.list("orders/")`: the held locks whose names start
+        with `prefix`, fetched a page at a time (each page is bounded work for lockd)."""
+        token = ""
+        while True:
+            r = await self._transport.unary(
+                "List", pb.ListRequest(prefix=prefix, page_token=token, page_size=page_size)
+            )
+            for e in r.locks:
+                yield HeldLock(
+                    e.name,
+                    e.owner,
+                    e.value,
+                    e.fencing_token,
+                    e.ttl_remaining_ms / 1000,
+                    e.acquired_at_ms / 1000 if e.acquired_at_ms else None,
+                    e.waiters,
+                )
+            token = r.next_page_token
+            if not token:
+                return
+
+    async def force_release(self, name: str, admin_token: str | None = None) -> int:
+        """Take lock `name` back whatever lease holds it (an admin operation): with the
+        gateway's admin token, or over mutual TLS with an admin certificate. Returns how
+        many nodes held it (0: it was not held). `PermissionDenied` without a credential."""
+        metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
+        r = await self._transport.unary(
+            "ForceRelease", pb.ForceReleaseRequest(name=name), name=name, metadata=metadata
+        )
+        return int(r.nodes_released)
 
     async def cluster_status(self) -> ClusterInfo:
         """Every node as the gateway sees it, and whether a quorum is available."""

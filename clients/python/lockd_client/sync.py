@@ -19,7 +19,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from lockd_client._transport import TLS
-from lockd_client.aio import DEFAULT_ENDPOINT, AsyncClient, AsyncLease, ClusterInfo, LockInfo
+from lockd_client.aio import (
+    DEFAULT_ENDPOINT,
+    AsyncClient,
+    AsyncLease,
+    ClusterInfo,
+    HeldLock,
+    LockInfo,
+)
 from lockd_client.errors import Unavailable
 
 __all__ = ["Client", "Lease"]
@@ -198,6 +205,23 @@ class Client:
     def describe(self, name: str) -> LockInfo:
         """Held?, TTL left, fencing counter, waiters, owner, value, acquired at."""
         return self._runner.run(self._client.describe(name))
+
+    def list(self, prefix: str = "", page_size: int = 0) -> Iterator[HeldLock]:
+        """`for lock in client.list("orders/")`: held locks under `prefix`, page by page."""
+        pages = self._client.list(prefix, page_size)
+
+        async def step() -> HeldLock | None:
+            try:
+                return await anext(pages)
+            except StopAsyncIteration:
+                return None
+
+        while (lock := self._runner.run(step())) is not None:
+            yield lock
+
+    def force_release(self, name: str, admin_token: str | None = None) -> int:
+        """Take lock `name` back whatever lease holds it (admin); nodes that held it."""
+        return self._runner.run(self._client.force_release(name, admin_token))
 
     def cluster_status(self) -> ClusterInfo:
         """Every node as the gateway sees it."""
