@@ -16,6 +16,7 @@ __all__ = [
     "LEASE_LOST",
     "NOT_ACQUIRED",
     "OK",
+    "PERMISSION_DENIED",
     "UNAVAILABLE",
     "UNKNOWN",
     "USAGE",
@@ -36,6 +37,8 @@ UNAVAILABLE = 4
 """lockd could not answer: no gateway reachable, no quorum, nodes restarting, overloaded."""
 LEASE_LOST = 5
 """The lease was lost (while CMD ran, or when renewing it)."""
+PERMISSION_DENIED = 6
+"""An admin command (`release --force`) without a valid admin credential."""
 CANNOT_RUN = 127
 """CMD could not be started (not found or not executable)."""
 INTERRUPTED = 130
@@ -54,7 +57,7 @@ HARNESS_FAILED = 3
 
 def for_error(exc: LockError) -> int:
     """The exit status of a command that failed with `exc`."""
-    from lockd_client import InvalidRequest, LeaseLost, LockTimeout, Unavailable
+    from lockd_client import InvalidRequest, LeaseLost, LockTimeout, PermissionDenied, Unavailable
 
     if isinstance(exc, LockTimeout):
         return NOT_ACQUIRED
@@ -64,6 +67,8 @@ def for_error(exc: LockError) -> int:
         return USAGE
     if isinstance(exc, LeaseLost):
         return LEASE_LOST
+    if isinstance(exc, PermissionDenied):
+        return PERMISSION_DENIED
     return FAILED
 
 

@@ -10,7 +10,7 @@ import click
 
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
-from lockd.cli.locks import acquire, release, renew, run, status
+from lockd.cli.locks import acquire, list_locks, release, renew, run, status
 from lockd.cli.servers import cluster, engine, repair, serve, store
 
 __all__ = ["main"]
@@ -41,6 +41,7 @@ for command in (
     release,
     renew,
     status,
+    list_locks,
     run,
     jepsen,
     sim,

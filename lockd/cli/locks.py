@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,7 +19,19 @@ from lockd.cli.params import DURATION
 if TYPE_CHECKING:
     from lockd_client import AsyncClient
 
-__all__ = ["acquire", "release", "renew", "run", "status"]
+__all__ = ["acquire", "list_locks", "release", "renew", "run", "status", "text", "when"]
+
+
+def text(value: bytes) -> str:
+    """A stored value for people and JSON: UTF-8, undecodable bytes as \\xNN escapes."""
+    return value.decode(errors="backslashreplace")
+
+
+def when(unix_s: float | None) -> str:
+    """An acquired-at time as ISO 8601 UTC, "-" when unknown."""
+    if unix_s is None:
+        return "-"
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds")
 
 
 @click.command()
@@ -25,15 +39,23 @@ __all__ = ["acquire", "release", "renew", "run", "status"]
 @click.option("--ttl", default="30s", type=DURATION, help="Lease time to live.")
 @click.option("--wait", default="0s", type=DURATION, help="How long to wait for the lock.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+@click.option(
+    "--owner", default=None, help="Who holds it, for `status`/`list`  [default: host/pid]"
+)
+@click.option("--value", default="", help="A small value stored with the lock (at most 1 KiB).")
 @client_options
-def acquire(name: str, ttl: int, wait: int, as_json: bool, **conn: Any) -> None:
+def acquire(
+    name: str, ttl: int, wait: int, as_json: bool, owner: str | None, value: str, **conn: Any
+) -> None:
     """Acquire NAME and print its fencing token, lease id and deadline.
 
     The lease is not renewed: it lasts TTL unless renewed with `lockd renew`. Exit status
     3 when the lock stayed held for the whole wait, 4 when lockd is unavailable."""
 
     async def go(client: AsyncClient) -> int:
-        lease = await client.acquire(name, ttl / 1000, wait / 1000, watchdog=False)
+        lease = await client.acquire(
+            name, ttl / 1000, wait / 1000, watchdog=False, owner=owner, value=value.encode()
+        )
         validity_ms = max(0, round((lease.deadline - time.monotonic()) * 1000))
         deadline = datetime.now(UTC) + timedelta(milliseconds=validity_ms)
         if as_json:
@@ -62,15 +84,83 @@ def acquire(name: str, ttl: int, wait: int, as_json: bool, **conn: Any) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
+@click.option("--lease", "lease", help="Lease id printed by `lockd acquire`.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take the lock back whatever lease holds it (admin: needs the admin token, or an "
+    "admin client certificate).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the gateway's admin token (for --force; or set LOCKD_ADMIN_TOKEN).",
+)
 @client_options
-def release(name: str, lease: str, **conn: Any) -> None:
-    """Release NAME held by lease --lease (exit 1 if that lease does not hold it)."""
+def release(
+    name: str, lease: str | None, force: bool, admin_token_file: Path | None, **conn: Any
+) -> None:
+    """Release NAME held by lease --lease (exit 1 if that lease does not hold it), or
+    with --force whatever holds it (exit 6 without a valid admin credential)."""
+    if force == (lease is not None):
+        raise click.UsageError("give either --lease or --force")
+    if force:
+        token = (
+            admin_token_file.read_text().strip()
+            if admin_token_file is not None
+            else os.environ.get("LOCKD_ADMIN_TOKEN", "").strip()
+        )
+
+        async def forced(client: AsyncClient) -> int:
+            nodes = await client.force_release(name, token or None)
+            click.echo(
+                f"force-released {name} on {nodes} nodes" if nodes else f"{name} was not held"
+            )
+            return 0
+
+        run_client(forced, **conn)
+        return
+    assert lease is not None
     lease_bytes = lease_id(lease)
 
     async def go(client: AsyncClient) -> int:
         nodes = await client.release(name, lease_bytes)
         click.echo(f"released {name} on {nodes} nodes")
+        return 0
+
+    run_client(go, **conn)
+
+
+@click.command("list")
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per lock.")
+@click.option("--page-size", default=100, type=click.IntRange(1, 1000), help="Keys per call.")
+@client_options
+def list_locks(prefix: str, as_json: bool, page_size: int, **conn: Any) -> None:
+    """List the held locks whose names start with PREFIX: owner, token, TTL left."""
+
+    async def go(client: AsyncClient) -> int:
+        rows = []
+        async for lock in client.list(prefix, page_size):
+            if as_json:
+                entry = dataclasses.asdict(lock) | {"value": text(lock.value)}
+                click.echo(json.dumps(entry))
+            else:
+                rows.append(
+                    (
+                        lock.name,
+                        lock.owner or "-",
+                        str(lock.token),
+                        f"{lock.ttl_remaining * 1000:.0f} ms",
+                        when(lock.acquired_at),
+                        str(lock.waiters),
+                        text(lock.value),
+                    )
+                )
+        if not as_json:
+            rows.sort()
+            headers = ["lock", "owner", "token", "ttl left", "acquired at", "waiters", "value"]
+            click.echo(table(headers, rows) if rows else "no locks held")
         return 0
 
     run_client(go, **conn)
@@ -104,7 +194,7 @@ def status(name: str | None, as_json: bool, **conn: Any) -> None:
         if name is not None:
             info = await client.describe(name)
             if as_json:
-                click.echo(json.dumps(dataclasses.asdict(info)))
+                click.echo(json.dumps(dataclasses.asdict(info) | {"value": text(info.value)}))
                 return 0
             rows = [
                 ("lock", info.name),
@@ -114,6 +204,12 @@ def status(name: str | None, as_json: bool, **conn: Any) -> None:
                 ("waiters", str(info.waiters)),
                 ("nodes holding", f"{info.nodes_holding} of {info.nodes_answered} answering"),
             ]
+            if info.held:
+                rows += [
+                    ("owner", info.owner or "-"),
+                    ("value", text(info.value) or "-"),
+                    ("acquired at", when(info.acquired_at)),
+                ]
             click.echo(table(["", ""], rows, header=False))
             return 0
         cluster = await client.cluster_status()

@@ -227,6 +227,17 @@ def engine(
     help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
 )
 @click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the admin token ForceRelease (`lockd release --force`) accepts.",
+)
+@click.option(
+    "--admin-cn",
+    multiple=True,
+    metavar="NAME",
+    help="Client certificate CN allowed to ForceRelease (repeatable; needs --tls-client-ca).",
+)
+@click.option(
     "--max-waiters-per-lock",
     default=1024,
     type=click.IntRange(1),
@@ -249,6 +260,8 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    admin_token_file: Path | None,
+    admin_cn: tuple[str, ...],
     max_waiters_per_lock: int,
     shutdown_grace: int,
 ) -> None:
@@ -269,9 +282,15 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        admin_token_file=admin_token_file,
+        admin_cns=admin_cn,
         max_waiters_per_lock=max_waiters_per_lock,
         shutdown_grace_s=shutdown_grace / 1000,
     )
+    if admin_token_file is not None and not admin_token_file.read_bytes().strip():
+        raise click.BadParameter("the file is empty", param_hint="--admin-token-file")
+    if admin_cn and tls_client_ca is None:
+        raise click.BadParameter("needs --tls-client-ca (mutual TLS)", param_hint="--admin-cn")
     try:
         asyncio.run(run_gateway(config))
     except (UnsafeNodeError, ValueError, OSError, RuntimeError) as exc:

@@ -119,8 +119,11 @@ class Acquire(_Machine):
         *,
         unsafe_single_phase_token: bool = False,
         unsafe_no_drift: bool = False,
+        meta: bytes | None = None,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
+        self.meta = meta
+        """The owner record written with the lock on each node (`encode_meta`), if any."""
         self.name = name
         self.ttl_ms = ttl_ms
         self.lease = lease
@@ -146,7 +149,7 @@ class Acquire(_Machine):
     def start(self, now: int) -> list[Send]:
         """Phase 1: `lockd_acquire` on every node in parallel."""
         self.started_ns = now
-        call = AcquireCall(self._lock_key, self._fence_key, self.lease, self.ttl_ms)
+        call = AcquireCall(self._lock_key, self._fence_key, self.lease, self.ttl_ms, self.meta)
         return self._broadcast(now, [call] * self.nodes)
 
     def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:

@@ -13,6 +13,7 @@ __all__ = [
     "FenceCall",
     "FenceReply",
     "Granted",
+    "Meta",
     "NodeFailure",
     "NodeReply",
     "NotGranted",
@@ -22,6 +23,8 @@ __all__ = [
     "RenewFailed",
     "Renewed",
     "Send",
+    "decode_meta",
+    "encode_meta",
     "fence_key",
     "lock_key",
     "lock_name",
@@ -49,17 +52,46 @@ def fence_key(name: bytes) -> bytes:
     return FENCE_PREFIX + name + b"}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Meta:
+    """A lock's owner record: who holds it, a small value, and when it was granted
+    (Unix milliseconds of the gateway's wall clock). Never the lease id."""
+
+    owner: bytes
+    value: bytes
+    acquired_at_ms: int
+
+
+def encode_meta(meta: Meta) -> bytes:
+    """The record as nodes store it (opaque to them): `1:<at ms>:<owner length>:` then
+    the owner and the value bytes."""
+    return b"1:%d:%d:%b%b" % (meta.acquired_at_ms, len(meta.owner), meta.owner, meta.value)
+
+
+def decode_meta(raw: bytes) -> Meta | None:
+    """The record `encode_meta` wrote, or None if `raw` is not one."""
+    parts = raw.split(b":", 3)
+    if len(parts) != 4 or parts[0] != b"1" or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    size = int(parts[2])
+    if size > len(parts[3]):
+        return None
+    return Meta(parts[3][:size], parts[3][size:], int(parts[1]))
+
+
 # -- calls to one node -------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AcquireCall:
-    """`lockd_acquire`: SET NX PX, or refresh if `lease` already holds it."""
+    """`lockd_acquire`: SET NX PX, or refresh if `lease` already holds it; with `meta`,
+    the owner record is written with the lock."""
 
     lock_key: bytes
     fence_key: bytes
     lease: bytes
     ttl_ms: int
+    meta: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

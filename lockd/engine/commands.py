@@ -283,12 +283,12 @@ def cmd_fcall(engine: Engine, args: list[bytes]) -> Reply:
         raise CommandError("ERR Number of keys can't be negative")
     if numkeys > len(args) - 3:
         raise CommandError("ERR Number of keys can't be greater than number of args")
-    nkeys, nargs, call = function
+    keys_range, args_range, call = function
     keys, argv = args[3 : 3 + numkeys], args[3 + numkeys :]
-    if len(keys) != nkeys or len(argv) != nargs:
+    if not (_within(len(keys), keys_range) and _within(len(argv), args_range)):
         raise CommandError(
-            f"ERR {name.decode()} takes {nkeys} keys and {nargs} arguments, "
-            f"got {len(keys)} and {len(argv)}"
+            f"ERR {name.decode()} takes {_count(keys_range)} keys and {_count(args_range)} "
+            f"arguments, got {len(keys)} and {len(argv)}"
         )
     return call(engine, keys, argv)
 
@@ -444,12 +444,35 @@ def cmd_lockd_disk(engine: Engine, args: list[bytes]) -> Reply:
     raise CommandError("ERR syntax: LOCKD.DISK FAIL <errno> [op ...] | HEAL | GET")
 
 
-FUNCTIONS: dict[bytes, tuple[int, int, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
-    b"lockd_acquire": (2, 2, lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1]))),
-    b"lockd_release": (1, 1, lambda e, k, a: e.lock_release(k[0], a[0])),
-    b"lockd_extend": (1, 2, lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
-    b"lockd_fence_advance": (1, 1, lambda e, k, a: list(e.fence_advance(k[0], a[0]))),
-    b"lockd_describe": (2, 0, lambda e, k, a: list(e.lock_describe(k[0], k[1]))),
+Arity = tuple[int, int | None]
+"""(least, most) keys or arguments a function takes; most None: no upper bound."""
+
+
+def _within(n: int, arity: Arity) -> bool:
+    return arity[0] <= n and (arity[1] is None or n <= arity[1])
+
+
+def _count(arity: Arity) -> str:
+    """How the arity error names an arity: "2", "2 or 3", "1 or more" (as the Lua library)."""
+    least, most = arity
+    if most is None:
+        return f"{least} or more"
+    return str(least) if least == most else f"{least} or {most}"
+
+
+FUNCTIONS: dict[bytes, tuple[Arity, Arity, Callable[[Engine, list[bytes], list[bytes]], Reply]]] = {
+    b"lockd_acquire": (
+        (2, 2),
+        (2, 3),
+        lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1], a[2] if len(a) > 2 else None)),
+    ),
+    b"lockd_release": ((1, 1), (1, 1), lambda e, k, a: e.lock_release(k[0], a[0])),
+    b"lockd_extend": ((1, 1), (2, 2), lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
+    b"lockd_fence_advance": ((1, 1), (1, 1), lambda e, k, a: list(e.fence_advance(k[0], a[0]))),
+    b"lockd_describe": ((2, 2), (0, 0), lambda e, k, a: list(e.lock_describe(k[0], k[1]))),
+    b"lockd_force_release": ((1, 1), (0, 0), lambda e, k, a: list(e.lock_force_release(k[0]))),
+    b"lockd_peek": ((1, None), (0, 0), lambda e, k, a: [e.lock_peek(key) for key in k]),
+    b"lockd_list": ((0, 0), (3, 3), lambda e, k, a: e.lock_list(a[0], a[1], a[2])),
 }
 """Native versions of the Lua library's functions: (keys, arguments, implementation)."""
 

@@ -7,6 +7,7 @@ replies, and `cron()` every 100 ms. Nothing here opens sockets or sleeps.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
@@ -41,7 +42,7 @@ from lockd.engine.persistence import (
 )
 from lockd.resp.replies import CommandError, Reply
 
-__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig"]
+__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig", "meta_key_of"]
 
 log = logging.getLogger("lockd.engine")
 
@@ -53,6 +54,26 @@ FENCE_PREFIX = b"fence:"
 NODE_FORMAT = 2  # node.json of a directory whose reservation is created with it
 RESERVATION_RETRY_S = 1.0
 FENCE_COLLECT_BUDGET = 2000  # idle counters folded per cron run at most
+LOCK_KEY_PREFIX = b"lock:"
+LIST_PREFIX = b"lock:{"
+LIST_CACHE = 8  # sorted key snapshots kept for `lockd_list` iterations in progress
+
+
+def meta_key_of(lock_key: bytes) -> bytes | None:
+    """The key of a lock's owner record: `meta:X` for lock key `lock:X` (the same hash
+    tag), None for keys outside the lock key format, which have no record."""
+    if lock_key.startswith(LOCK_KEY_PREFIX):
+        return b"meta:" + lock_key[len(LOCK_KEY_PREFIX) :]
+    return None
+
+
+def fence_key_of(lock_key: bytes) -> bytes:
+    """The fencing counter key `fence:X` of lock key `lock:X` (for `lockd_list` and
+    `lockd_peek`, which are given lock keys only)."""
+    if not lock_key.startswith(LOCK_KEY_PREFIX):
+        raise CommandError("ERR lockd: lock keys must start with 'lock:'")
+    return FENCE_PREFIX + lock_key[len(LOCK_KEY_PREFIX) :]
+
 
 Subscriber = Callable[[bytes, bytes], None]
 
@@ -110,6 +131,7 @@ class Engine:
         self._started_wall = time.time()
         self.keyspace = Keyspace(self.clock, self.config.maxmemory, self._journal)
         self._subscribers: dict[bytes, set[Subscriber]] = {}
+        self._list_snapshots: dict[bytes, list[bytes]] = {}
         self.restart_until_ms = self.started_ms
         self.restart_reason = "fresh data directory"
         self.fence_floor = 0
@@ -458,12 +480,18 @@ class Engine:
         return value if value is None or isinstance(value, bytes) else b"%d" % value
 
     def lock_acquire(
-        self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes
+        self, lock_key: bytes, fence_key: bytes, lease: bytes, ttl: bytes, meta: bytes | None = None
     ) -> tuple[int, int]:
-        """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter]."""
+        """SET NX PX (or refresh if `lease` already holds it): [acquired 1/0, counter].
+
+        With `meta`, the lock's owner record (`meta_key_of`) is written too, with the same
+        deadline; a fresh lock without `meta` removes any stale record."""
         if self.refusing:
             raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_acquire")
+        meta_key = meta_key_of(lock_key)
+        if meta is not None and meta_key is None:
+            raise CommandError("ERR lockd_acquire: an owner record needs a lock key 'lock:...'")
         if self.restart_until_ms > self.started_ms:
             left = self.restart_delay_remaining_ms()
             if left > 0:
@@ -475,11 +503,24 @@ class Engine:
         counter = self.counter(fence_key)
         ks = self.keyspace
         current = self._string(lock_key)
+        deadline = self.clock.now_ms() + ms
         if current is None:
             ks.check_new_key(lock_key, len(lease))
-            ks.set(lock_key, lease, self.clock.now_ms() + ms)
+            if meta is not None and meta_key is not None:
+                ks.check_new_key(meta_key, len(meta))
+            ks.set(lock_key, lease, deadline)
+            if meta_key is not None:
+                if meta is not None:
+                    ks.set(meta_key, meta, deadline)
+                else:
+                    ks.delete(meta_key)
         elif current == lease:
-            ks.set_deadline(lock_key, self.clock.now_ms() + ms)
+            ks.set_deadline(lock_key, deadline)
+            if meta is not None and meta_key is not None:
+                ks.check_new_key(meta_key, len(meta))
+                ks.set(meta_key, meta, deadline)
+            elif meta_key is not None and ks.get(meta_key) is not None:
+                ks.set_deadline(meta_key, deadline)
         else:
             return 0, counter
         if self.config.unsafe_single_phase_token:
@@ -490,25 +531,49 @@ class Engine:
         return 1, counter
 
     def lock_release(self, lock_key: bytes, lease: bytes) -> int:
-        """Compare-and-delete: 1 if `lease` held the lock and it is now released."""
+        """Compare-and-delete (with the owner record): 1 if `lease` held the lock and it is
+        now released."""
         if self.refusing:
             raise self.misconf()
         if self._string(lock_key) != lease:
             return 0
+        self._remove_lock(lock_key)
+        return 1
+
+    def _remove_lock(self, lock_key: bytes) -> None:
+        """Delete a live lock key and its owner record, settle (under `always`), and
+        publish the release."""
         self.keyspace.remove(lock_key)
+        meta_key = meta_key_of(lock_key)
+        if meta_key is not None:
+            self.keyspace.delete(meta_key)
         if self._settle_now:
             self._settle()
         self.publish(RELEASE_CHANNEL, lock_key)
-        return 1
+
+    def lock_force_release(self, lock_key: bytes) -> tuple[int, int]:
+        """Delete the lock whatever lease holds it (admin release): [released 1/0, counter]."""
+        if self.refusing:
+            raise self.misconf()
+        counter = self.counter(fence_key_of(lock_key))
+        if self.keyspace.get(lock_key) is None:
+            return 0, counter
+        self._remove_lock(lock_key)
+        return 1, counter
 
     def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
-        """Compare-and-PEXPIRE: 1 if `lease` holds the lock, whose TTL is now `ttl`."""
+        """Compare-and-PEXPIRE (the owner record too): 1 if `lease` holds the lock, whose
+        TTL is now `ttl`."""
         if self.refusing:
             raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
         if self._string(lock_key) != lease:
             return 0
-        self.keyspace.set_deadline(lock_key, self.clock.now_ms() + ms)
+        deadline = self.clock.now_ms() + ms
+        self.keyspace.set_deadline(lock_key, deadline)
+        meta_key = meta_key_of(lock_key)
+        if meta_key is not None and self.keyspace.get(meta_key) is not None:
+            self.keyspace.set_deadline(meta_key, deadline)
         if self._settle_now:
             self._settle()
         return 1
@@ -524,6 +589,49 @@ class Engine:
         """[PTTL of the lock (-2 when not held), fencing counter (never below the floor)]."""
         counter = self.counter(fence_key)
         return self.pttl(lock_key), counter
+
+    def lock_peek(self, lock_key: bytes) -> list[Reply]:
+        """[PTTL (-2 when not held), fencing counter, owner record or None] of one lock."""
+        fence_key = fence_key_of(lock_key)
+        meta_key = meta_key_of(lock_key)
+        counter = self.counter(fence_key)
+        pttl = self.pttl(lock_key)
+        meta = self._string(meta_key) if meta_key is not None and pttl != -2 else None
+        return [pttl, counter, meta]
+
+    def lock_list(self, cursor: bytes, prefix: bytes, count: bytes) -> list[Reply]:
+        """One page of the held locks whose names start with `prefix`, SCAN-style:
+        [next cursor ("0" when done), [[name, pttl, counter, owner record or None], ...]],
+        looking at up to `count` keys. Cursors start at "0".
+
+        Keys are visited in byte order from a sorted snapshot taken when an iteration
+        starts (O(keys) once), then O(count) per page; a lock present for the whole
+        iteration is returned, as SCAN promises."""
+        n = _positive(count)
+        if n is None:
+            raise CommandError("ERR lockd_list: count must be a positive integer")
+        match = LIST_PREFIX + prefix
+        snapshots = self._list_snapshots
+        if cursor == b"0" or match not in snapshots:
+            if cursor != b"0" and not cursor.startswith(b"@"):
+                raise CommandError("ERR lockd_list: invalid cursor")
+            snapshots.pop(match, None)
+            if len(snapshots) >= LIST_CACHE:
+                del snapshots[next(iter(snapshots))]
+            snapshots[match] = sorted(self.keyspace.keys_with_prefix(match))
+        elif not cursor.startswith(b"@"):
+            raise CommandError("ERR lockd_list: invalid cursor")
+        keys = snapshots[match]
+        start = 0 if cursor == b"0" else bisect.bisect_right(keys, cursor[1:])
+        page = keys[start : start + n]
+        entries: list[Reply] = []
+        for key in page:
+            if key.endswith(b"}") and self.keyspace.get(key) is not None:
+                entries.append([key[len(LIST_PREFIX) : -1], *self.lock_peek(key)])
+        done = start + n >= len(keys)
+        if done:
+            del snapshots[match]
+        return [b"0" if done else b"@" + page[-1], entries]
 
     def fence_advance(self, fence_key: bytes, token: bytes) -> tuple[int, int]:
         """Counter := T only if counter < T: [accepted 1/0, counter after]."""

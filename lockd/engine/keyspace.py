@@ -103,6 +103,10 @@ class Keyspace:
             return None
         return value
 
+    def keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        """Every stored key starting with `prefix` (expired ones not yet reclaimed too)."""
+        return [key for key in self._data if key.startswith(prefix)]
+
     def deadline(self, key: bytes) -> int | None:
         """The deadline of a key (call `get` first to skip expired keys)."""
         return self._expires.get(key)

@@ -40,4 +40,8 @@ class GatewayConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     """CA bundle for client certificates: setting it requires mutual TLS."""
+    admin_token_file: Path | None = None
+    """File holding the admin token ForceRelease accepts (read at each use)."""
+    admin_cns: tuple[str, ...] = ()
+    """Client certificate CNs (verified by `tls_client_ca`) allowed to ForceRelease."""
     shutdown_grace_s: float = 5.0

@@ -28,11 +28,13 @@ from lockd import errors
 from lockd.core import (
     Acquire,
     Granted,
+    Meta,
     NotGranted,
     Release,
     Released,
     Renew,
     Renewed,
+    encode_meta,
     lock_name,
     quorum,
 )
@@ -128,6 +130,8 @@ class LockManager:
         self._answers: dict[int, Granted | errors.LockdError] = {}
         self._timers: dict[bytes, tuple[int, asyncio.TimerHandle]] = {}
         self._events: collections.deque[Event] = collections.deque()
+        self._metas: dict[int, Meta] = {}
+        """Owner records of waiters that gave one (until they are answered)."""
         self._busy = False
 
     @property
@@ -230,6 +234,7 @@ class LockManager:
                 secrets.token_bytes(LEASE_BYTES),
                 len(self.nodes),
                 self._timeout_ns,
+                meta=_stamped(self._metas.get(cmd.waiter)),
             )
             if self.driver.synchronous:
                 self._attempted(cmd.attempt, self.driver.run_now(machine))
@@ -291,6 +296,7 @@ class LockManager:
         self._feed(TimerFired(name, now))
 
     def _answer(self, waiter: int, answer: Granted | errors.LockdError) -> None:
+        self._metas.pop(waiter, None)
         future = self._futures.pop(waiter, None)
         if future is None:
             self._answers[waiter] = answer  # answered before `acquire` returned
@@ -302,16 +308,24 @@ class LockManager:
     # -- the calls -------------------------------------------------------------------------
 
     def acquire(
-        self, name: bytes, ttl_ms: int, wait_ms: int, deadline_ns: int | None = None
+        self,
+        name: bytes,
+        ttl_ms: int,
+        wait_ms: int,
+        deadline_ns: int | None = None,
+        meta: Meta | None = None,
     ) -> Now[Granted]:
         """Wait in FIFO order (up to `wait_ms`, and `deadline_ns`) and grant a lease;
-        refusals raise `LockdError`."""
+        `meta` is the owner record to store with it (stamped at each attempt). Refusals
+        raise `LockdError`."""
         self.check_wait(wait_ms)
         now = time.monotonic_ns()
         until = now + wait_ms * MS
         if deadline_ns is not None and deadline_ns < until:
             until = deadline_ns
         waiter = next(self._ids)
+        if meta is not None:
+            self._metas[waiter] = meta
         self._feed(Request(waiter, name, ttl_ms, until, now))
         answer = self._answers.pop(waiter, None)
         if answer is None:
@@ -330,6 +344,7 @@ class LockManager:
                 self.release_in_background(name, future.result().lease)  # granted too late
             else:
                 self._futures.pop(waiter, None)
+                self._metas.pop(waiter, None)
                 self._feed(Cancel(waiter, time.monotonic_ns()))
             raise
 
@@ -423,6 +438,15 @@ class LockManager:
             nodes_holding=len(holding),
         )
 
+    def waiters(self, name: bytes) -> int:
+        """Acquire calls waiting for lock `name` at this gateway."""
+        return self.table.waiters(name)
+
+    @property
+    def node_timeout_s(self) -> float:
+        """How long one node call may take."""
+        return self._timeout_ns / 1e9
+
     async def cluster(self) -> list[NodeHealth]:
         """Every node's health, measured now (and exported as metrics)."""
         infos = await asyncio.gather(*(node.info() for node in self.nodes))
@@ -431,3 +455,10 @@ class LockManager:
             self.metrics.node_restart_delay.labels(info.address).set(info.restart_delay_ms / 1e3)
             self.metrics.node_latency.labels(info.address).set(info.latency_ms / 1e3)
         return list(infos)
+
+
+def _stamped(meta: Meta | None) -> bytes | None:
+    """The owner record an attempt writes: `meta` with the wall time of this attempt."""
+    if meta is None:
+        return None
+    return encode_meta(dataclasses.replace(meta, acquired_at_ms=time.time_ns() // MS))

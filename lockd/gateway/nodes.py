@@ -56,7 +56,9 @@ __all__ = [
     "LockView",
     "Mode",
     "Node",
+    "NodeError",
     "NodeHealth",
+    "RawReply",
     "RespNode",
     "UnsafeNodeError",
     "lua_library",
@@ -75,6 +77,27 @@ class Mode(enum.Enum):
     EMBEDDED = 1
     LOCKD_ENGINE = 2
     REDIS = 3
+
+
+RawReply = int | bytes | None | list["RawReply"]
+"""A node function's reply in plain values."""
+
+
+class NodeError(Exception):
+    """A node function call failed: an error reply, or the node could not be reached."""
+
+
+def _plain(reply: object) -> RawReply:
+    """A reply from the engine or the RESP client as plain values; error replies raise."""
+    if isinstance(reply, CommandError):
+        raise NodeError(str(reply))
+    if reply is None or isinstance(reply, int | bytes):
+        return reply
+    if isinstance(reply, str):  # a Status (simple string)
+        return reply.encode()
+    if isinstance(reply, list | tuple):
+        return [_plain(item) for item in reply]
+    raise NodeError(f"unexpected reply {reply!r}")
 
 
 class UnsafeNodeError(Exception):
@@ -152,6 +175,12 @@ class Node:
         """The node's view of lock `name` (raises on failure)."""
         raise NotImplementedError
 
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        """Call one of lockd's node functions (`lockd_list`, `lockd_peek`, ...) and return
+        its reply as bytes, ints, None and lists; raises `NodeError` on an error reply or
+        a transport failure. Mutations are committed before it returns."""
+        raise NotImplementedError
+
     async def info(self) -> NodeHealth:
         """PING and read the node's restart state."""
         raise NotImplementedError
@@ -199,7 +228,7 @@ class EmbeddedNode(Node):
         try:
             if isinstance(call, AcquireCall):
                 got, counter = engine.lock_acquire(
-                    call.lock_key, call.fence_key, call.lease, b"%d" % call.ttl_ms
+                    call.lock_key, call.fence_key, call.lease, b"%d" % call.ttl_ms, call.meta
                 )
                 reply: NodeReply = AcquireReply(got == 1, counter)
             elif isinstance(call, ReleaseCall):
@@ -223,6 +252,13 @@ class EmbeddedNode(Node):
 
     async def view(self, name: bytes) -> LockView:
         return LockView(*self.engine.lock_describe(lock_key(name), fence_key(name)))
+
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        engine = self.engine
+        reply = engine.execute([b"FCALL", function, b"%d" % len(keys), *keys, *args])
+        if not engine.commit():
+            raise NodeError(str(engine.misconf()))
+        return _plain(reply)
 
     async def info(self) -> NodeHealth:
         e = self.engine
@@ -497,9 +533,10 @@ class RespNode(Node):
             if left:
                 done(NodeFailure(f"RESTARTDELAY {left} ms left: {self._restart_reason}", left))
                 return None
+            meta = () if call.meta is None else (call.meta,)
             data = encode_command(
                 b"FCALL", b"lockd_acquire", b"2", call.lock_key, call.fence_key, call.lease,
-                b"%d" % call.ttl_ms,
+                b"%d" % call.ttl_ms, *meta,
             )  # fmt: skip
 
             def acquired(reply: RespReply | TransportError) -> None:
@@ -554,6 +591,15 @@ class RespNode(Node):
                 return LockView(pttl, counter)
         raise CommandError(f"ERR unexpected reply to lockd_describe: {reply!r}")
 
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        try:
+            reply = await self._client.execute(
+                b"FCALL", function, b"%d" % len(keys), *keys, *args, priority=NORMAL
+            )
+        except (TransportError, CommandError) as exc:
+            raise NodeError(str(exc) or type(exc).__name__) from exc
+        return _plain(reply)
+
     async def info(self) -> NodeHealth:
         await self._client.try_now(self.timeout_s)
         if not self._client.connected:
@@ -596,6 +642,9 @@ class FailedNode(Node):
 
     async def view(self, name: bytes) -> LockView:
         raise RuntimeError(self.reason)
+
+    async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
+        raise NodeError(self.reason)
 
     async def info(self) -> NodeHealth:
         return NodeHealth(self.address, self.mode, False, error=self.reason)

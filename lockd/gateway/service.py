@@ -21,6 +21,7 @@ import grpc
 from lockd import __version__
 from lockd.core import Granted, Released, Renewed
 from lockd.errors import ErrorReason, LockdError, abort
+from lockd.gateway import admin, listing, records
 from lockd.gateway.locks import LockManager, Now
 from lockd.gateway.nodes import Mode
 from lockd.units import MS
@@ -90,7 +91,8 @@ class LockService(pb_grpc.LockServiceServicer):
         try:
             name = m.check_name(request.name)
             ttl = m.check_ttl(request.ttl_ms)
-            granted = m.acquire(name, ttl, request.wait_ms, deadline_ns)
+            meta = records.requested(request.owner, request.value)
+            granted = m.acquire(name, ttl, request.wait_ms, deadline_ns, meta)
         except LockdError as exc:
             self._observe_acquire(exc.reason.lower(), start)
             raise
@@ -208,17 +210,63 @@ class LockService(pb_grpc.LockServiceServicer):
     async def Describe(self, request: pb.DescribeRequest, context: Context) -> pb.DescribeResponse:
         m = self.manager
         try:
-            d = await m.describe(m.check_name(request.name))
+            name = m.check_name(request.name)
         except LockdError as exc:
             await abort(context, exc)
+        d = await records.holder(m, name)
+        meta = d.meta
         return pb.DescribeResponse(
+            owner=meta.owner.decode(errors="replace") if meta else "",
+            value=meta.value if meta else b"",
+            acquired_at_ms=meta.acquired_at_ms if meta else 0,
             name=request.name,
             held=d.held,
             ttl_remaining_ms=d.ttl_remaining_ms,
             fencing_counter=d.fencing_counter,
-            waiters=d.waiters,
+            waiters=m.waiters(name),
             nodes_answered=d.nodes_answered,
             nodes_holding=d.nodes_holding,
+        )
+
+    async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
+        try:
+            page = await listing.list_page(
+                self.manager,
+                request.prefix.encode("utf-8", "surrogatepass"),
+                request.page_token,
+                request.page_size,
+            )
+        except LockdError as exc:
+            await abort(context, exc)
+        return pb.ListResponse(
+            locks=[
+                pb.LockEntry(
+                    name=e.name.decode(errors="replace"),
+                    owner=e.meta.owner.decode(errors="replace") if e.meta else "",
+                    value=e.meta.value if e.meta else b"",
+                    fencing_token=e.fencing_counter,
+                    ttl_remaining_ms=e.ttl_remaining_ms,
+                    acquired_at_ms=e.meta.acquired_at_ms if e.meta else 0,
+                    waiters=e.waiters,
+                )
+                for e in page.entries
+            ],
+            next_page_token=page.next_token,
+        )
+
+    async def ForceRelease(
+        self, request: pb.ForceReleaseRequest, context: Context
+    ) -> pb.ForceReleaseResponse:
+        m = self.manager
+        try:
+            who = admin.admin_identity(m.config, context)
+            done = await admin.force_release(m, m.check_name(request.name), who)
+        except LockdError as exc:
+            await abort(context, exc)
+        return pb.ForceReleaseResponse(
+            released=done.released > 0,
+            nodes_released=done.released,
+            fencing_counter=done.counter,
         )
 
     async def ClusterStatus(

@@ -12,6 +12,10 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAD_TTL: _ClassVar[ErrorReason]
     BAD_WAIT: _ClassVar[ErrorReason]
     BAD_LEASE_ID: _ClassVar[ErrorReason]
+    BAD_OWNER: _ClassVar[ErrorReason]
+    BAD_VALUE: _ClassVar[ErrorReason]
+    BAD_PAGE: _ClassVar[ErrorReason]
+    NOT_ADMIN: _ClassVar[ErrorReason]
     LOCK_HELD: _ClassVar[ErrorReason]
     QUORUM_UNAVAILABLE: _ClassVar[ErrorReason]
     NODES_RESTARTING: _ClassVar[ErrorReason]
@@ -36,6 +40,10 @@ BAD_NAME: ErrorReason
 BAD_TTL: ErrorReason
 BAD_WAIT: ErrorReason
 BAD_LEASE_ID: ErrorReason
+BAD_OWNER: ErrorReason
+BAD_VALUE: ErrorReason
+BAD_PAGE: ErrorReason
+NOT_ADMIN: ErrorReason
 LOCK_HELD: ErrorReason
 QUORUM_UNAVAILABLE: ErrorReason
 NODES_RESTARTING: ErrorReason

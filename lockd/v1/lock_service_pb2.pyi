@@ -19,14 +19,18 @@ NODE_MODE_LOCKD_ENGINE: NodeMode
 NODE_MODE_REDIS: NodeMode
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("name", "ttl_ms", "wait_ms")
+    __slots__ = ("name", "ttl_ms", "wait_ms", "owner", "value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     ttl_ms: int
     wait_ms: int
-    def __init__(self, name: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    owner: str
+    value: bytes
+    def __init__(self, name: _Optional[str] = ..., ttl_ms: _Optional[int] = ..., wait_ms: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("lease_id", "fencing_token", "validity_ms", "ttl_ms")
@@ -77,7 +81,7 @@ class DescribeRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "held", "ttl_remaining_ms", "fencing_counter", "waiters", "nodes_answered", "nodes_holding")
+    __slots__ = ("name", "held", "ttl_remaining_ms", "fencing_counter", "waiters", "nodes_answered", "nodes_holding", "owner", "value", "acquired_at_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +89,9 @@ class DescribeResponse(_message.Message):
     WAITERS_FIELD_NUMBER: _ClassVar[int]
     NODES_ANSWERED_FIELD_NUMBER: _ClassVar[int]
     NODES_HOLDING_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     name: str
     held: bool
     ttl_remaining_ms: int
@@ -92,7 +99,62 @@ class DescribeResponse(_message.Message):
     waiters: int
     nodes_answered: int
     nodes_holding: int
-    def __init__(self, name: _Optional[str] = ..., held: _Optional[bool] = ..., ttl_remaining_ms: _Optional[int] = ..., fencing_counter: _Optional[int] = ..., waiters: _Optional[int] = ..., nodes_answered: _Optional[int] = ..., nodes_holding: _Optional[int] = ...) -> None: ...
+    owner: str
+    value: bytes
+    acquired_at_ms: int
+    def __init__(self, name: _Optional[str] = ..., held: _Optional[bool] = ..., ttl_remaining_ms: _Optional[int] = ..., fencing_counter: _Optional[int] = ..., waiters: _Optional[int] = ..., nodes_answered: _Optional[int] = ..., nodes_holding: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., acquired_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("prefix", "page_token", "page_size")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    page_token: str
+    page_size: int
+    def __init__(self, prefix: _Optional[str] = ..., page_token: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("locks", "next_page_token")
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    locks: _containers.RepeatedCompositeFieldContainer[LockEntry]
+    next_page_token: str
+    def __init__(self, locks: _Optional[_Iterable[_Union[LockEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class LockEntry(_message.Message):
+    __slots__ = ("name", "owner", "value", "fencing_token", "ttl_remaining_ms", "acquired_at_ms", "waiters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    WAITERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    owner: str
+    value: bytes
+    fencing_token: int
+    ttl_remaining_ms: int
+    acquired_at_ms: int
+    waiters: int
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., fencing_token: _Optional[int] = ..., ttl_remaining_ms: _Optional[int] = ..., acquired_at_ms: _Optional[int] = ..., waiters: _Optional[int] = ...) -> None: ...
+
+class ForceReleaseRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ForceReleaseResponse(_message.Message):
+    __slots__ = ("released", "nodes_released", "fencing_counter")
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    NODES_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    FENCING_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    nodes_released: int
+    fencing_counter: int
+    def __init__(self, released: _Optional[bool] = ..., nodes_released: _Optional[int] = ..., fencing_counter: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("id", "acquire", "release", "renew")

@@ -30,7 +30,9 @@ class LockServiceStub:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE, BAD_PAGE
+    PERMISSION_DENIED   NOT_ADMIN
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
@@ -64,6 +66,16 @@ class LockServiceStub:
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_lock__service__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.List = channel.unary_unary(
+                '/lockd.v1.LockService/List',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.ListRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ListResponse.FromString,
+                _registered_method=True)
+        self.ForceRelease = channel.unary_unary(
+                '/lockd.v1.LockService/ForceRelease',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/lockd.v1.LockService/ClusterStatus',
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
@@ -81,7 +93,9 @@ class LockServiceServicer:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE, BAD_PAGE
+    PERMISSION_DENIED   NOT_ADMIN
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
@@ -112,6 +126,27 @@ class LockServiceServicer:
 
     def Describe(self, request, context):
         """Describe shows a lock without its holder's lease id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """List pages through the locks held under a name prefix (owner, token, TTL left),
+        with bounded work per call. A page may be short or empty before the end: call again
+        with next_page_token until it is empty. Locks acquired or released meanwhile may or
+        may not appear; a lock held throughout appears (at least once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForceRelease(self, request, context):
+        """ForceRelease deletes a lock whatever lease holds it (an operator taking a lock back
+        from a dead holder). It needs an admin credential, never a lease id: the gateway's
+        admin token as `authorization: Bearer <token>` metadata, or a client certificate
+        whose subject CN the gateway lists with --admin-cn. The next grant's token is larger
+        than the removed holder's, so fenced storage refuses the old holder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +193,16 @@ def add_LockServiceServicer_to_server(servicer, server):
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.DescribeRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_lock__service__pb2.DescribeResponse.SerializeToString,
             ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ListRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.ListResponse.SerializeToString,
+            ),
+            'ForceRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForceRelease,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.SerializeToString,
+            ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.FromString,
@@ -181,7 +226,9 @@ class LockService:
 
     Errors are gRPC status codes with a google.rpc.ErrorInfo detail whose reason is an
     ErrorReason name (errors.proto lists every reason with its status code):
-    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID
+    INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
+    BAD_VALUE, BAD_PAGE
+    PERMISSION_DENIED   NOT_ADMIN
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
@@ -287,6 +334,60 @@ class LockService:
             '/lockd.v1.LockService/Describe',
             lockd_dot_v1_dot_lock__service__pb2.DescribeRequest.SerializeToString,
             lockd_dot_v1_dot_lock__service__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/List',
+            lockd_dot_v1_dot_lock__service__pb2.ListRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForceRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/ForceRelease',
+            lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

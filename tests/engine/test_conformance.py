@@ -978,7 +978,7 @@ def test_bad_token(t: Target, token: str) -> None:
     assert t.error("FCALL", "lockd_fence_advance", 1, fence, token) == BAD_TOKEN
 
 
-ACQUIRE = "lockd_acquire takes 2 keys and 2 arguments, got"
+ACQUIRE = "lockd_acquire takes 2 keys and 2 or 3 arguments, got"
 RELEASE = "lockd_release takes 1 keys and 1 arguments, got"
 EXTEND = "lockd_extend takes 1 keys and 2 arguments, got"
 ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
@@ -992,6 +992,17 @@ ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
         (["lockd_acquire", "2", "l", "f", "a"], f"{ACQUIRE} 2 and 1"),
         (["lockd_acquire", "0", "l", "f", "a", "1"], f"{ACQUIRE} 0 and 4"),
         (["lockd_acquire", "3", "l", "f", "a", "1"], f"{ACQUIRE} 3 and 1"),
+        (["lockd_acquire", "2", "l", "f", "a", "1", "m", "x"], f"{ACQUIRE} 2 and 4"),
+        (
+            ["lockd_force_release", "0"],
+            "lockd_force_release takes 1 keys and 0 arguments, got 0 and 0",
+        ),
+        (["lockd_peek", "0"], "lockd_peek takes 1 or more keys and 0 arguments, got 0 and 0"),
+        (
+            ["lockd_peek", "1", "l", "x"],
+            "lockd_peek takes 1 or more keys and 0 arguments, got 1 and 1",
+        ),
+        (["lockd_list", "0", "0", ""], "lockd_list takes 0 keys and 3 arguments, got 0 and 2"),
         (["lockd_release", "1", "l"], f"{RELEASE} 1 and 0"),
         (["lockd_release", "2", "l", "m", "a"], f"{RELEASE} 2 and 1"),
         (["lockd_extend", "1", "l", "a"], f"{EXTEND} 1 and 1"),
@@ -1045,6 +1056,151 @@ def test_numkeys_errors(t: Target, numkeys: str, message: str) -> None:
     lock, fence = t.key("lock"), t.key("fence")
     assert t.error("FCALL", "lockd_acquire", numkeys, lock, fence, "a", "100") == message
     assert t.call("EXISTS", lock) == 0
+
+
+# -- owner records, admin release, peek and list ----------------------------------------------
+
+
+def lock_keys(t: Target, name: str) -> tuple[str, str, str]:
+    """Lock, fence and owner record keys of a lock in the lockd key format, unique to the
+    test (deleted afterwards)."""
+    tagged = "{" + t.prefix + name + "}"
+    keys = ("lock:" + tagged, "fence:" + tagged, "meta:" + tagged)
+    t.keys.extend(keys)
+    return keys
+
+
+def test_acquire_writes_the_owner_record_with_the_lock(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "o")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, b"rec\x00ord") == [1, 0]
+    assert t.call("GET", meta) == b"rec\x00ord"
+    assert 4000 < t.pttl(meta) <= 5000
+    # Another lease leaves it alone; the holder's refresh replaces it, or keeps it.
+    assert t.fcall("lockd_acquire", [lock, fence], "b", 9000, "other") == [0, 0]
+    assert t.call("GET", meta) == b"rec\x00ord"
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 8000, "new") == [1, 0]
+    assert t.call("GET", meta) == b"new" and 7000 < t.pttl(meta) <= 8000
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 3000) == [1, 0]
+    assert t.call("GET", meta) == b"new" and 2000 < t.pttl(meta) <= 3000
+    # Extending moves the record's TTL with the lock's; release deletes both.
+    assert t.fcall("lockd_extend", [lock], "b", 9000) == 0
+    assert t.fcall("lockd_extend", [lock], "a", 9000) == 1
+    assert 8000 < t.pttl(meta) <= 9000
+    assert t.fcall("lockd_release", [lock], "b") == 0
+    assert t.call("EXISTS", meta) == 1
+    assert t.fcall("lockd_release", [lock], "a") == 1
+    assert t.call("EXISTS", lock, meta) == 0
+
+
+def test_owner_record_expires_with_the_lock(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "e")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 50, "r") == [1, 0]
+    time.sleep(0.1)
+    assert t.call("EXISTS", lock, meta) == 0
+    assert t.fcall("lockd_acquire", [lock, fence], "b", 5000) == [1, 0]
+    assert t.call("EXISTS", meta) == 0
+
+
+def test_fresh_lock_without_a_record_removes_a_stale_one(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "s")
+    t.call("SET", meta, "stale")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]
+    assert t.call("EXISTS", meta) == 0
+
+
+def test_owner_record_needs_a_lock_key(t: Target) -> None:
+    lock, fence = t.key("lock"), t.key("fence")
+    assert t.error("FCALL", "lockd_acquire", 2, lock, fence, "a", 5000, "r") == (
+        "ERR lockd_acquire: an owner record needs a lock key 'lock:...'"
+    )
+    assert t.call("EXISTS", lock) == 0
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]  # no record: fine
+
+
+def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "f")
+    assert t.fcall("lockd_force_release", [lock]) == [0, 0]
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "r") == [1, 0]
+    assert t.fcall("lockd_fence_advance", [fence], 4) == [1, 4]
+    assert t.fcall("lockd_force_release", [lock]) == [1, 4]
+    assert t.call("EXISTS", lock, meta) == 0
+    assert t.fcall("lockd_release", [lock], "a") == 0
+    assert t.fcall("lockd_extend", [lock], "a", 5000) == 0
+    assert t.fcall("lockd_acquire", [lock, fence], "b", 5000) == [1, 4]
+    not_a_lock = t.key("x")
+    assert t.error("FCALL", "lockd_force_release", 1, not_a_lock) == (
+        "ERR lockd: lock keys must start with 'lock:'"
+    )
+
+
+def test_peek_reads_pttl_counter_and_record(t: Target) -> None:
+    lock, fence, _ = lock_keys(t, "p")
+    other, _, _ = lock_keys(t, "q")
+    assert t.fcall("lockd_peek", [lock, other]) == [[-2, 0, None], [-2, 0, None]]
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "rec") == [1, 0]
+    assert t.fcall("lockd_fence_advance", [fence], 3) == [1, 3]
+    [[pttl, counter, record], missing] = t.fcall("lockd_peek", [lock, other])  # type: ignore[misc]
+    assert 4000 < pttl <= 5000 and counter == 3 and record == b"rec"
+    assert missing == [-2, 0, None]
+    assert t.call("EXISTS", other) == 0
+    assert t.error("FCALL", "lockd_peek", 1, t.key("x")) == (
+        "ERR lockd: lock keys must start with 'lock:'"
+    )
+
+
+def _list_all(t: Target, prefix: str, count: int) -> tuple[list[Reply], int]:
+    """Every entry a full `lockd_list` iteration returns, and how many pages it took."""
+    cursor: Reply = b"0"
+    entries: list[Reply] = []
+    pages = 0
+    while True:
+        reply = t.fcall("lockd_list", [], cursor, prefix, count)  # type: ignore[arg-type]
+        assert isinstance(reply, list)
+        cursor, page = reply
+        assert isinstance(page, list)
+        entries += page
+        pages += 1
+        if cursor == b"0":
+            return entries, pages
+
+
+def test_list_returns_held_locks_under_a_prefix(t: Target) -> None:
+    base = t.prefix + "svc/"
+    for i in range(7):
+        lock, fence, _ = lock_keys(t, f"svc/{i}")
+        record = [f"r{i}"] if i % 2 else []
+        assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, *record) == [1, 0]
+    lock, fence, _ = lock_keys(t, "svc/gone")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_release", [lock], "a") == 1
+    outside, fence, _ = lock_keys(t, "other")
+    assert t.fcall("lockd_acquire", [outside, fence], "a", 5000) == [1, 0]
+    entries, pages = _list_all(t, base, 2)
+    assert pages >= 2
+    by_name = {e[0]: e[1:] for e in entries}  # type: ignore[index]
+    assert sorted(by_name) == [f"{base}{i}".encode() for i in range(7)]
+    for i in range(7):
+        pttl, counter, record = by_name[f"{base}{i}".encode()]  # type: ignore[misc]
+        assert 4000 < pttl <= 5000 and counter == 0
+        assert record == (f"r{i}".encode() if i % 2 else None)
+    assert _list_all(t, t.prefix + "nothing/", 10)[0] == []
+
+
+def test_list_treats_glob_characters_literally(t: Target) -> None:
+    lock, fence, _ = lock_keys(t, "g*[?]\\x")
+    decoy, dfence, _ = lock_keys(t, "gZ[?]\\x")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_acquire", [decoy, dfence], "a", 5000) == [1, 0]
+    entries, _ = _list_all(t, t.prefix + "g*", 10)
+    assert [e[0] for e in entries] == [(t.prefix + "g*[?]\\x").encode()]  # type: ignore[index]
+
+
+def test_list_argument_errors(t: Target) -> None:
+    assert t.error("FCALL", "lockd_list", 0, "x", "", 10) == "ERR lockd_list: invalid cursor"
+    for count in ["0", "-1", "x", ""]:
+        assert t.error("FCALL", "lockd_list", 0, "0", "", count) == (
+            "ERR lockd_list: count must be a positive integer"
+        )
 
 
 # -- the same script on every target at once ------------------------------------------------

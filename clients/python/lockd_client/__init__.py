@@ -8,7 +8,7 @@
 """
 
 from lockd_client._transport import TLS
-from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, LockInfo, NodeInfo
+from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, HeldLock, LockInfo, NodeInfo
 from lockd_client.errors import (
     ErrorReason,
     InvalidRequest,
@@ -17,6 +17,7 @@ from lockd_client.errors import (
     LockTimeout,
     NotOwned,
     Overloaded,
+    PermissionDenied,
     Unavailable,
     reason_name,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Client",
     "ClusterInfo",
     "ErrorReason",
+    "HeldLock",
     "InvalidRequest",
     "Lease",
     "LeaseLost",
@@ -40,6 +42,7 @@ __all__ = [
     "NodeInfo",
     "NotOwned",
     "Overloaded",
+    "PermissionDenied",
     "StaleToken",
     "StoreClient",
     "StoreError",

@@ -264,15 +264,21 @@ class Transport:
         )
 
     async def unary(
-        self, method: str, message: Any, *, name: str | None = None, timeout: float | None = None
+        self,
+        method: str,
+        message: Any,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> Any:
-        """A unary call (Describe, ClusterStatus), failing over between endpoints."""
+        """A unary call (Describe, List, ...), failing over between endpoints."""
         last: LockError | None = None
         for attempt in range(self.retries * len(self.endpoints)):
             endpoint = self.endpoints[self._current]
             try:
                 return await getattr(endpoint.stub(), method)(
-                    message, timeout=timeout or self.timeout
+                    message, timeout=timeout or self.timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc, name)

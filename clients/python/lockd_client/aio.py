@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -32,12 +34,19 @@ from lockd_client.errors import (
 )
 from lockd_client.v1 import lock_service_pb2 as pb
 
-__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "LockInfo", "NodeInfo"]
+__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "HeldLock", "LockInfo", "NodeInfo"]
 
 log = logging.getLogger("lockd_client")
 
 DEFAULT_ENDPOINT = "127.0.0.1:7400"
 LostCallback = Callable[["AsyncLease"], object]
+MAX_OWNER_BYTES = 128
+
+
+def default_owner() -> str:
+    """`host/pid`: who holds a lock, as Describe and List show it (at most 128 bytes)."""
+    owner = f"{socket.gethostname()}/{os.getpid()}".encode()
+    return owner[-MAX_OWNER_BYTES:].decode(errors="ignore")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,27 @@ class LockInfo:
     waiters: int
     nodes_answered: int
     nodes_holding: int
+    owner: str = ""
+    """Who holds it, as the holder's Acquire said (empty when not held)."""
+    value: bytes = b""
+    """The small value stored with the lock by its holder."""
+    acquired_at: float | None = None
+    """When the gateway granted it (Unix seconds), None when not held or unknown."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldLock:
+    """A held lock as `list` shows it (never its lease id)."""
+
+    name: str
+    owner: str
+    value: bytes
+    token: int
+    """The highest fencing counter the nodes report: the holder's token, or more."""
+    ttl_remaining: float
+    acquired_at: float | None
+    """When it was granted (Unix seconds), None when unknown."""
+    waiters: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +290,7 @@ class AsyncClient:
         timeout: float = 10.0,
         renew_fraction: float = 1 / 3,
         safety_margin: float | None = None,
+        owner: str | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -268,6 +299,8 @@ class AsyncClient:
         self.timeout = timeout
         self.renew_fraction = renew_fraction
         self.safety_margin = safety_margin
+        self.owner = default_owner() if owner is None else owner
+        """Sent with every Acquire (shown by Describe and List); `host/pid` by default."""
         self._transport = Transport(list(endpoints), tls or None, timeout)
         self._watched: set[AsyncLease] = set()
 
@@ -284,13 +317,23 @@ class AsyncClient:
         *,
         watchdog: bool = True,
         on_lost: LostCallback | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> AsyncLease:
         """Wait up to `wait` seconds for the lock and hold it for `ttl` seconds (renewed by
-        the watchdog unless `watchdog=False`). Raises `LockTimeout` if it stays held."""
+        the watchdog unless `watchdog=False`). Raises `LockTimeout` if it stays held.
+        `owner` (default: the client's) and `value` (at most 1 KiB) are stored with the
+        lock for Describe and List."""
         sent = time.monotonic()
         response = await self._transport.session_call(
             "acquire",
-            pb.AcquireRequest(name=name, ttl_ms=round(ttl * 1000), wait_ms=round(wait * 1000)),
+            pb.AcquireRequest(
+                name=name,
+                ttl_ms=round(ttl * 1000),
+                wait_ms=round(wait * 1000),
+                owner=self.owner if owner is None else owner,
+                value=value,
+            ),
             name=name,
             timeout=wait + self.timeout,
             repeatable=False,
@@ -311,9 +354,11 @@ class AsyncClient:
         wait: float = 60.0,
         *,
         on_lost: LostCallback | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> AsyncIterator[AsyncLease]:
         """`async with client.lock(name) as lease:` holds the lock for the block."""
-        lease = await self.acquire(name, ttl, wait, on_lost=on_lost)
+        lease = await self.acquire(name, ttl, wait, on_lost=on_lost, owner=owner, value=value)
         async with lease:
             yield lease
 
@@ -340,7 +385,8 @@ class AsyncClient:
         return float(response.validity_ms) / 1000
 
     async def describe(self, name: str) -> LockInfo:
-        """Held?, TTL left, fencing counter and waiters of a lock."""
+        """Held?, TTL left, fencing counter, waiters, owner, value and when it was
+        acquired (never the holder's lease id)."""
         r = await self._transport.unary("Describe", pb.DescribeRequest(name=name), name=name)
         return LockInfo(
             r.name,
@@ -350,7 +396,42 @@ class AsyncClient:
             r.waiters,
             r.nodes_answered,
             r.nodes_holding,
+            r.owner,
+            r.value,
+            r.acquired_at_ms / 1000 if r.acquired_at_ms else None,
         )
+
+    async def list(self, prefix: str = "", page_size: int = 0) -> AsyncIterator[HeldLock]:
+        """`async for lock in client.list("orders/")`: the held locks whose names start
+        with `prefix`, fetched a page at a time (each page is bounded work for lockd)."""
+        token = ""
+        while True:
+            r = await self._transport.unary(
+                "List", pb.ListRequest(prefix=prefix, page_token=token, page_size=page_size)
+            )
+            for e in r.locks:
+                yield HeldLock(
+                    e.name,
+                    e.owner,
+                    e.value,
+                    e.fencing_token,
+                    e.ttl_remaining_ms / 1000,
+                    e.acquired_at_ms / 1000 if e.acquired_at_ms else None,
+                    e.waiters,
+                )
+            token = r.next_page_token
+            if not token:
+                return
+
+    async def force_release(self, name: str, admin_token: str | None = None) -> int:
+        """Take lock `name` back whatever lease holds it (an admin operation): with the
+        gateway's admin token, or over mutual TLS with an admin certificate. Returns how
+        many nodes held it (0: it was not held). `PermissionDenied` without a credential."""
+        metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
+        r = await self._transport.unary(
+            "ForceRelease", pb.ForceReleaseRequest(name=name), name=name, metadata=metadata
+        )
+        return int(r.nodes_released)
 
     async def cluster_status(self) -> ClusterInfo:
         """Every node as the gateway sees it, and whether a quorum is available."""

@@ -22,6 +22,7 @@ __all__ = [
     "LockTimeout",
     "NotOwned",
     "Overloaded",
+    "PermissionDenied",
     "Unavailable",
     "from_rpc_error",
     "from_status",
@@ -80,6 +81,10 @@ class InvalidRequest(LockError):
     """The request can never succeed as sent (bad name, TTL, wait or lease id)."""
 
 
+class PermissionDenied(LockError):
+    """The call needs an admin credential (ForceRelease) and had none, or a wrong one."""
+
+
 def reason_name(reason: ErrorReason) -> str:
     """The ErrorInfo reason string of an `ErrorReason` value (`LockError.reason`)."""
     return ErrorReason.Name(reason)
@@ -90,6 +95,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 _BY_REASON: dict[str, type[LockError]] = {
     reason_name(ErrorReason.NOT_OWNED): NotOwned,

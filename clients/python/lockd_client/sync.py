@@ -19,7 +19,14 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from lockd_client._transport import TLS
-from lockd_client.aio import DEFAULT_ENDPOINT, AsyncClient, AsyncLease, ClusterInfo, LockInfo
+from lockd_client.aio import (
+    DEFAULT_ENDPOINT,
+    AsyncClient,
+    AsyncLease,
+    ClusterInfo,
+    HeldLock,
+    LockInfo,
+)
 from lockd_client.errors import Unavailable
 
 __all__ = ["Client", "Lease"]
@@ -121,6 +128,7 @@ class Client:
         timeout: float = 10.0,
         renew_fraction: float = 1 / 3,
         safety_margin: float | None = None,
+        owner: str | None = None,
     ) -> None:
         self._runner = _LoopThread()
 
@@ -131,6 +139,7 @@ class Client:
                 timeout=timeout,
                 renew_fraction=renew_fraction,
                 safety_margin=safety_margin,
+                owner=owner,
             )
 
         self._client = self._runner.run(make())
@@ -148,8 +157,11 @@ class Client:
         *,
         watchdog: bool = True,
         on_lost: Callable[[Lease], object] | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> Lease:
-        """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed)."""
+        """Wait up to `wait` seconds for the lock; hold it for `ttl` (renewed). `owner`
+        and `value` are stored with it for Describe and List."""
         holder: list[Lease] = []
 
         def lost(inner: AsyncLease) -> None:
@@ -159,7 +171,9 @@ class Client:
         lease = Lease(
             self._runner,
             self._runner.run(
-                self._client.acquire(name, ttl, wait, watchdog=watchdog, on_lost=lost)
+                self._client.acquire(
+                    name, ttl, wait, watchdog=watchdog, on_lost=lost, owner=owner, value=value
+                )
             ),
         )
         holder.append(lease)
@@ -173,9 +187,11 @@ class Client:
         wait: float = 60.0,
         *,
         on_lost: Callable[[Lease], object] | None = None,
+        owner: str | None = None,
+        value: bytes = b"",
     ) -> Iterator[Lease]:
         """`with client.lock(name) as lease:` holds the lock for the block."""
-        with self.acquire(name, ttl, wait, on_lost=on_lost) as lease:
+        with self.acquire(name, ttl, wait, on_lost=on_lost, owner=owner, value=value) as lease:
             yield lease
 
     def release(self, name: str, lease_id: bytes) -> int:
@@ -187,8 +203,25 @@ class Client:
         return self._runner.run(self._client.renew(name, lease_id, ttl))
 
     def describe(self, name: str) -> LockInfo:
-        """Held?, TTL left, fencing counter and waiters of a lock."""
+        """Held?, TTL left, fencing counter, waiters, owner, value, acquired at."""
         return self._runner.run(self._client.describe(name))
+
+    def list(self, prefix: str = "", page_size: int = 0) -> Iterator[HeldLock]:
+        """`for lock in client.list("orders/")`: held locks under `prefix`, page by page."""
+        pages = self._client.list(prefix, page_size)
+
+        async def step() -> HeldLock | None:
+            try:
+                return await anext(pages)
+            except StopAsyncIteration:
+                return None
+
+        while (lock := self._runner.run(step())) is not None:
+            yield lock
+
+    def force_release(self, name: str, admin_token: str | None = None) -> int:
+        """Take lock `name` back whatever lease holds it (admin); nodes that held it."""
+        return self._runner.run(self._client.force_release(name, admin_token))
 
     def cluster_status(self) -> ClusterInfo:
         """Every node as the gateway sees it."""

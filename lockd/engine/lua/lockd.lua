@@ -1,11 +1,19 @@
 #!lua name=lockd
 -- lockd's server-side functions for real Redis 7+ / Valkey (FUNCTION LOAD REPLACE).
 -- Identical replies to the native engine (lockd/engine/engine.py); keep them in step.
---   FCALL lockd_acquire       2 <lock key> <fence key> <lease id> <ttl ms> -> {acquired, counter}
+--   FCALL lockd_acquire       2 <lock key> <fence key> <lease id> <ttl ms> [<owner record>]
+--                                                                         -> {acquired, counter}
 --   FCALL lockd_release       1 <lock key> <lease id>                     -> 1 | 0
 --   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms>            -> 1 | 0
 --   FCALL lockd_fence_advance 1 <fence key> <token>                       -> {accepted, counter}
 --   FCALL lockd_describe      2 <lock key> <fence key>                    -> {pttl ms, counter}
+--   FCALL lockd_force_release 1 <lock key>                                -> {released, counter}
+--   FCALL lockd_peek          N <lock key>...            -> {{pttl ms, counter, record|nil}...}
+--   FCALL lockd_list          0 <cursor> <prefix> <count>
+--                             -> {next cursor, {{name, pttl ms, counter, record|nil}...}}
+-- A lock key `lock:X` has its fencing counter at `fence:X` and its owner record (opaque to
+-- the node) at `meta:X`, with the lock's deadline; the functions given only the lock key
+-- derive the others (same hash tag, same slot), and delete the record with the lock.
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
@@ -24,12 +32,42 @@ local function ttl_error(fname)
   return redis.error_reply('ERR ' .. fname .. ': ttl must be a positive integer of milliseconds')
 end
 
-local function arity_error(fname, keys, args, nkeys, nargs)
-  if #keys ~= nkeys or #args ~= nargs then
-    return redis.error_reply(string.format('ERR %s takes %d keys and %d arguments, got %d and %d',
-      fname, nkeys, nargs, #keys, #args))
+-- How an arity error names "least to most" (most = -1: no upper bound).
+local function count_text(least, most)
+  if most < 0 then return least .. ' or more' end
+  if least == most then return tostring(least) end
+  return least .. ' or ' .. most
+end
+
+local function within(n, least, most)
+  return n >= least and (most < 0 or n <= most)
+end
+
+local function arity_error(fname, keys, args, kmin, kmax, amin, amax)
+  kmax = kmax or kmin
+  amin = amin or kmax
+  amax = amax or amin
+  if not within(#keys, kmin, kmax) or not within(#args, amin, amax) then
+    return redis.error_reply(string.format('ERR %s takes %s keys and %s arguments, got %d and %d',
+      fname, count_text(kmin, kmax), count_text(amin, amax), #keys, #args))
   end
   return nil
+end
+
+-- The owner record key `meta:X` of lock key `lock:X`; nil for other keys.
+local function meta_key(lock)
+  if string.sub(lock, 1, 5) == 'lock:' then
+    return 'meta:' .. string.sub(lock, 6)
+  end
+  return nil
+end
+
+-- The fencing counter key `fence:X` of lock key `lock:X`, or nil and an error reply.
+local function fence_key(lock)
+  if string.sub(lock, 1, 5) ~= 'lock:' then
+    return nil, redis.error_reply("ERR lockd: lock keys must start with 'lock:'")
+  end
+  return 'fence:' .. string.sub(lock, 6)
 end
 
 -- The counter at `key` (0 when absent), or nil and an error reply.
@@ -46,47 +84,134 @@ local function counter(key)
 end
 
 local function acquire(keys, args)
-  local bad = arity_error('lockd_acquire', keys, args, 2, 2)
+  local bad = arity_error('lockd_acquire', keys, args, 2, 2, 2, 3)
   if bad then return bad end
   if not positive(args[2]) then return ttl_error('lockd_acquire') end
+  local meta = meta_key(keys[1])
+  if args[3] and not meta then
+    return redis.error_reply("ERR lockd_acquire: an owner record needs a lock key 'lock:...'")
+  end
   local n, err = counter(keys[2])
   if not n then return err end
   local current = redis.call('GET', keys[1])
   local acquired = 0
   if not current then
     redis.call('SET', keys[1], args[1], 'PX', args[2])
+    if args[3] then
+      redis.call('SET', meta, args[3], 'PX', args[2])
+    elseif meta then
+      redis.call('DEL', meta)
+    end
     acquired = 1
   elseif current == args[1] then
     redis.call('PEXPIRE', keys[1], args[2])
+    if args[3] then
+      redis.call('SET', meta, args[3], 'PX', args[2])
+    elseif meta then
+      redis.call('PEXPIRE', meta, args[2])
+    end
     acquired = 1
   end
   return {acquired, n}
 end
 
+-- Delete a lock key and its owner record, and tell waiting gateways.
+local function remove_lock(lock)
+  redis.call('DEL', lock)
+  local meta = meta_key(lock)
+  if meta then redis.call('DEL', meta) end
+  redis.call('PUBLISH', 'lockd:released', lock)
+end
+
 local function release(keys, args)
-  local bad = arity_error('lockd_release', keys, args, 1, 1)
+  local bad = arity_error('lockd_release', keys, args, 1, 1, 1, 1)
   if bad then return bad end
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
-  redis.call('DEL', keys[1])
-  redis.call('PUBLISH', 'lockd:released', keys[1])
+  remove_lock(keys[1])
   return 1
 end
 
 local function extend(keys, args)
-  local bad = arity_error('lockd_extend', keys, args, 1, 2)
+  local bad = arity_error('lockd_extend', keys, args, 1, 1, 2, 2)
   if bad then return bad end
   if not positive(args[2]) then return ttl_error('lockd_extend') end
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
   redis.call('PEXPIRE', keys[1], args[2])
+  local meta = meta_key(keys[1])
+  if meta then redis.call('PEXPIRE', meta, args[2]) end
   return 1
 end
 
+-- Admin release: delete the lock whatever lease holds it.
+local function force_release(keys, args)
+  local bad = arity_error('lockd_force_release', keys, args, 1, 1, 0, 0)
+  if bad then return bad end
+  local fence, ferr = fence_key(keys[1])
+  if not fence then return ferr end
+  local n, err = counter(fence)
+  if not n then return err end
+  if redis.call('EXISTS', keys[1]) == 0 then
+    return {0, n}
+  end
+  remove_lock(keys[1])
+  return {1, n}
+end
+
+-- {pttl, counter, owner record or nil} of one lock key, or nil and an error reply.
+local function peek_one(lock)
+  local fence, ferr = fence_key(lock)
+  if not fence then return nil, ferr end
+  local n, err = counter(fence)
+  if not n then return nil, err end
+  local pttl = redis.call('PTTL', lock)
+  local record = false
+  if pttl ~= -2 then
+    record = redis.call('GET', meta_key(lock))
+  end
+  return {pttl, n, record}
+end
+
+local function peek(keys, args)
+  local bad = arity_error('lockd_peek', keys, args, 1, -1, 0, 0)
+  if bad then return bad end
+  local out = {}
+  for i, lock in ipairs(keys) do
+    local entry, err = peek_one(lock)
+    if not entry then return err end
+    out[i] = entry
+  end
+  return out
+end
+
+-- One SCAN step over `lock:{<prefix>*`: the held locks among up to `count` keys.
+local function list(keys, args)
+  local bad = arity_error('lockd_list', keys, args, 0, 0, 3, 3)
+  if bad then return bad end
+  if not string.match(args[1], '^%d+$') or #args[1] > 20 then
+    return redis.error_reply('ERR lockd_list: invalid cursor')
+  end
+  if not positive(args[3]) then
+    return redis.error_reply('ERR lockd_list: count must be a positive integer')
+  end
+  local pattern = 'lock:{' .. string.gsub(args[2], '[%*%?%[%]\\]', '\\%0') .. '*'
+  local step = redis.call('SCAN', args[1], 'MATCH', pattern, 'COUNT', args[3])
+  local entries = {}
+  for _, key in ipairs(step[2]) do
+    if string.sub(key, -1) == '}' and redis.call('EXISTS', key) == 1 then
+      local entry, err = peek_one(key)
+      if not entry then return err end
+      table.insert(entries, {string.sub(key, 7, -2), entry[1], entry[2], entry[3]})
+    end
+  end
+  return {step[1], entries}
+end
+
 local function fence_advance(keys, args)
-  local bad = arity_error('lockd_fence_advance', keys, args, 1, 1)
+  local bad = arity_error('lockd_fence_advance', keys, args, 1, 1, 1, 1)
   if bad then return bad end
   local target = positive(args[1])
   if not target or target > MAX_TOKEN then
@@ -103,7 +228,7 @@ end
 
 -- Read-only: the lock's PTTL (-2 when not held) and the fencing counter.
 local function describe(keys, args)
-  local bad = arity_error('lockd_describe', keys, args, 2, 0)
+  local bad = arity_error('lockd_describe', keys, args, 2, 2, 0, 0)
   if bad then return bad end
   local n, err = counter(keys[2])
   if not n then return err end
@@ -115,3 +240,6 @@ redis.register_function('lockd_release', release)
 redis.register_function('lockd_extend', extend)
 redis.register_function('lockd_fence_advance', fence_advance)
 redis.register_function{function_name='lockd_describe', callback=describe, flags={'no-writes'}}
+redis.register_function('lockd_force_release', force_release)
+redis.register_function{function_name='lockd_peek', callback=peek, flags={'no-writes'}}
+redis.register_function{function_name='lockd_list', callback=list, flags={'no-writes'}}
