@@ -271,12 +271,11 @@ class _Waiter:
 
 
 class _Holder:
-    __slots__ = ("expires_ns", "lease", "ttl_ms")
+    __slots__ = ("expires_ns", "lease")
 
-    def __init__(self, lease: bytes, expires_ns: int, ttl_ms: int) -> None:
+    def __init__(self, lease: bytes, expires_ns: int) -> None:
         self.lease = lease
         self.expires_ns = expires_ns
-        self.ttl_ms = ttl_ms
 
 
 class _Lock:
@@ -315,6 +314,12 @@ class LockTable:
         self._rng = rng
         self._locks: dict[bytes, _Lock] = {}
         self._holders: dict[bytes, _Holder] = {}
+        # (name, lease) -> the TTL it was granted with, for the last `max_locks` grants,
+        # whether or not they still hold (a renewal with ttl 0 of an expired lease must
+        # reach the nodes and be told LEASE_LOST, not be refused for want of a TTL).
+        self._granted_ttls: collections.OrderedDict[tuple[bytes, bytes], int] = (
+            collections.OrderedDict()
+        )
         self._waiters: dict[int, _Waiter] = {}
         self._attempts: dict[int, _Lock] = {}
         self._next_attempt = 0
@@ -342,10 +347,11 @@ class LockTable:
         lock = self._locks.get(name)
         return len(lock.waiters) if lock is not None else 0
 
-    def holder_ttl(self, name: bytes, lease: bytes) -> int | None:
-        """The TTL `lease` was granted or last renewed with here, if it holds `name`."""
-        holder = self._holders.get(name)
-        return holder.ttl_ms if holder is not None and holder.lease == lease else None
+    def granted_ttl(self, name: bytes, lease: bytes) -> int | None:
+        """The TTL `lease` on `name` was granted with here (renewals do not change it),
+        whether or not it still holds; None when it was not granted here, or is older
+        than the last `max_locks` grants."""
+        return self._granted_ttls.get((name, lease))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -413,9 +419,10 @@ class LockTable:
             if isinstance(outcome, Granted):
                 out.append(GiveBack(lock.name, outcome.lease))
         elif isinstance(outcome, Granted):
-            self._holders[lock.name] = _Holder(
-                outcome.lease, outcome.decided_ns + head.ttl_ms * MS, head.ttl_ms
-            )
+            self._holders[lock.name] = _Holder(outcome.lease, outcome.decided_ns + head.ttl_ms * MS)
+            self._granted_ttls[lock.name, outcome.lease] = head.ttl_ms
+            if len(self._granted_ttls) > self.policy.max_locks:
+                self._granted_ttls.popitem(last=False)
             self._remove(head)
             out.append(GrantWaiter(head.id, outcome))
         elif not self.shutting_down:
@@ -485,7 +492,7 @@ class LockTable:
         return out
 
     def _lease_renewed(self, ev: LeaseRenewed) -> list[Command]:
-        self._holders[ev.name] = _Holder(ev.lease, ev.started_ns + ev.ttl_ms * MS, ev.ttl_ms)
+        self._holders[ev.name] = _Holder(ev.lease, ev.started_ns + ev.ttl_ms * MS)
         return []
 
     def _lease_ended(self, ev: LeaseEnded) -> list[Command]:

@@ -354,15 +354,18 @@ class LockManager:
         self._feed(LeaseEnded(name, lease, time.monotonic_ns()))
 
     def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Now[Renewed]:
-        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST. `ttl_ms` 0
-        renews with the TTL this gateway granted it with."""
+        """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST whatever the
+        cause (expired, released, taken back, never granted: the nodes cannot tell these
+        apart, and the holder must stop either way). `ttl_ms` 0 renews with the TTL this
+        gateway granted the lease with, even when it has since expired (the nodes then
+        answer LEASE_LOST); a lease granted elsewhere needs an explicit TTL (BAD_TTL)."""
         if ttl_ms == 0:
-            known = self.table.holder_ttl(name, lease)
+            known = self.table.granted_ttl(name, lease)
             if known is None:
                 raise errors.invalid(
                     ErrorReason.BAD_TTL,
-                    "ttl_ms is required: this gateway does not "
-                    "know the lease's TTL (granted elsewhere or expired)",
+                    "ttl_ms is required: this gateway did not grant this lease, so it "
+                    "does not know the TTL it was granted with",
                 )
             ttl_ms = known
         self.check_ttl(ttl_ms)

@@ -111,14 +111,18 @@ class LockServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Release gives the lock up; only the lease id's holder can.
+        """Release gives the lock up; only the lease id's holder can. When no node held the
+        lease (expired, released, or a wrong lease id): FAILED_PRECONDITION NOT_OWNED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Renew(self, request, context):
-        """Renew extends a held lease to a fresh TTL; only the lease id's holder can.
+        """Renew extends a held lease to a fresh TTL; only the lease id's holder can. When a
+        quorum does not extend it, whatever the cause (the lease expired, was released or
+        taken back, or the lease id is wrong: the nodes cannot tell these apart):
+        FAILED_PRECONDITION LEASE_LOST. Renew never answers NOT_OWNED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

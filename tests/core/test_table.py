@@ -404,11 +404,13 @@ def test_queries() -> None:
     table.handle(req(2, 0, 5_000))
     table.handle(req(3, 0, 5_000))
     assert (table.waiting, table.waiters(A)) == (2, 2)
-    assert table.holder_ttl(A, lease(1)) == TTL
-    assert table.holder_ttl(A, lease(2)) is None
-    assert table.holder_ttl(B, lease(1)) is None
+    assert table.granted_ttl(A, lease(1)) == TTL
+    assert table.granted_ttl(A, lease(2)) is None
+    assert table.granted_ttl(B, lease(1)) is None
     table.handle(LeaseRenewed(A, lease(1), 7_000, t(1), t(2)))
-    assert table.holder_ttl(A, lease(1)) == 7_000
+    assert table.granted_ttl(A, lease(1)) == TTL  # the granted TTL, not the renewed one
+    table.handle(LeaseEnded(A, lease(1), t(2)))
+    assert table.granted_ttl(A, lease(1)) == TTL  # remembered after the lease ends
     table.handle(Cancel(2, t(3)))
     table.handle(Cancel(3, t(3)))
     assert (table.waiting, table.waiters(A)) == (0, 0)
@@ -430,3 +432,16 @@ def test_queries() -> None:
 )
 def test_held_for_is_the_quorum_th_longest_pttl(pttls: list[int], nodes: int, held_ms: int) -> None:
     assert held_for_ns(pttls, nodes) == held_ms * MS
+
+
+def test_granted_ttls_are_bounded_by_max_locks() -> None:
+    """The granted TTLs outlive their leases but only the last `max_locks` are kept."""
+    table = LockTable(5, Policy(max_locks=2), LowRandom())
+    for i in range(3):
+        name = b"lock-%d" % i
+        table.handle(req(i, i, 0, name=name, ttl=1000 + i))
+        table.handle(granted(i, i, n=i + 1))
+        table.handle(LeaseEnded(name, lease(i + 1), t(i)))
+    assert table.granted_ttl(b"lock-0", lease(1)) is None
+    assert table.granted_ttl(b"lock-1", lease(2)) == 1001
+    assert table.granted_ttl(b"lock-2", lease(3)) == 1002

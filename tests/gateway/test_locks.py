@@ -312,3 +312,41 @@ async def test_renew_after_expiry_is_lease_lost(embedded: GatewayConfig) -> None
         d = await stub.Describe(pb.DescribeRequest(name="short"))
         assert d.held and d.ttl_remaining_ms > 4000
         await stub.Renew(pb.RenewRequest(name="short", lease_id=taker.lease_id))
+
+
+async def test_renew_ttl_0_of_an_expired_lease_taken_over_is_lease_lost(
+    embedded: GatewayConfig,
+) -> None:
+    """The granting gateway remembers the granted TTL after the lease ends: ttl 0 of an
+    expired lease, even once another lease holds the lock, is LEASE_LOST, never BAD_TTL."""
+    async with client(embedded) as (_, stub):
+        old = await stub.Acquire(pb.AcquireRequest(name="taken", ttl_ms=100))
+        await asyncio.sleep(0.2)
+        new = await stub.Acquire(pb.AcquireRequest(name="taken", ttl_ms=5000))
+        lost = await fails(stub.Renew(pb.RenewRequest(name="taken", lease_id=old.lease_id)))
+        assert (lost.code, lost.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+        # Released, then renewed with 0: lost as well.
+        await stub.Release(pb.ReleaseRequest(name="taken", lease_id=new.lease_id))
+        lost = await fails(stub.Renew(pb.RenewRequest(name="taken", lease_id=new.lease_id)))
+        assert (lost.code, lost.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+        # A lease id this gateway never granted, with ttl 0: it cannot know the TTL.
+        unknown = await fails(stub.Renew(pb.RenewRequest(name="taken", lease_id=os.urandom(16))))
+        assert (unknown.code, unknown.reason) == (INVALID, "BAD_TTL")
+        # With a TTL, a wrong lease id is LEASE_LOST (Renew never says NOT_OWNED).
+        wrong = await fails(
+            stub.Renew(pb.RenewRequest(name="taken", lease_id=os.urandom(16), ttl_ms=1000))
+        )
+        assert (wrong.code, wrong.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+
+
+async def test_renew_ttl_0_is_the_granted_ttl_not_the_last_renewed(
+    embedded: GatewayConfig,
+) -> None:
+    async with client(embedded) as (_, stub):
+        got = await stub.Acquire(pb.AcquireRequest(name="ttl0", ttl_ms=2000))
+        longer = await stub.Renew(pb.RenewRequest(name="ttl0", lease_id=got.lease_id, ttl_ms=9000))
+        assert longer.validity_ms > 2000
+        again = await stub.Renew(pb.RenewRequest(name="ttl0", lease_id=got.lease_id))
+        assert 0 < again.validity_ms <= 2000
+        d = await stub.Describe(pb.DescribeRequest(name="ttl0"))
+        assert 0 < d.ttl_remaining_ms <= 2000
