@@ -4,6 +4,7 @@ status code and a google.rpc ErrorInfo reason from the `ErrorReason` enum
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, NoReturn
 
 import grpc
@@ -66,9 +67,19 @@ def deadline(reason: ErrorReason, message: str) -> LockdError:
     return LockdError(grpc.StatusCode.DEADLINE_EXCEEDED, reason, message)
 
 
+DEADLINE_MARGIN_S = 0.005
+"""An answer due this close to the call's deadline (or past it) is not sent: grpc ends
+the call at the deadline itself, and a status sent after that fails in grpc's core."""
+
+
 async def abort(context: Any, error: LockdError) -> NoReturn:
     """End the call (a grpc.aio ServicerContext) with `error`'s code, message and a
-    google.rpc ErrorInfo detail."""
+    google.rpc ErrorInfo detail; when the call is over or its deadline is at hand (a
+    wait that ends at the deadline: an expected race, not an error), end the handler
+    without a status, so grpc ends the call with DEADLINE_EXCEEDED and logs no error."""
+    remaining = context.time_remaining()
+    if context.done() or (remaining is not None and remaining <= DEADLINE_MARGIN_S):
+        raise asyncio.CancelledError(f"call ended at its deadline: {error.message}")
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
