@@ -244,6 +244,20 @@ def engine(
     help="Acquire calls that may wait for one lock at this gateway.",
 )
 @click.option(
+    "--session-window",
+    default=1024,
+    type=click.IntRange(1),
+    help="Requests one Session stream may have unanswered before the gateway stops "
+    "reading it (flow control).",
+)
+@click.option(
+    "--session-backlog",
+    default=65_536,
+    type=click.IntRange(1),
+    help="Unanswered Session requests over all streams; past it a stream is read only "
+    "while it has none.",
+)
+@click.option(
     "--shutdown-grace",
     default="5s",
     type=DURATION,
@@ -263,6 +277,8 @@ def serve(
     admin_token_file: Path | None,
     admin_cn: tuple[str, ...],
     max_waiters_per_lock: int,
+    session_window: int,
+    session_backlog: int,
     shutdown_grace: int,
 ) -> None:
     """Run the gRPC lock service (lockd.v1) on five embedded engines, or on --nodes."""
@@ -285,6 +301,8 @@ def serve(
         admin_token_file=admin_token_file,
         admin_cns=admin_cn,
         max_waiters_per_lock=max_waiters_per_lock,
+        session_window=session_window,
+        session_backlog=session_backlog,
         shutdown_grace_s=shutdown_grace / 1000,
     )
     if admin_token_file is not None and not admin_token_file.read_bytes().strip():

@@ -34,6 +34,12 @@ class GatewayConfig:
     max_waiters: int = 65_536
     max_locks: int = 100_000
     """Leases granted by this gateway and not yet released or expired."""
+    session_window: int = 1024
+    """Requests one Session stream may have read and not yet answered back (sent to its
+    client); past it the gateway stops reading the stream (HTTP/2 flow control)."""
+    session_backlog: int = 65_536
+    """The same, summed over every Session stream of the gateway; past it a stream is read
+    only while it has nothing unanswered."""
     metrics_listen: str | None = None
     """host:port for the Prometheus /metrics endpoint; None disables it."""
     tls_cert: Path | None = None

@@ -31,6 +31,12 @@ log = logging.getLogger("lockd.gateway")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LockService"].full_name
 HEALTH_POLL_S = 1.0
+SERVER_OPTIONS = [
+    # No bandwidth-delay probing: it grows a stream's HTTP/2 receive window to megabytes,
+    # which grpc then buffers for a client that writes faster than the gateway reads (a
+    # Session stream at its window); lockd's messages are small, 64 KB is plenty.
+    ("grpc.http2.bdp_probe", 0),
+]
 
 
 def build_nodes(config: GatewayConfig) -> list[Node]:
@@ -74,7 +80,7 @@ class Gateway:
         self.config = config
         self.metrics = Metrics()
         self.manager = LockManager(build_nodes(config), config, self.metrics)
-        self.server = grpc.aio.server(interceptors=[DecodeErrors()])
+        self.server = grpc.aio.server(interceptors=[DecodeErrors()], options=SERVER_OPTIONS)
         self.service = LockService(self.manager)
         pb_grpc.add_LockServiceServicer_to_server(  # type: ignore[no-untyped-call]
             self.service, self.server

@@ -72,11 +72,48 @@ def _deadline_ns(context: Context) -> int | None:
     return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
 
 
+class Backlog:
+    """Session requests read and not yet answered back, per stream and in total: a stream
+    at its `window`, or holding any while the gateway is at its `limit`, is not read
+    until an answer is sent (flow control: its client's writes then block). A stream with
+    nothing unanswered is always read, so stalled streams cannot starve the others."""
+
+    def __init__(self, window: int, limit: int) -> None:
+        self.window = window
+        self.limit = limit
+        self.used = 0
+        """Requests read and not yet answered back, over every stream."""
+        self._waiting: list[asyncio.Future[None]] = []
+
+    def full(self, held: int) -> bool:
+        """Whether a stream with `held` unanswered requests must wait before reading."""
+        return held >= self.window or (held > 0 and self.used >= self.limit)
+
+    async def freed(self) -> None:
+        """Wait until some stream sends an answer back."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        await waiter
+
+    def take(self) -> None:
+        self.used += 1
+
+    def give(self, n: int = 1) -> None:
+        self.used -= n
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
 class LockService(pb_grpc.LockServiceServicer):
     """`lockd.v1.LockService`."""
 
     def __init__(self, manager: LockManager) -> None:
         self.manager = manager
+        config = manager.config
+        self.backlog = Backlog(config.session_window, config.session_backlog)
         self.draining = asyncio.Event()
         """Set at graceful shutdown: sessions end once their calls in flight finish."""
 
@@ -299,11 +336,14 @@ class LockService(pb_grpc.LockServiceServicer):
         self, requests: AsyncIterator[pb.SessionRequest], context: Context
     ) -> AsyncIterator[pb.SessionResponse]:
         """Answer each request as it completes; when the stream ends, cancel what is left
-        (cancelled acquisitions release whatever they had taken)."""
+        (cancelled acquisitions release whatever they had taken). Reading stops while the
+        stream holds as many unanswered requests as `Backlog` allows."""
         responses: asyncio.Queue[pb.SessionResponse | None] = asyncio.Queue()
         granted_names: dict[int, str] = {}  # request id -> lock name, for undelivered grants
         tasks: set[asyncio.Task[None]] = set()
         closed = False
+        backlog = self.backlog
+        held = 0  # requests read and not yet answered back
 
         def late() -> bool:
             return closed
@@ -324,7 +364,17 @@ class LockService(pb_grpc.LockServiceServicer):
             responses.put_nowait(response)
 
         async def read() -> None:
-            async for request in requests:
+            nonlocal held
+            stream = aiter(requests)
+            while True:
+                while backlog.full(held):
+                    await backlog.freed()
+                try:
+                    request = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                held += 1
+                backlog.take()
                 response = pb.SessionResponse(id=request.id)
                 kind = request.WhichOneof("call")
                 answer: Response | Coroutine[Any, Any, Response]
@@ -375,9 +425,13 @@ class LockService(pb_grpc.LockServiceServicer):
         try:
             while (response := await responses.get()) is not None:
                 granted_names.pop(response.id, None)
-                yield response
+                yield response  # resumes once gRPC has taken the answer
+                held -= 1
+                backlog.give()
         finally:
             closed = True
+            backlog.give(held)
+            held = 0
             reader.cancel()
             finisher.cancel()
             for task in list(tasks):

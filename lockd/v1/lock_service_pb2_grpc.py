@@ -168,7 +168,14 @@ class LockServiceServicer:
         each completes (possibly out of order): the client library's hot path, about three
         times cheaper per call than unary RPCs. Semantics and errors are the unary calls'.
         A stream message that is not a valid SessionRequest ends the stream with
-        INVALID_ARGUMENT / BAD_REQUEST once the requests before it are answered.
+        INVALID_ARGUMENT / BAD_REQUEST (ErrorInfo in the trailers, naming the message and
+        field) once the requests before it are answered; requests after it are not read.
+        Bounded by flow control, never by an error: a stream may have at most the gateway's
+        session window (default 1024) requests read and not yet answered back, and all
+        streams together its session backlog (default 65536; past it a stream is read only
+        while it has none unanswered). A client that writes requests and does not read the
+        answers is therefore not read either: once HTTP/2's windows fill (64 KB a stream)
+        its writes block; nothing is dropped and no RESOURCE_EXHAUSTED is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

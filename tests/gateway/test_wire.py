@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from lockd.gateway import GatewayConfig
 from lockd.store import StoreConfig, create_server
@@ -61,6 +62,11 @@ async def test_undecodable_session_message_ends_the_stream(embedded: GatewayConf
         assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = await call.details()
         assert "'acquire.name'" in details, details
+        trailers = dict(await call.trailing_metadata() or ())
+        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        info = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info)
+        assert (info.reason, info.domain) == ("BAD_REQUEST", "lockd")
 
 
 async def _read(call: grpc.aio.StreamStreamCall) -> object:
