@@ -11,7 +11,7 @@ import click
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
 from lockd.cli.locks import acquire, list_locks, release, renew, run, status
-from lockd.cli.servers import cluster, engine, repair, serve, store
+from lockd.cli.servers import cluster, engine, repair, serve, store, store_reset
 
 __all__ = ["main"]
 
@@ -35,6 +35,7 @@ for command in (
     serve,
     engine,
     store,
+    store_reset,
     cluster,
     repair,
     acquire,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -13,6 +14,16 @@ import click
 from lockd.cli.params import DURATION, SIZE
 
 __all__ = ["cluster", "engine", "repair", "serve", "store"]
+
+
+def check_admin_options(
+    admin_token_file: Path | None, admin_cn: tuple[str, ...], tls_client_ca: Path | None
+) -> None:
+    """Refuse an empty admin token file, or --admin-cn without mutual TLS."""
+    if admin_token_file is not None and not admin_token_file.read_bytes().strip():
+        raise click.BadParameter("the file is empty", param_hint="--admin-token-file")
+    if admin_cn and tls_client_ca is None:
+        raise click.BadParameter("needs --tls-client-ca (mutual TLS)", param_hint="--admin-cn")
 
 
 @click.command()
@@ -177,6 +188,62 @@ def engine(
         raise click.ClickException(f"cannot run the engine on {directory}: {exc}") from exc
 
 
+@click.command("store-reset")
+@click.argument("resource")
+@click.option(
+    "--store",
+    "endpoint",
+    default="127.0.0.1:7500",
+    metavar="HOST:PORT",
+    help="Address of the `lockd store`.",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the store's admin token (or set LOCKD_ADMIN_TOKEN).",
+)
+@click.option("--tls-ca", type=click.Path(exists=True, path_type=Path), help="PEM CA bundle.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, path_type=Path),
+    help="PEM client certificate (an admin CN, instead of the token).",
+)
+@click.option("--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM key.")
+def store_reset(
+    resource: str,
+    endpoint: str,
+    admin_token_file: Path | None,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> None:
+    """Admin: set RESOURCE's highest token at the store back to 0, so writers are
+    accepted again (after a write with a token no lock reaches, such as 2^64-1). Logged
+    by the store at WARNING; stop the resource's writers first. Exit 6 without a valid
+    admin credential."""
+    import grpc
+
+    from lockd import exits
+    from lockd_client import TLS, StoreClient, StoreError
+
+    token = (
+        admin_token_file.read_text().strip()
+        if admin_token_file is not None
+        else os.environ.get("LOCKD_ADMIN_TOKEN", "").strip()
+    )
+    tls = TLS(tls_ca, tls_cert, tls_key) if tls_ca or tls_cert or tls_key else None
+    client = StoreClient(endpoint, credentials=tls.credentials() if tls else None)
+    try:
+        replaced = client.reset_fence(resource, token)
+    except StoreError as exc:
+        click.echo(f"lockd: {exc}", err=True)
+        denied = exc.code == grpc.StatusCode.PERMISSION_DENIED
+        sys.exit(exits.PERMISSION_DENIED if denied else exits.for_error(exc))
+    finally:
+        client.close()
+    click.echo(f"reset the fence of {resource}: highest token {replaced} -> 0")
+
+
 @click.command()
 @click.option(
     "--listen", default="127.0.0.1:7400", metavar="HOST:PORT", help="gRPC address to listen on."
@@ -305,10 +372,7 @@ def serve(
         session_backlog=session_backlog,
         shutdown_grace_s=shutdown_grace / 1000,
     )
-    if admin_token_file is not None and not admin_token_file.read_bytes().strip():
-        raise click.BadParameter("the file is empty", param_hint="--admin-token-file")
-    if admin_cn and tls_client_ca is None:
-        raise click.BadParameter("needs --tls-client-ca (mutual TLS)", param_hint="--admin-cn")
+    check_admin_options(admin_token_file, admin_cn, tls_client_ca)
     try:
         asyncio.run(run_gateway(config))
     except (UnsafeNodeError, ValueError, OSError, RuntimeError) as exc:
@@ -344,6 +408,17 @@ def serve(
     help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
 )
 @click.option(
+    "--admin-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File holding the admin token ResetFence (`lockd store-reset`) accepts.",
+)
+@click.option(
+    "--admin-cn",
+    multiple=True,
+    metavar="NAME",
+    help="Client certificate CN allowed to ResetFence (repeatable; needs --tls-client-ca).",
+)
+@click.option(
     "--unsafe-no-token-check",
     is_flag=True,
     help="UNSAFE: accept writes whatever their token (the Jepsen harness's control "
@@ -356,6 +431,8 @@ def store(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    admin_token_file: Path | None,
+    admin_cn: tuple[str, ...],
     unsafe_no_token_check: bool,
 ) -> None:
     """Run the fenced sample storage (gRPC lockd.v1.FencedStore).
@@ -374,7 +451,10 @@ def store(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,
+        admin_token_file=admin_token_file,
+        admin_cns=admin_cn,
     )
+    check_admin_options(admin_token_file, admin_cn, tls_client_ca)
     try:
         asyncio.run(run_store(config))
     except (RuntimeError, OSError, ValueError) as exc:

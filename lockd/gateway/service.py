@@ -19,6 +19,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from lockd import __version__
+from lockd.admin import admin_identity
 from lockd.core import Granted, Released, Renewed
 from lockd.errors import ErrorReason, LockdError, abort
 from lockd.gateway import admin, listing, records
@@ -296,7 +297,7 @@ class LockService(pb_grpc.LockServiceServicer):
     ) -> pb.ForceReleaseResponse:
         m = self.manager
         try:
-            who = admin.admin_identity(m.config, context)
+            who = admin_identity(m.config, context, "ForceRelease")
             done = await admin.force_release(m, m.check_name(request.name), who)
         except LockdError as exc:
             await abort(context, exc)

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from lockd.errors import ErrorReason, LockdError, invalid, unavailable
-from lockd.store.log import Entry, State, StoreLog, encode_write
+from lockd.store.log import Entry, State, StoreLog, encode_reset, encode_write
 
 __all__ = [
     "DEFAULT_COMPACT_MIN_BYTES",
@@ -46,6 +46,14 @@ class _Write:
     token: int
     cas: bool = False
     expected: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reset:
+    """An admin's fence reset of `resource`, by `who` (queued like a write, for order)."""
+
+    resource: str
+    who: str
 
 
 def _stale(w: _Write, highest: int) -> LockdError:
@@ -95,7 +103,7 @@ class FencedStore:
         self.log = StoreLog(directory)
         self.state = State()
         self.writes = 0  # accepted writes since open
-        self._queue: list[tuple[_Write, asyncio.Future[int]]] = []
+        self._queue: list[tuple[_Write | _Reset, asyncio.Future[int]]] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -134,14 +142,23 @@ class FencedStore:
         """Like `write`, if the key now holds `expected` (None: holds nothing)."""
         return await self._submit(_Write(resource, key, value, token, True, expected))
 
+    async def reset_fence(self, resource: str, who: str) -> int:
+        """Set the resource's highest token back to 0 (its values stay), so that writers
+        are accepted again after a token too high for any lock to reach (2^64-1 locks
+        every writer out for good); persisted in the log and logged at WARNING with
+        `who`. Returns the highest token it replaced. Admin only: the servicer checks the
+        credential."""
+        self._check_names(resource, None)
+        return await self._enqueue(_Reset(resource, who))
+
     # -- checks ----------------------------------------------------------------------------
 
     @staticmethod
-    def _check_names(resource: str, key: str) -> None:
-        for what, name, limit in (
-            ("resource", resource, MAX_RESOURCE_BYTES),
-            ("key", key, MAX_KEY_BYTES),
-        ):
+    def _check_names(resource: str, key: str | None) -> None:
+        names = [("resource", resource, MAX_RESOURCE_BYTES)]
+        if key is not None:
+            names.append(("key", key, MAX_KEY_BYTES))
+        for what, name, limit in names:
             if not name:
                 raise invalid(ErrorReason.BAD_REQUEST, f"{what} must not be empty")
             if len(name.encode()) > limit:
@@ -161,6 +178,9 @@ class FencedStore:
 
     async def _submit(self, w: _Write) -> int:
         self._check(w)
+        return await self._enqueue(w)
+
+    async def _enqueue(self, w: _Write | _Reset) -> int:
         if self._failed is not None:
             raise unavailable(ErrorReason.STORE_FAILED, self._failed)
         if self._closing or self._writer is None:
@@ -192,14 +212,21 @@ class FencedStore:
             if self._closing:
                 self._wakeup.set()  # drain until nothing is left
 
-    async def _commit(self, batch: list[tuple[_Write, asyncio.Future[int]]]) -> None:
+    async def _commit(self, batch: list[tuple[_Write | _Reset, asyncio.Future[int]]]) -> None:
         state = self.state
         highest: dict[str, int] = {}  # this batch's view on top of the committed state
         current: dict[tuple[str, str], Entry | None] = {}
-        accepted: list[tuple[_Write, bytes]] = []
+        accepted: list[tuple[_Write | _Reset, bytes]] = []
         outcomes: list[int | LockdError] = []
+        old_tops: list[int] = []  # each reset's replaced highest token, in order
         for w, _ in batch:
             top = highest.get(w.resource, state.highest.get(w.resource, 0))
+            if isinstance(w, _Reset):
+                old_tops.append(top)
+                highest[w.resource] = 0
+                accepted.append((w, encode_reset(w.resource)))
+                outcomes.append(top)
+                continue
             if w.token < top and self.check_tokens:
                 outcomes.append(_stale(w, top))
                 continue
@@ -222,8 +249,19 @@ class FencedStore:
         if self._failed is not None:
             outcomes = [unavailable(ErrorReason.STORE_FAILED, self._failed) for _ in batch]
         else:
+            replaced = iter(old_tops)
             for w, record in accepted:
-                state.apply(w.resource, w.key, w.value, w.token, len(record))
+                if isinstance(w, _Reset):
+                    state.reset(w.resource)
+                    log.warning(
+                        "fence of resource %r reset by %s: highest token %s -> 0; writers with "
+                        "any token are accepted again",
+                        w.resource,
+                        w.who,
+                        next(replaced),
+                    )
+                else:
+                    state.apply(w.resource, w.key, w.value, w.token, len(record))
             self.writes += len(accepted)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():

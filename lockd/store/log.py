@@ -5,9 +5,13 @@ checksummed frame per append (a batch of writes fsynced together), each holding 
 records
 
     W <resource> <key> <value> <token>
+    R <resource>
 
 Replay applies the records in order, rebuilding the values and each resource's highest
-token. A torn tail (what a crash during an append leaves) is cut, with a warning:
+token. `R` is an admin's fence reset (`lockd store-reset`): the resource's highest token
+goes back to 0 and its keys keep their values with token 0 (a compacted log writes them
+so, and a `W` record with token 0 exists only that way), so any writer's token is
+accepted again. A torn tail (what a crash during an append leaves) is cut, with a warning:
 nothing in it was acknowledged, because an append is fsynced before any of its writes
 is answered. Any other damage stops the store from starting (`CorruptFile`, naming the
 offset and `lockd repair`): dropping an acknowledged record could lower a resource's
@@ -55,6 +59,7 @@ __all__ = [
     "Entry",
     "State",
     "StoreLog",
+    "encode_reset",
     "encode_write",
     "read_writes",
     "repair_store_log",
@@ -69,9 +74,11 @@ HEADER = file_header(b"store")
 SEED = header_seed(HEADER)
 V1_HEADER = encode_command(b"LOCKDSTORE", b"1")
 _WRITE = b"W"
+_RESET = b"R"
 _COMPACT_FRAME = 1 << 20  # bytes of records per frame when compacting
 
 Write = tuple[str, str, bytes, int]
+Record = Write | str  # a write, or the resource of a fence reset
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,13 +106,32 @@ class State:
         if token > self.highest.get(resource, 0):
             self.highest[resource] = token
 
+    def reset(self, resource: str) -> None:
+        """Apply a fence reset: the resource's highest token and its keys' tokens to 0."""
+        self.highest.pop(resource, None)
+        for (r, _), entry in self.values.items():
+            if r == resource:
+                entry.token = 0
+
+    def replay(self, record: Record, size: int) -> None:
+        """Apply one record read from the log."""
+        if isinstance(record, str):
+            self.reset(record)
+        else:
+            self.apply(*record, size=size)
+
 
 def encode_write(resource: str, key: str, value: bytes, token: int) -> bytes:
     """The log record of one write (framed with its batch by `StoreLog.append`)."""
     return encode_command(_WRITE, resource.encode(), key.encode(), value, b"%d" % token)
 
 
-def _decode_write(args: list[bytes]) -> Write | None:
+def encode_reset(resource: str) -> bytes:
+    """The log record of an admin's fence reset of `resource`."""
+    return encode_command(_RESET, resource.encode())
+
+
+def _decode_write(args: list[bytes], min_token: int = 1) -> Write | None:
     """(resource, key, value, token) of a well-formed write record, else None."""
     if len(args) != 5 or args[0] != _WRITE:
         return None
@@ -114,26 +140,36 @@ def _decode_write(args: list[bytes]) -> Write | None:
         resource, key = args[1].decode(), args[2].decode()
     except ValueError:  # UnicodeDecodeError included
         return None
-    return (resource, key, args[3], token) if token > 0 else None
+    return (resource, key, args[3], token) if token >= min_token else None
 
 
-def _decode_payload(payload: bytes | memoryview) -> list[tuple[Write, int]] | None:
-    """The writes of one frame with their record sizes, or None if it is not whole."""
+def _decode_record(args: list[bytes]) -> Record | None:
+    """A write (token 0 only after a reset), or the resource of a reset record."""
+    if len(args) == 2 and args[0] == _RESET:
+        try:
+            return args[1].decode()
+        except UnicodeDecodeError:
+            return None
+    return _decode_write(args, min_token=0)
+
+
+def _decode_payload(payload: bytes | memoryview) -> list[tuple[Record, int]] | None:
+    """The records of one frame with their sizes, or None if it is not whole."""
     parser = RequestParser()
     parser.feed(bytes(payload))
-    writes: list[tuple[Write, int]] = []
+    records: list[tuple[Record, int]] = []
     start = 0
     while start < len(payload):
         try:
             args = parser.next_command()
         except ProtocolError:
             return None
-        write = None if args is None else _decode_write(args)
-        if write is None:
+        record = None if args is None else _decode_record(args)
+        if record is None:
             return None
-        writes.append((write, parser.offset() - start))
+        records.append((record, parser.offset() - start))
         start = parser.offset()
-    return writes
+    return records
 
 
 def _decode_v1(args: list[bytes]) -> Write | None:
@@ -182,7 +218,8 @@ def _v1_record_after(data: bytes, start: int) -> bool:
 
 
 def read_writes(path: Path) -> Iterator[Write]:
-    """(resource, key, value, token) of every intact write in a store log, in log order.
+    """(resource, key, value, token) of every intact write in a store log, in log order
+    (fence resets are left out: the Jepsen harness never makes them).
 
     Read-only (a torn tail or damage just ends the iteration); the Jepsen harness checks
     the order in which the store accepted tokens with it."""
@@ -197,8 +234,9 @@ def read_writes(path: Path) -> Iterator[Write]:
         writes = _decode_payload(payload)
         if writes is None:
             return
-        for write, _ in writes:
-            yield write
+        for record, _ in writes:
+            if not isinstance(record, str):
+                yield record
 
 
 class StoreLog:
@@ -293,8 +331,8 @@ class StoreLog:
                 raise CorruptFile(
                     self.path, offset, "unreadable records in a frame", repair_hint(self.path)
                 )
-            for write, size in frame:
-                state.apply(*write, size=size)
+            for record, size in frame:
+                state.replay(record, size)
             count += len(frame)
         if reader.damage is not None:
             raise CorruptFile(self.path, reader.end, reader.damage, repair_hint(self.path))
@@ -419,5 +457,5 @@ def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
 
 
 def _records(payload: bytes) -> Iterator[bytes]:
-    for (resource, key, value, token), _ in _decode_payload(payload) or []:
-        yield encode_write(resource, key, value, token)
+    for record, _ in _decode_payload(payload) or []:
+        yield encode_reset(record) if isinstance(record, str) else encode_write(*record)

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from lockd.admin import admin_identity
 from lockd.errors import ErrorReason, LockdError, abort, invalid
 from lockd.rpc import DecodeErrors, bind, credentials, mark_serving, standard
 from lockd.serving import host_port, run_until_signal
@@ -55,13 +56,18 @@ class StoreConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     """PEM CA bundle: require client certificates signed by it (mutual TLS)."""
+    admin_token_file: Path | None = None
+    """File holding the admin token ResetFence accepts (read at each use)."""
+    admin_cns: tuple[str, ...] = ()
+    """Client certificate CNs (verified by `tls_client_ca`) allowed to ResetFence."""
 
 
 class FencedStoreService(pb_grpc.FencedStoreServicer):
     """`lockd.v1.FencedStore` over a `FencedStore`."""
 
-    def __init__(self, store: FencedStore) -> None:
+    def __init__(self, store: FencedStore, config: StoreConfig) -> None:
         self.store = store
+        self.config = config
 
     async def Write(self, request: pb.WriteRequest, context: Context) -> pb.WriteResponse:
         r = request
@@ -95,6 +101,18 @@ class FencedStoreService(pb_grpc.FencedStoreServicer):
             await abort(context, exc)
         return pb.CompareAndSetResponse(highest_token=highest)
 
+    async def ResetFence(
+        self, request: pb.ResetFenceRequest, context: Context
+    ) -> pb.ResetFenceResponse:
+        try:
+            who = admin_identity(self.config, context, "ResetFence")
+            replaced = await self.store.reset_fence(
+                request.resource, f"{who} from {context.peer()}"
+            )
+        except LockdError as exc:
+            await abort(context, exc)
+        return pb.ResetFenceResponse(replaced_token=replaced)
+
 
 class StoreServer:
     """One store process's worth of parts: the store, the gRPC server, health."""
@@ -117,7 +135,7 @@ class StoreServer:
             ],
         )
         pb_grpc.add_FencedStoreServicer_to_server(  # type: ignore[no-untyped-call]
-            FencedStoreService(self.store), self.server
+            FencedStoreService(self.store, config), self.server
         )
         self.health = standard(self.server, SERVICE_NAME)
         self.port = 0

@@ -24,25 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/fenced_store.proto\x12\x08lockd.v1\"K\n\x0cWriteRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x04\"&\n\rWriteResponse\x12\x15\n\rhighest_token\x18\x01 \x01(\x04\",\n\x0bReadRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"C\n\x0cReadResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x15\n\rhighest_token\x18\x03 \x01(\x04\"~\n\x14\x43ompareAndSetRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\x17\n\x0f\x65xpected_absent\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\r\n\x05token\x18\x06 \x01(\x04\".\n\x15\x43ompareAndSetResponse\x12\x15\n\rhighest_token\x18\x01 \x01(\x04\x32\xd0\x01\n\x0b\x46\x65ncedStore\x12\x38\n\x05Write\x12\x16.lockd.v1.WriteRequest\x1a\x17.lockd.v1.WriteResponse\x12\x35\n\x04Read\x12\x15.lockd.v1.ReadRequest\x1a\x16.lockd.v1.ReadResponse\x12P\n\rCompareAndSet\x12\x1e.lockd.v1.CompareAndSetRequest\x1a\x1f.lockd.v1.CompareAndSetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/fenced_store.proto\x12\x08lockd.v1\"%\n\x11ResetFenceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\",\n\x12ResetFenceResponse\x12\x16\n\x0ereplaced_token\x18\x01 \x01(\x04\"K\n\x0cWriteRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05token\x18\x04 \x01(\x04\"&\n\rWriteResponse\x12\x15\n\rhighest_token\x18\x01 \x01(\x04\",\n\x0bReadRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"C\n\x0cReadResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x15\n\rhighest_token\x18\x03 \x01(\x04\"~\n\x14\x43ompareAndSetRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x10\n\x08\x65xpected\x18\x03 \x01(\x0c\x12\x17\n\x0f\x65xpected_absent\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\r\n\x05token\x18\x06 \x01(\x04\".\n\x15\x43ompareAndSetResponse\x12\x15\n\rhighest_token\x18\x01 \x01(\x04\x32\x99\x02\n\x0b\x46\x65ncedStore\x12\x38\n\x05Write\x12\x16.lockd.v1.WriteRequest\x1a\x17.lockd.v1.WriteResponse\x12\x35\n\x04Read\x12\x15.lockd.v1.ReadRequest\x1a\x16.lockd.v1.ReadResponse\x12P\n\rCompareAndSet\x12\x1e.lockd.v1.CompareAndSetRequest\x1a\x1f.lockd.v1.CompareAndSetResponse\x12G\n\nResetFence\x12\x1b.lockd.v1.ResetFenceRequest\x1a\x1c.lockd.v1.ResetFenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lockd.v1.fenced_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WRITEREQUEST']._serialized_start=41
-  _globals['_WRITEREQUEST']._serialized_end=116
-  _globals['_WRITERESPONSE']._serialized_start=118
-  _globals['_WRITERESPONSE']._serialized_end=156
-  _globals['_READREQUEST']._serialized_start=158
-  _globals['_READREQUEST']._serialized_end=202
-  _globals['_READRESPONSE']._serialized_start=204
-  _globals['_READRESPONSE']._serialized_end=271
-  _globals['_COMPAREANDSETREQUEST']._serialized_start=273
-  _globals['_COMPAREANDSETREQUEST']._serialized_end=399
-  _globals['_COMPAREANDSETRESPONSE']._serialized_start=401
-  _globals['_COMPAREANDSETRESPONSE']._serialized_end=447
-  _globals['_FENCEDSTORE']._serialized_start=450
-  _globals['_FENCEDSTORE']._serialized_end=658
+  _globals['_RESETFENCEREQUEST']._serialized_start=41
+  _globals['_RESETFENCEREQUEST']._serialized_end=78
+  _globals['_RESETFENCERESPONSE']._serialized_start=80
+  _globals['_RESETFENCERESPONSE']._serialized_end=124
+  _globals['_WRITEREQUEST']._serialized_start=126
+  _globals['_WRITEREQUEST']._serialized_end=201
+  _globals['_WRITERESPONSE']._serialized_start=203
+  _globals['_WRITERESPONSE']._serialized_end=241
+  _globals['_READREQUEST']._serialized_start=243
+  _globals['_READREQUEST']._serialized_end=287
+  _globals['_READRESPONSE']._serialized_start=289
+  _globals['_READRESPONSE']._serialized_end=356
+  _globals['_COMPAREANDSETREQUEST']._serialized_start=358
+  _globals['_COMPAREANDSETREQUEST']._serialized_end=484
+  _globals['_COMPAREANDSETRESPONSE']._serialized_start=486
+  _globals['_COMPAREANDSETRESPONSE']._serialized_end=532
+  _globals['_FENCEDSTORE']._serialized_start=535
+  _globals['_FENCEDSTORE']._serialized_end=816
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ResetFenceRequest(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+
+class ResetFenceResponse(_message.Message):
+    __slots__ = ("replaced_token",)
+    REPLACED_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    replaced_token: int
+    def __init__(self, replaced_token: _Optional[int] = ...) -> None: ...
+
 class WriteRequest(_message.Message):
     __slots__ = ("resource", "key", "value", "token")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]

@@ -264,6 +264,20 @@ class StoreClient:
             raise _error(exc, resource, key) from exc
         return int(response.highest_token)
 
+    def reset_fence(self, resource: str, admin_token: str) -> int:
+        """Admin: set the resource's highest token back to 0 (after a write with a token no
+        lock reaches, such as 2^64-1, locked writers out); returns the replaced token.
+        `StoreError` PERMISSION_DENIED NOT_ADMIN without a valid admin token (or an admin
+        client certificate in `credentials`; pass "" then)."""
+        metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        try:
+            response = self._stub.ResetFence(
+                pb.ResetFenceRequest(resource=resource), timeout=self.timeout, metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            raise _error(exc, resource, "") from exc
+        return int(response.replaced_token)
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()

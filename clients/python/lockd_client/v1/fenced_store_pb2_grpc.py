@@ -41,9 +41,14 @@ class FencedStoreStub:
     higher token was already accepted for the resource;
     VALUE_CHANGED (metadata: found, current_length, highest_token):
     CompareAndSet found another value
+    PERMISSION_DENIED   NOT_ADMIN: ResetFence without a valid admin credential
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
     durable) until it is restarted; SHUTTING_DOWN
+
+    A token is never lowered by a write: one accepted write with token 2^64-1 (by a
+    buggy or hostile client) locks every writer out of that resource for good, since no
+    lock grant can reach a larger token. ResetFence is the operator's way out.
     """
 
     def __init__(self, channel):
@@ -67,6 +72,11 @@ class FencedStoreStub:
                 request_serializer=lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetResponse.FromString,
                 _registered_method=True)
+        self.ResetFence = channel.unary_unary(
+                '/lockd.v1.FencedStore/ResetFence',
+                request_serializer=lockd_dot_v1_dot_fenced__store__pb2.ResetFenceRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_fenced__store__pb2.ResetFenceResponse.FromString,
+                _registered_method=True)
 
 
 class FencedStoreServicer:
@@ -85,9 +95,14 @@ class FencedStoreServicer:
     higher token was already accepted for the resource;
     VALUE_CHANGED (metadata: found, current_length, highest_token):
     CompareAndSet found another value
+    PERMISSION_DENIED   NOT_ADMIN: ResetFence without a valid admin credential
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
     durable) until it is restarted; SHUTTING_DOWN
+
+    A token is never lowered by a write: one accepted write with token 2^64-1 (by a
+    buggy or hostile client) locks every writer out of that resource for good, since no
+    lock grant can reach a larger token. ResetFence is the operator's way out.
     """
 
     def Write(self, request, context):
@@ -113,6 +128,21 @@ class FencedStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetFence(self, request, context):
+        """ResetFence sets a resource's highest token back to 0 (its values stay), so writers
+        with any token are accepted again: for a resource fenced by a token no lock will
+        reach (2^64-1). It needs an admin credential, as the gateway's ForceRelease: the
+        store's admin token (`lockd store --admin-token-file`) as `authorization: Bearer
+        <token>` metadata, or a client certificate whose CN is listed with --admin-cn;
+        otherwise PERMISSION_DENIED NOT_ADMIN. The reset is fsynced to the store log before
+        it is answered (it survives a restart) and logged at WARNING with the resource, the
+        replaced token and who asked. A holder of the old tokens can then write again:
+        reset only after stopping the writers of that resource.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FencedStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +160,11 @@ def add_FencedStoreServicer_to_server(servicer, server):
                     servicer.CompareAndSet,
                     request_deserializer=lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetResponse.SerializeToString,
+            ),
+            'ResetFence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetFence,
+                    request_deserializer=lockd_dot_v1_dot_fenced__store__pb2.ResetFenceRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_fenced__store__pb2.ResetFenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -155,9 +190,14 @@ class FencedStore:
     higher token was already accepted for the resource;
     VALUE_CHANGED (metadata: found, current_length, highest_token):
     CompareAndSet found another value
+    PERMISSION_DENIED   NOT_ADMIN: ResetFence without a valid admin credential
     UNAVAILABLE         STORE_FAILED: the log could not be written or fsynced; the
     server accepts no more writes (the write may or may not be
     durable) until it is restarted; SHUTTING_DOWN
+
+    A token is never lowered by a write: one accepted write with token 2^64-1 (by a
+    buggy or hostile client) locks every writer out of that resource for good, since no
+    lock grant can reach a larger token. ResetFence is the operator's way out.
     """
 
     @staticmethod
@@ -231,6 +271,33 @@ class FencedStore:
             '/lockd.v1.FencedStore/CompareAndSet',
             lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetRequest.SerializeToString,
             lockd_dot_v1_dot_fenced__store__pb2.CompareAndSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetFence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.FencedStore/ResetFence',
+            lockd_dot_v1_dot_fenced__store__pb2.ResetFenceRequest.SerializeToString,
+            lockd_dot_v1_dot_fenced__store__pb2.ResetFenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
