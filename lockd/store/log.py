@@ -56,9 +56,12 @@ from lockd.durable import (
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 
 __all__ = [
+    "SEED",
     "Entry",
+    "Record",
     "State",
     "StoreLog",
+    "decode_frame",
     "encode_reset",
     "encode_write",
     "read_writes",
@@ -153,8 +156,9 @@ def _decode_record(args: list[bytes]) -> Record | None:
     return _decode_write(args, min_token=0)
 
 
-def _decode_payload(payload: bytes | memoryview) -> list[tuple[Record, int]] | None:
-    """The records of one frame with their sizes, or None if it is not whole."""
+def decode_frame(payload: bytes | memoryview) -> list[tuple[Record, int]] | None:
+    """The records of one frame (a write, or the resource of a fence reset) with their
+    sizes, or None if it is not whole."""
     parser = RequestParser()
     parser.feed(bytes(payload))
     records: list[tuple[Record, int]] = []
@@ -231,7 +235,7 @@ def read_writes(path: Path) -> Iterator[Write]:
     if not data.startswith(HEADER):
         raise ValueError(f"{path} is not a lockd store log")
     for _, payload in FrameReader(data, len(HEADER), SEED):
-        writes = _decode_payload(payload)
+        writes = decode_frame(payload)
         if writes is None:
             return
         for record, _ in writes:
@@ -326,7 +330,7 @@ class StoreLog:
         reader = FrameReader(data, len(HEADER), SEED)
         count = 0
         for offset, payload in reader:
-            frame = _decode_payload(payload)
+            frame = decode_frame(payload)
             if frame is None:
                 raise CorruptFile(
                     self.path, offset, "unreadable records in a frame", repair_hint(self.path)
@@ -446,7 +450,7 @@ def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
         pass
     if reader.damage is None:
         return None
-    result = salvage(data, len(HEADER), SEED, lambda p: _decode_payload(p) is not None)
+    result = salvage(data, len(HEADER), SEED, lambda p: decode_frame(p) is not None)
     if not dry_run:
         keep_copy(path, ".broken")
         tmp = path.with_name(path.name + ".repair")
@@ -457,5 +461,5 @@ def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
 
 
 def _records(payload: bytes) -> Iterator[bytes]:
-    for record, _ in _decode_payload(payload) or []:
+    for record, _ in decode_frame(payload) or []:
         yield encode_reset(record) if isinstance(record, str) else encode_write(*record)

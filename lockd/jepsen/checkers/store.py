@@ -17,16 +17,16 @@ makes that part "unknown", as does a missing log.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lockd.durable import FrameReader
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.wgl import UNKNOWN, Operation, check
 from lockd.jepsen.history import Op
-from lockd.store.log import HEADER, encode_write
+from lockd.store.log import HEADER, SEED, decode_frame
 
 __all__ = [
     "STALE",
@@ -128,67 +128,13 @@ def store_operations(ops: Sequence[Op]) -> list[Operation]:
     return result
 
 
-class _Damaged(Exception):
-    """A record that is not a well-formed write."""
-
-
-def _record(data: bytes, pos: int) -> tuple[tuple[str, str, int], int] | None:
-    """((resource, key, token), end) of the write record at `pos`; None if the data ends
-    inside it; `_Damaged` if it is not a well-formed write with a matching checksum."""
-    args: list[bytes] = []
-    count: int | None = None
-    at = pos
-    while count is None or len(args) < count:
-        end = data.find(b"\r\n", at)
-        if end < 0:
-            return None
-        head = data[at:end]
-        if count is None:
-            if head[:1] != b"*" or not head[1:].isdigit():
-                raise _Damaged(f"expected an array, found {head[:20]!r}")
-            count = int(head[1:])
-            if count != 6:
-                raise _Damaged(f"an array of {count}, not 6 (W resource key value token crc)")
-        else:
-            if head[:1] != b"$" or not head[1:].isdigit():
-                raise _Damaged(f"expected a bulk string, found {head[:20]!r}")
-            size = int(head[1:])
-            if len(data) < end + 2 + size + 2:
-                return None
-            if data[end + 2 + size : end + 4 + size] != b"\r\n":
-                raise _Damaged("a bulk string not ended by CRLF")
-            args.append(data[end + 2 : end + 2 + size])
-            end += size + 2
-        at = end + 2
-    try:
-        token = int(args[4])
-        resource, key = args[1].decode(), args[2].decode()
-    except ValueError:  # UnicodeDecodeError included
-        raise _Damaged("an unreadable resource, key or token") from None
-    if args[0] != b"W" or token <= 0:
-        raise _Damaged("not a write record")
-    if encode_write(resource, key, args[3], token) != data[pos:at]:
-        raise _Damaged("its checksum does not match")
-    return (resource, key, token), at
-
-
-def _whole_record_after(data: bytes, pos: int) -> bool:
-    """Whether a well-formed record starts anywhere after `pos`."""
-    start = data.find(b"*6\r\n", pos + 1)
-    while start >= 0:
-        with contextlib.suppress(_Damaged):
-            if _record(data, start) is not None:
-                return True
-        start = data.find(b"*6\r\n", start + 1)
-    return False
-
-
 def token_order(log_path: Path | None) -> dict[str, Any]:
     """Whether the store's log shows tokens accepted in non-decreasing order per resource.
 
-    Unknown without a log, or when a damaged record has whole records after it (the log
-    is corrupt, not torn: what follows cannot be trusted, nor skipped); an incomplete or
-    damaged last record is a torn tail, and ends the scan."""
+    Read with the store's own frame rules (`lockd.durable`): unknown without a log, or
+    when a frame is damaged and is not a torn tail (the log is corrupt: what follows can
+    be neither trusted nor skipped); a torn tail (what an interrupted append leaves)
+    ends the scan. A fence reset (`R` record) starts the resource's order afresh."""
     if log_path is None or not log_path.is_file():
         where = "" if log_path is None else f" at {log_path}"
         return {"valid": "unknown", "reason": f"no store log{where}: token order not checked"}
@@ -200,31 +146,34 @@ def token_order(log_path: Path | None) -> dict[str, Any]:
     top: dict[str, int] = {}
     decreases: list[dict[str, Any]] = []
     records = 0
-    pos = len(HEADER)
     problem: str | None = None
-    torn = 0
-    while pos < len(data):
-        try:
-            found = _record(data, pos)
-            why = "incomplete"
-        except _Damaged as exc:
-            found, why = None, str(exc)
-        if found is None:
-            if _whole_record_after(data, pos):
-                problem = (
-                    f"{log_path}: record {records + 1} (byte {pos}) is damaged ({why}) and "
-                    "whole records follow it: the log is corrupt"
-                )
-            else:
-                torn = len(data) - pos
-            break
-        (resource, key, token), pos = found
-        records += 1
-        if token < top.get(resource, 0):
-            decreases.append(
-                {"resource": resource, "key": key, "token": token, "after": top[resource]}
+    reader = FrameReader(data, len(HEADER), SEED)
+    for offset, payload in reader:
+        frame = decode_frame(payload)
+        if frame is None:
+            problem = (
+                f"{log_path}: the frame at byte {offset} (after record {records}) checks "
+                "but holds unreadable records: the log is corrupt"
             )
-        top[resource] = max(top.get(resource, 0), token)
+            break
+        for record, _ in frame:
+            if isinstance(record, str):  # an admin's fence reset
+                top.pop(record, None)
+                continue
+            resource, key, _value, token = record
+            records += 1
+            if token < top.get(resource, 0):
+                decreases.append(
+                    {"resource": resource, "key": key, "token": token, "after": top[resource]}
+                )
+            top[resource] = max(top.get(resource, 0), token)
+    if problem is None and reader.damage is not None:
+        problem = (
+            f"{log_path}: record {records + 1} (byte {reader.end}) is damaged "
+            f"({reader.damage}) and is not a torn tail: the log is corrupt, what follows "
+            "can be neither trusted nor skipped"
+        )
+    torn = len(data) - reader.end if reader.torn is not None else 0
     result: dict[str, Any] = {
         "valid": False if decreases else "unknown" if problem else True,
         "records": records,
