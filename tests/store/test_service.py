@@ -105,6 +105,9 @@ async def test_compare_and_set(store_dir: Path) -> None:
             3,
         )
         assert "3-byte value" in changed.value.message
+        # The wording reads as English (it said "not the expected a 3-byte value").
+        assert "the request expected a 3-byte value" in changed.value.message
+        assert "expected a" not in changed.value.message.replace("request expected a", "")
         assert changed.value.metadata["highest_token"] == "2"
         with pytest.raises(ValueChanged) as absent:
             await c.compare_and_set("r", "other", b"", b"x", token=2)  # empty != absent
@@ -251,3 +254,16 @@ def test_client_does_not_import_the_server() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_the_proto_names_the_real_value_limit_flag() -> None:
+    """fenced_store.proto said `--max-value-bytes`; the flag is `--max-value`."""
+    root = Path(__file__).resolve().parents[2]
+    proto = (root / "protos/lockd/v1/fenced_store.proto").read_text()
+    assert "--max-value-bytes" not in proto and "(--max-value," in proto
+    from click.testing import CliRunner
+
+    from lockd.cli import main
+
+    help_text = CliRunner().invoke(main, ["store", "--help"]).output
+    assert "--max-value " in help_text or "--max-value\n" in help_text, help_text
