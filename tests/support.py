@@ -103,11 +103,14 @@ def redis_server_binary() -> str | None:
 
 
 @contextlib.contextmanager
-def redis_server(directory: Path, *extra: str) -> Iterator[int]:
-    """A real redis-server on a free port with lockd's Lua library loaded; yields the port."""
+def redis_server(
+    directory: Path, *extra: str, port: int | None = None, load_library: bool = True
+) -> Iterator[int]:
+    """A real redis-server on `port` (default: a free one) with lockd's Lua library
+    loaded (unless not `load_library`); yields the port."""
     binary = redis_server_binary()
     assert binary is not None, "redis-server is not installed (make test installs it)"
-    port = free_port()
+    port = free_port() if port is None else port
     cmd = [
         binary,
         "--port",
@@ -130,9 +133,10 @@ def redis_server(directory: Path, *extra: str) -> Iterator[int]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc)
-        r = redis.Redis(port=port)
-        r.function_load(LUA_LIBRARY.read_text(), replace=True)
-        r.close()
+        if load_library:
+            r = redis.Redis(port=port)
+            r.function_load(LUA_LIBRARY.read_text(), replace=True)
+            r.close()
         yield port
     finally:
         proc.terminate()

@@ -467,13 +467,7 @@ class RespNode(Node):
             else:
                 self.mode = Mode.REDIS
                 await self._check_redis(conn)
-                await conn.execute(
-                    b"FUNCTION",
-                    b"LOAD",
-                    b"REPLACE",
-                    lua_library().encode(),
-                    timeout_s=self._control_s,
-                )
+                await self._load_library(conn)
         except UnsafeNodeError as exc:
             if str(exc) != self._unsafe:
                 log.error("%s", exc)
@@ -485,6 +479,33 @@ class RespNode(Node):
     @property
     def _control_s(self) -> float:
         return max(self.timeout_s, 1.0)
+
+    async def _load_library(self, conn: RespConnection | RespClient) -> None:
+        await conn.execute(
+            b"FUNCTION", b"LOAD", b"REPLACE", lua_library().encode(), timeout_s=self._control_s
+        )
+
+    async def _library_error(self) -> str:
+        """For Redis: load lockd's library again if the node lost it (FUNCTION FLUSH, or
+        a restart without its data on the same connection); why it cannot serve lock
+        calls when that fails, else ""."""
+        listed = await self._client.execute(
+            b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", timeout_s=self._control_s
+        )
+        if listed:
+            return ""
+        try:
+            await self._load_library(self._client)
+        except (TransportError, CommandError) as exc:
+            error = f"lockd's Lua library is missing and could not be loaded: {exc}"
+            log.error("node %s: %s", self.address, error)
+            return error
+        log.warning(
+            "node %s had lost lockd's Lua library (FUNCTION FLUSH, or restarted without "
+            "its data): loaded it again",
+            self.address,
+        )
+        return ""
 
     async def _check_redis(self, conn: RespConnection) -> None:
         config = _config(await conn.execute(b"CONFIG", b"GET", b"*", timeout_s=self._control_s))
@@ -611,8 +632,11 @@ class RespNode(Node):
             latency = (time.perf_counter() - start) * 1000
             section = b"lockd" if self.mode is Mode.LOCKD_ENGINE else b"server"
             info = _info(await self._client.execute(b"INFO", section, timeout_s=self._control_s))
+            unusable = "" if self.mode is Mode.LOCKD_ENGINE else await self._library_error()
         except (TransportError, CommandError) as exc:
             return NodeHealth(self.address, self.mode, False, error=str(exc))
+        if unusable:
+            return NodeHealth(self.address, self.mode, False, error=unusable)
         self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
         if self.mode is Mode.LOCKD_ENGINE:
             left = int(info.get("restart_delay_remaining_ms") or 0)
