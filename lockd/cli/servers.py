@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -14,6 +15,26 @@ import click
 from lockd.cli.params import DURATION, SIZE
 
 __all__ = ["cluster", "engine", "repair", "serve", "store"]
+
+
+def admin_options(call: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """--admin-token-file and --admin-cn of a server whose admin call is `call`."""
+
+    def add(f: Callable[..., None]) -> Callable[..., None]:
+        f = click.option(
+            "--admin-cn",
+            multiple=True,
+            metavar="NAME",
+            help=f"Client certificate CN allowed to call {call} (repeatable; needs "
+            "--tls-client-ca).",
+        )(f)
+        return click.option(
+            "--admin-token-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help=f"File holding the admin token {call} accepts.",
+        )(f)
+
+    return add
 
 
 def check_admin_options(
@@ -293,17 +314,7 @@ def store_reset(
     type=click.Path(exists=True, path_type=Path),
     help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
 )
-@click.option(
-    "--admin-token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="File holding the admin token ForceRelease (`lockd release --force`) accepts.",
-)
-@click.option(
-    "--admin-cn",
-    multiple=True,
-    metavar="NAME",
-    help="Client certificate CN allowed to ForceRelease (repeatable; needs --tls-client-ca).",
-)
+@admin_options("ForceRelease (`lockd release --force`)")
 @click.option(
     "--max-waiters-per-lock",
     default=1024,
@@ -407,17 +418,7 @@ def serve(
     type=click.Path(exists=True, path_type=Path),
     help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
 )
-@click.option(
-    "--admin-token-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="File holding the admin token ResetFence (`lockd store-reset`) accepts.",
-)
-@click.option(
-    "--admin-cn",
-    multiple=True,
-    metavar="NAME",
-    help="Client certificate CN allowed to ResetFence (repeatable; needs --tls-client-ca).",
-)
+@admin_options("ResetFence (`lockd store-reset`)")
 @click.option(
     "--unsafe-no-token-check",
     is_flag=True,
