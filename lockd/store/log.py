@@ -52,11 +52,12 @@ from lockd.durable import (
 from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 
 __all__ = [
+    "Contents",
     "Entry",
     "State",
     "StoreLog",
     "encode_write",
-    "read_writes",
+    "read_log",
     "repair_store_log",
 ]
 
@@ -181,24 +182,40 @@ def _v1_record_after(data: bytes, start: int) -> bool:
     return False
 
 
-def read_writes(path: Path) -> Iterator[Write]:
-    """(resource, key, value, token) of every intact write in a store log, in log order.
+@dataclasses.dataclass
+class Contents:
+    """What a store log holds: its intact writes (with their record sizes) in log order,
+    where they end, why the rest is a torn tail (None if there is no rest), and the chained
+    CRC after the last frame."""
 
-    Read-only (a torn tail or damage just ends the iteration); the Jepsen harness checks
-    the order in which the store accepted tokens with it."""
-    data = path.read_bytes()
+    writes: list[tuple[Write, int]]
+    end: int
+    torn: str | None
+    crc: int = SEED
+    version: int = 2
+
+
+def read_log(path: Path, data: bytes) -> Contents:
+    """The contents of a store log's bytes (`data`, read from `path`). The one rule for
+    what a log holds, shared by the store's replay and the Jepsen token-order check:
+    damage other than a torn tail raises `CorruptFile`; bytes that are not a store log
+    raise `ValueError`."""
     if data.startswith(V1_HEADER):
-        with contextlib.suppress(CorruptFile):
-            yield from _read_v1(path, data)[0]
-        return
+        old, good = _read_v1(path, data)
+        sized = [(w, len(encode_write(*w))) for w in old]
+        return Contents(sized, good, "torn tail" if good < len(data) else None, version=1)
     if not data.startswith(HEADER):
-        raise ValueError(f"{path} is not a lockd store log")
-    for _, payload in FrameReader(data, len(HEADER), SEED):
-        writes = _decode_payload(payload)
-        if writes is None:
-            return
-        for write, _ in writes:
-            yield write
+        raise ValueError(f"{path} is not a lockd store log (or its header is damaged)")
+    reader = FrameReader(data, len(HEADER), SEED)
+    writes: list[tuple[Write, int]] = []
+    for offset, payload in reader:
+        frame = _decode_payload(payload)
+        if frame is None:
+            raise CorruptFile(path, offset, "unreadable records in a frame", repair_hint(path))
+        writes += frame
+    if reader.damage is not None:
+        raise CorruptFile(path, reader.end, reader.damage, repair_hint(path))
+    return Contents(writes, reader.end, reader.torn, reader.crc)
 
 
 class StoreLog:
@@ -271,36 +288,25 @@ class StoreLog:
         if len(data) < len(HEADER) and HEADER.startswith(data):
             self._cut(data, 0, "torn file header")  # crashed while creating the log
             return state, False
-        if data.startswith(V1_HEADER):
-            old, good = _read_v1(self.path, data)
-            for write in old:
-                state.apply(*write, size=len(encode_write(*write)))
-            if good < len(data):
+        try:
+            contents = read_log(self.path, data)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        for write, size in contents.writes:
+            state.apply(*write, size=size)
+        count = len(contents.writes)
+        if contents.version == 1:
+            if contents.torn is not None:
                 log.warning(
                     "store log %s: torn tail of a version 1 log (%d bytes at byte %d) ignored",
                     self.path,
-                    len(data) - good,
-                    good,
+                    len(data) - contents.end,
+                    contents.end,
                 )
             return state, True
-        if not data.startswith(HEADER):
-            raise RuntimeError(f"{self.path} is not a lockd store log (or its header is damaged)")
-        reader = FrameReader(data, len(HEADER), SEED)
-        count = 0
-        for offset, payload in reader:
-            frame = _decode_payload(payload)
-            if frame is None:
-                raise CorruptFile(
-                    self.path, offset, "unreadable records in a frame", repair_hint(self.path)
-                )
-            for write, size in frame:
-                state.apply(*write, size=size)
-            count += len(frame)
-        if reader.damage is not None:
-            raise CorruptFile(self.path, reader.end, reader.damage, repair_hint(self.path))
-        self._crc = reader.crc
-        if reader.torn is not None:
-            self._cut(data, reader.end, f"torn tail ({reader.torn}): kept {count} writes")
+        self._crc = contents.crc
+        if contents.torn is not None:
+            self._cut(data, contents.end, f"torn tail ({contents.torn}): kept {count} writes")
         elif count:
             log.info("store log %s: replayed %d writes", self.path, count)
         return state, False

@@ -17,16 +17,16 @@ makes that part "unknown", as does a missing log.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lockd.durable import CorruptFile
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.wgl import UNKNOWN, Operation, check
 from lockd.jepsen.history import Op
-from lockd.store.log import HEADER, encode_write
+from lockd.store.log import HEADER, read_log
 
 __all__ = [
     "STALE",
@@ -128,113 +128,40 @@ def store_operations(ops: Sequence[Op]) -> list[Operation]:
     return result
 
 
-class _Damaged(Exception):
-    """A record that is not a well-formed write."""
-
-
-def _record(data: bytes, pos: int) -> tuple[tuple[str, str, int], int] | None:
-    """((resource, key, token), end) of the write record at `pos`; None if the data ends
-    inside it; `_Damaged` if it is not a well-formed write with a matching checksum."""
-    args: list[bytes] = []
-    count: int | None = None
-    at = pos
-    while count is None or len(args) < count:
-        end = data.find(b"\r\n", at)
-        if end < 0:
-            return None
-        head = data[at:end]
-        if count is None:
-            if head[:1] != b"*" or not head[1:].isdigit():
-                raise _Damaged(f"expected an array, found {head[:20]!r}")
-            count = int(head[1:])
-            if count != 6:
-                raise _Damaged(f"an array of {count}, not 6 (W resource key value token crc)")
-        else:
-            if head[:1] != b"$" or not head[1:].isdigit():
-                raise _Damaged(f"expected a bulk string, found {head[:20]!r}")
-            size = int(head[1:])
-            if len(data) < end + 2 + size + 2:
-                return None
-            if data[end + 2 + size : end + 4 + size] != b"\r\n":
-                raise _Damaged("a bulk string not ended by CRLF")
-            args.append(data[end + 2 : end + 2 + size])
-            end += size + 2
-        at = end + 2
-    try:
-        token = int(args[4])
-        resource, key = args[1].decode(), args[2].decode()
-    except ValueError:  # UnicodeDecodeError included
-        raise _Damaged("an unreadable resource, key or token") from None
-    if args[0] != b"W" or token <= 0:
-        raise _Damaged("not a write record")
-    if encode_write(resource, key, args[3], token) != data[pos:at]:
-        raise _Damaged("its checksum does not match")
-    return (resource, key, token), at
-
-
-def _whole_record_after(data: bytes, pos: int) -> bool:
-    """Whether a well-formed record starts anywhere after `pos`."""
-    start = data.find(b"*6\r\n", pos + 1)
-    while start >= 0:
-        with contextlib.suppress(_Damaged):
-            if _record(data, start) is not None:
-                return True
-        start = data.find(b"*6\r\n", start + 1)
-    return False
-
-
 def token_order(log_path: Path | None) -> dict[str, Any]:
     """Whether the store's log shows tokens accepted in non-decreasing order per resource.
 
-    Unknown without a log, or when a damaged record has whole records after it (the log
-    is corrupt, not torn: what follows cannot be trusted, nor skipped); an incomplete or
-    damaged last record is a torn tail, and ends the scan."""
+    Unknown without a log, or when it is damaged other than by a torn tail (the store's
+    own rule, `lockd.store.log.read_log`: what follows damage cannot be trusted, nor
+    skipped); a torn tail ends the scan, as it ends the store's replay."""
     if log_path is None or not log_path.is_file():
         where = "" if log_path is None else f" at {log_path}"
         return {"valid": "unknown", "reason": f"no store log{where}: token order not checked"}
     data = log_path.read_bytes()
-    if not data.startswith(HEADER):
-        if HEADER.startswith(data):  # torn while the header was written: no records
-            return {"valid": True, "records": 0, "decreases": 0, "examples": []}
-        return {"valid": "unknown", "reason": f"{log_path} is not a lockd store log"}
+    if len(data) < len(HEADER) and HEADER.startswith(data):  # torn while creating it
+        return {"valid": True, "records": 0, "decreases": 0, "examples": []}
+    try:
+        contents = read_log(log_path, data)
+    except ValueError as exc:
+        return {"valid": "unknown", "reason": str(exc)}
+    except CorruptFile as exc:
+        return {"valid": "unknown", "reason": f"{exc}: the log is corrupt, not torn"}
     top: dict[str, int] = {}
     decreases: list[dict[str, Any]] = []
-    records = 0
-    pos = len(HEADER)
-    problem: str | None = None
-    torn = 0
-    while pos < len(data):
-        try:
-            found = _record(data, pos)
-            why = "incomplete"
-        except _Damaged as exc:
-            found, why = None, str(exc)
-        if found is None:
-            if _whole_record_after(data, pos):
-                problem = (
-                    f"{log_path}: record {records + 1} (byte {pos}) is damaged ({why}) and "
-                    "whole records follow it: the log is corrupt"
-                )
-            else:
-                torn = len(data) - pos
-            break
-        (resource, key, token), pos = found
-        records += 1
+    for (resource, key, _, token), _ in contents.writes:
         if token < top.get(resource, 0):
             decreases.append(
                 {"resource": resource, "key": key, "token": token, "after": top[resource]}
             )
         top[resource] = max(top.get(resource, 0), token)
-    result: dict[str, Any] = {
-        "valid": False if decreases else "unknown" if problem else True,
+    records = len(contents.writes)
+    return {
+        "valid": not decreases,
         "records": records,
-        "torn_tail_bytes": torn,
+        "torn_tail_bytes": len(data) - contents.end,
         "decreases": len(decreases),
         "examples": decreases[:10],
     }
-    if problem is not None:
-        result["reason"] = problem
-    return result
 
 
 def _lost_updates(ops: Sequence[Op]) -> dict[str, Any]:
