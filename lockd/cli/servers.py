@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from lockd.cli.params import DURATION, SIZE
+from lockd.cli.params import DURATION, SIZE, server_tls_options
 
 __all__ = ["cluster", "engine", "repair", "serve", "store"]
 
@@ -63,19 +63,7 @@ __all__ = ["cluster", "engine", "repair", "serve", "store"]
     help="File holding the password clients must AUTH with (Redis's requirepass); "
     "LOCKD_ENGINE_PASSWORD gives it too. Without either, no authentication.",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve RESP over TLS (gateways use rediss:// URLs).",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("RESP")
 @click.option(
     "--max-client-input",
     default="128mb",
@@ -213,19 +201,7 @@ def engine(
     metavar="HOST:PORT",
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off when empty).",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve gRPC over TLS.",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("gRPC")
 @click.option(
     "--admin-token-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -312,19 +288,7 @@ def serve(
     help="Data directory (an append-only log, fsynced before each answer).",
 )
 @click.option("--max-value", default="1mb", type=SIZE, help="Largest value accepted.")
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve gRPC over TLS.",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("gRPC")
 @click.option(
     "--unsafe-no-token-check",
     is_flag=True,
