@@ -20,6 +20,7 @@ from lockd.jepsen.checkers.store import check_store, token_order
 from lockd.jepsen.history import Event, HistoryError, load, pair
 from lockd.jepsen.run import check_file, check_history
 from lockd.store.fenced import FencedStore
+from lockd.store.log import HEADER
 from tests.client.helpers import CLEAN_ENV
 from tests.jepsen.helpers import MS, H, write_store_log
 
@@ -317,15 +318,19 @@ async def _log(directory: Path, tokens: list[int]) -> Path:
 
 
 async def test_a_corrupt_record_mid_log_is_unknown_naming_it(tmp_path: Path) -> None:
-    """Record 2 of 3 is damaged and record 3 (a decrease) is whole: the scan used to stop
-    at record 2 and say "valid"."""
+    """Write 2 of 3 is damaged and write 3 (a decrease) is whole: the scan used to stop
+    at write 2 and say "valid". Unknown, naming the file and the damaged frame's offset
+    (each write was appended, and so framed, alone)."""
     path = await _log(tmp_path, [5, 6, 3])
     data = bytearray(path.read_bytes())
-    data[data.index(b"value-1")] ^= 0x20  # the checksum no longer matches
+    at = data.index(b"value-1")
+    data[at] ^= 0x20  # the frame's checksum no longer matches
     path.write_bytes(bytes(data))
     order = token_order(path)
     assert order["valid"] == "unknown", order
-    assert "record 2" in order["reason"] and order["records"] == 1
+    frame = data.rindex(b"*", 0, data.rindex(b"W", 0, at))  # the damaged write's record
+    offset = int(order["reason"].split("at byte ")[1].split(";")[0])
+    assert str(path) in order["reason"] and len(HEADER) < offset <= frame, order
 
 
 async def test_a_torn_last_record_is_tolerated(tmp_path: Path) -> None:
