@@ -64,6 +64,14 @@ def jepsen() -> None:
     "--check-time-limit", default="60s", type=DURATION, help="Linearizability search limit."
 )
 @click.option("--test-name", default=None, help="Name of the test directory [from the flags].")
+@click.option(
+    "--engine",
+    default="lockd",
+    type=click.Choice(["lockd", "redis"]),
+    show_default=True,
+    help="Nodes: `lockd engine` processes, or real redis-servers (redis-server on PATH; "
+    "nemeses that do not apply are skipped, with the reason in run.json).",
+)
 def jepsen_run(
     nodes: int,
     gateways: int,
@@ -82,6 +90,7 @@ def jepsen_run(
     unsafe_unfenced_read: bool,
     check_time_limit: int,
     test_name: str | None,
+    engine: str,
 ) -> None:
     """Run lockd as real processes under faults and check what the clients saw.
 
@@ -117,6 +126,7 @@ def jepsen_run(
         test_name=test_name,
         check_time_limit_s=check_time_limit / 1000,
         command="lockd " + " ".join(sys.argv[1:]),
+        engine=engine,
     )
     click.echo(f"lockd jepsen: {config.name}, seed {config.seed}", err=True)
     try:
