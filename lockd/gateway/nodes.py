@@ -727,7 +727,8 @@ class RespNode(Node):
     async def info(self) -> NodeHealth:
         await self._client.try_now(self.timeout_s)
         if not self._client.connected:
-            error = self._unsafe or self._client.last_error or "not connected yet"
+            error = f"not usable: {self._unsafe}" if self._unsafe else ""
+            error = error or self._client.last_error or "not connected yet"
             return NodeHealth(self.address, self.mode, False, error=error)
         try:
             start = time.perf_counter()
