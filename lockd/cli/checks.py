@@ -107,6 +107,12 @@ def jepsen_run(
         raise click.BadParameter(str(exc), param_hint="--nemesis") from None
     if ttl > max_ttl:
         raise click.BadParameter("--ttl must not exceed --max-ttl")
+    if engine == "redis" and unsafe_wall_clock:
+        raise click.BadParameter(
+            "--unsafe-wall-clock is a `lockd engine` flag; Redis always measures TTLs on "
+            "its wall clock",
+            param_hint="--engine",
+        )
     config = RunConfig(
         out=out,
         seed=seed if seed is not None else secrets.randbelow(2**31),
