@@ -576,7 +576,10 @@ class RespNode(Node):
                 continue
             try:
                 await self._check_redis(conn)
-                if await self._load_library(conn):
+                listed = await conn.execute(
+                    b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", timeout_s=self._control_s
+                )
+                if listed == [] and await self._load_library(conn):
                     log.warning(
                         "node %s lost lockd's library while connected (FUNCTION FLUSH or "
                         "DELETE?): loaded it again",
