@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from lockd.gateway.nodes import redis_settings_args
+
 REPO = Path(__file__).resolve().parent.parent
 LUA_LIBRARY = REPO / "lockd" / "engine" / "lua" / "lockd.lua"
 
@@ -102,44 +104,66 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+class RedisProcess:
+    """A real redis-server on a free port with the settings lockd requires (appendonly,
+    appendfsync always, noeviction); restartable on the same port and directory."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        binary = redis_server_binary()
+        assert binary is not None, "redis-server is not installed (make test installs it)"
+        self.directory = directory
+        self.port = free_port()
+        self.cmd = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory),
+            "--save", "", *redis_settings_args(), *extra,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, load_library: bool = True) -> RedisProcess:
+        """Start and wait until it listens; load lockd's Lua library (no restart guard)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+        if load_library:
+            r = self.client()
+            r.function_load(LUA_LIBRARY.read_text(), replace=True)
+            r.close()
+        return self
+
+    def client(self) -> redis.Redis:
+        """A redis-py client for this server."""
+        return redis.Redis(port=self.port, socket_timeout=10)
+
+    def kill(self, wipe: bool = False) -> None:
+        """SIGKILL; with `wipe`, its data directory is emptied too (a node that lost it)."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if wipe:
+            shutil.rmtree(self.directory)
+
+    def close(self) -> None:
+        """Stop it if still running."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 @contextlib.contextmanager
 def redis_server(directory: Path, *extra: str) -> Iterator[int]:
     """A real redis-server on a free port with lockd's Lua library loaded; yields the port."""
-    binary = redis_server_binary()
-    assert binary is not None, "redis-server is not installed (make test installs it)"
-    port = free_port()
-    cmd = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--maxmemory-policy",
-        "noeviction",
-        *extra,
-    ]
-    directory.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = RedisProcess(directory, *extra)
     try:
-        wait_for_port(port, proc)
-        r = redis.Redis(port=port)
-        r.function_load(LUA_LIBRARY.read_text(), replace=True)
-        r.close()
-        yield port
+        yield server.start().port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        server.close()

@@ -64,6 +64,14 @@ def jepsen() -> None:
     "--check-time-limit", default="60s", type=DURATION, help="Linearizability search limit."
 )
 @click.option("--test-name", default=None, help="Name of the test directory [from the flags].")
+@click.option(
+    "--engine",
+    default="lockd",
+    type=click.Choice(["lockd", "redis"]),
+    show_default=True,
+    help="Nodes: `lockd engine` processes, or real redis-servers (redis-server on PATH; "
+    "nemeses that do not apply are skipped, with the reason in run.json).",
+)
 def jepsen_run(
     nodes: int,
     gateways: int,
@@ -82,6 +90,7 @@ def jepsen_run(
     unsafe_unfenced_read: bool,
     check_time_limit: int,
     test_name: str | None,
+    engine: str,
 ) -> None:
     """Run lockd as real processes under faults and check what the clients saw.
 
@@ -98,6 +107,12 @@ def jepsen_run(
         raise click.BadParameter(str(exc), param_hint="--nemesis") from None
     if ttl > max_ttl:
         raise click.BadParameter("--ttl must not exceed --max-ttl")
+    if engine == "redis" and unsafe_wall_clock:
+        raise click.BadParameter(
+            "--unsafe-wall-clock is a `lockd engine` flag; Redis always measures TTLs on "
+            "its wall clock",
+            param_hint="--engine",
+        )
     config = RunConfig(
         out=out,
         seed=seed if seed is not None else secrets.randbelow(2**31),
@@ -117,6 +132,7 @@ def jepsen_run(
         test_name=test_name,
         check_time_limit_s=check_time_limit / 1000,
         command="lockd " + " ".join(sys.argv[1:]),
+        engine=engine,
     )
     click.echo(f"lockd jepsen: {config.name}, seed {config.seed}", err=True)
     try:

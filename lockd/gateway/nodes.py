@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import re
 import ssl
 import time
@@ -61,12 +62,16 @@ __all__ = [
     "RawReply",
     "RespNode",
     "UnsafeNodeError",
+    "UnusableNodeError",
     "lua_library",
+    "redis_settings_args",
 ]
 
 log = logging.getLogger("lockd.gateway")
 
 _RESTART = re.compile(r"RESTARTDELAY (\d+) ms")
+_LUA_DELAY = re.compile(r"^local RESTART_DELAY_MS = (\d+)$", re.MULTILINE)
+_LUA_NAME = b"#!lua name=lockd"
 ReleaseListener = Callable[[bytes], None]
 ReplyListener = Callable[[NodeReply], None]
 
@@ -104,6 +109,10 @@ class UnsafeNodeError(Exception):
     """A node's settings would break lockd's guarantees; the message names the setting."""
 
 
+class UnusableNodeError(Exception):
+    """A node answers but cannot serve lock calls (lockd's Lua library cannot be loaded)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeHealth:
     """A node's health as last measured."""
@@ -126,9 +135,40 @@ class LockView:
     counter: int
 
 
-def lua_library() -> str:
-    """lockd's Lua function library for real Redis / Valkey."""
-    return resources.files("lockd.engine").joinpath("lua/lockd.lua").read_text()
+REDIS_SETTINGS = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+"""The real-Redis settings lockd requires (checked on every connect and while running)."""
+
+
+def redis_settings_args() -> list[str]:
+    """`REDIS_SETTINGS` as redis-server command-line flags."""
+    return [arg for name, value in REDIS_SETTINGS.items() for arg in (f"--{name}", value)]
+
+
+def lua_library(restart_delay_ms: int = 0) -> str:
+    """lockd's Lua function library for real Redis / Valkey. With `restart_delay_ms`,
+    its `lockd_acquire` refuses (RESTARTDELAY) until the server process has been up that
+    long; 0 leaves the guard off (a library loaded by hand)."""
+    text = resources.files("lockd.engine").joinpath("lua/lockd.lua").read_text()
+    out, count = _LUA_DELAY.subn(f"local RESTART_DELAY_MS = {restart_delay_ms}", text)
+    if count != 1:
+        raise RuntimeError("lockd.lua must set RESTART_DELAY_MS exactly once")
+    return out
+
+
+def _loaded_library(reply: RespReply) -> bytes | None:
+    """lockd's library code in a `FUNCTION LIST ... WITHCODE` reply, or None."""
+    if isinstance(reply, bytes):
+        return reply if reply.startswith(_LUA_NAME) else None
+    items: list[RespReply] = []
+    if isinstance(reply, dict):
+        items = [*reply.keys(), *reply.values()]
+    elif isinstance(reply, list):
+        items = reply
+    for item in items:
+        found = _loaded_library(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _failure(exc: BaseException) -> NodeFailure:
@@ -366,10 +406,15 @@ class RespNode(Node):
     Calls go through one pipelined connection (`RespClient`); release notifications
     through a second one, subscribed to `lockd:released`. Every (re)connect checks the
     node before any call uses it: a node with unsafe settings is refused, Redis gets
-    lockd's Lua library, and its run id is noted. For real Redis the gateway enforces
-    the delayed restart itself: a node whose run id changed, or whose uptime is below
-    max-TTL + drift, is treated as restarting. `username`, `password` and `ssl_context`
-    apply to both connections (`rediss://` without a context uses the system's CAs).
+    lockd's Lua library (with the restart guard: `lua_library`), and its run id is
+    noted. While connected, a Redis node's settings and library are checked again every
+    `check_interval_s` (and at once when a call found the library missing): a node that
+    drifted into an unsafe setting is dropped and stays unusable, the reason logged once
+    and shown by `info()`, until a reconnect finds it safe again. The gateway also
+    enforces the delayed restart itself: a node whose run id changed, or whose uptime is
+    below max-TTL + drift, is treated as restarting. `username`, `password` and
+    `ssl_context` apply to both connections (`rediss://` without a context uses the
+    system's CAs).
     """
 
     def __init__(
@@ -382,6 +427,7 @@ class RespNode(Node):
         password: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         resp3: bool = False,
+        check_interval_s: float = 1.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
@@ -407,7 +453,10 @@ class RespNode(Node):
         self._run_id = ""
         self._restart_until = 0.0  # time.monotonic() before which acquisitions are refused
         self._restart_reason = ""
-        self._unsafe = ""
+        self._unsafe = ""  # why the node cannot be used now ("" when it can)
+        self.check_interval_s = check_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._recheck = asyncio.Event()
 
     def _new_client(
         self,
@@ -438,6 +487,7 @@ class RespNode(Node):
         )
         if isinstance(results[0], UnsafeNodeError):
             raise results[0]
+        self._watcher = asyncio.create_task(self._watch(), name=f"lockd check {self.address}")
         if isinstance(results[0], BaseException):
             # A minority of nodes may be down: this one is checked when it first answers.
             log.warning(
@@ -448,6 +498,7 @@ class RespNode(Node):
 
     async def _check(self, conn: RespConnection) -> None:
         """Refuse an unsafe node, load the Lua library into Redis, note the run id."""
+        loaded = False
         try:
             info = _info(await conn.execute(b"INFO", b"server", timeout_s=self._control_s))
             if "lockd_version" in info:
@@ -467,27 +518,86 @@ class RespNode(Node):
             else:
                 self.mode = Mode.REDIS
                 await self._check_redis(conn)
-                await conn.execute(
-                    b"FUNCTION",
-                    b"LOAD",
-                    b"REPLACE",
-                    lua_library().encode(),
-                    timeout_s=self._control_s,
-                )
-        except UnsafeNodeError as exc:
-            if str(exc) != self._unsafe:
-                log.error("%s", exc)
-            self._unsafe = str(exc)
+                loaded = await self._load_library(conn)
+        except (UnsafeNodeError, UnusableNodeError) as exc:
+            self._unusable(str(exc))
             raise
-        self._unsafe = ""
         self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
+        if loaded:
+            log.info("node %s had no lockd library (new, or restarted empty): loaded", self.address)
+        if self._unsafe:
+            log.warning("node %s is usable again", self.address)
+            self._unsafe = ""
+
+    def _unusable(self, reason: str) -> None:
+        """Note why the node cannot be used; log it when that changed."""
+        if reason != self._unsafe:
+            log.error("node %s is not usable: %s", self.address, reason)
+        self._unsafe = reason
+
+    async def _load_library(self, conn: RespConnection) -> bool:
+        """Load lockd's library with this gateway's restart delay (or a larger one some
+        other gateway loaded) unless that exact code is loaded; True if none was."""
+        delay = restart_delay_ms(self.max_ttl_ms)
+        try:
+            listed = await conn.execute(
+                b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", b"WITHCODE",
+                timeout_s=self._control_s,
+            )  # fmt: skip
+            current = _loaded_library(listed)
+            if current is not None:
+                found = _LUA_DELAY.search(current.decode("utf-8", "replace"))
+                delay = max(delay, int(found.group(1)) if found else 0)
+            code = lua_library(delay).encode()
+            if current != code:
+                await conn.execute(
+                    b"FUNCTION", b"LOAD", b"REPLACE", code, timeout_s=self._control_s
+                )
+        except CommandError as exc:
+            raise UnusableNodeError(
+                f"{self.address}: cannot load lockd's Lua library ({exc}), so it cannot "
+                "serve lock calls; it needs Redis 7+ / Valkey and a user allowed FUNCTION "
+                "and FCALL"
+            ) from exc
+        return current is None
+
+    async def _watch(self) -> None:
+        """Check a connected Redis node's settings and library again every check
+        interval, or at once when a call found the library missing. A node that drifted
+        into an unsafe setting is dropped: while the reconnect check refuses it, calls
+        fail at once and it counts towards no quorum."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.check_interval_s):
+                    await self._recheck.wait()
+            self._recheck.clear()
+            conn = self._client.connection
+            if conn is None or self.mode is not Mode.REDIS:
+                continue
+            try:
+                await self._check_redis(conn)
+                listed = await conn.execute(
+                    b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", timeout_s=self._control_s
+                )
+                if listed == [] and await self._load_library(conn):
+                    log.warning(
+                        "node %s lost lockd's library while connected (FUNCTION FLUSH or "
+                        "DELETE?): loaded it again",
+                        self.address,
+                    )
+            except (UnsafeNodeError, UnusableNodeError) as exc:
+                self._unusable(str(exc))
+                conn.abort(str(exc))
+            except (TransportError, CommandError):
+                continue  # a node that went away: the connection's own timeouts see to it
 
     @property
     def _control_s(self) -> float:
         return max(self.timeout_s, 1.0)
 
     async def _check_redis(self, conn: RespConnection) -> None:
-        config = _config(await conn.execute(b"CONFIG", b"GET", b"*", timeout_s=self._control_s))
+        names = [name.encode() for name in REDIS_SETTINGS]
+        config = _config(await conn.execute(b"CONFIG", b"GET", *names, timeout_s=self._control_s))
         policy = config.get("maxmemory-policy", "")
         if policy != "noeviction":
             raise UnsafeNodeError(
@@ -506,12 +616,13 @@ class RespNode(Node):
         if self.mode is not Mode.REDIS:
             self._run_id = run_id
             return
-        delay_s = restart_delay_ms(self.max_ttl_ms) / 1000
+        # Whole seconds, as the library's guard counts uptime (rounded down).
+        delay_s = math.ceil(restart_delay_ms(self.max_ttl_ms) / 1000)
         if self._run_id and run_id != self._run_id:
             self._restart_until = time.monotonic() + delay_s
             self._restart_reason = "run id changed (restarted)"
             log.warning(
-                "node %s restarted; refusing acquisitions on it for %.1f s", self.address, delay_s
+                "node %s restarted; refusing acquisitions on it for %d s", self.address, delay_s
             )
         elif not self._run_id and uptime_s < delay_s:
             self._restart_until = time.monotonic() + delay_s - uptime_s
@@ -522,12 +633,18 @@ class RespNode(Node):
         return max(0, int((self._restart_until - time.monotonic()) * 1000))
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         closing = [self._client.close(drain_s=self.timeout_s)]
         if self._events is not None:
             closing.append(self._events.close())
         await asyncio.gather(*closing)
 
     def send(self, call: Call, timeout_s: float, done: ReplyListener) -> Request | None:
+        if self.mode is Mode.REDIS:
+            done = self._watching(done)
         if isinstance(call, AcquireCall):
             left = self._restart_left_ms()
             if left:
@@ -566,6 +683,16 @@ class RespNode(Node):
 
         return self._client.send(data, flagged, URGENT, timeout_s)
 
+    def _watching(self, done: ReplyListener) -> ReplyListener:
+        """`done`, after asking for a check at once if the node lost lockd's library."""
+
+        def checked(reply: NodeReply) -> None:
+            if isinstance(reply, NodeFailure) and "function not found" in reply.message.lower():
+                self._recheck.set()
+            done(reply)
+
+        return checked
+
     async def call(self, call: Call) -> NodeReply:
         future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
 
@@ -603,7 +730,8 @@ class RespNode(Node):
     async def info(self) -> NodeHealth:
         await self._client.try_now(self.timeout_s)
         if not self._client.connected:
-            error = self._unsafe or self._client.last_error or "not connected yet"
+            error = f"not usable: {self._unsafe}" if self._unsafe else ""
+            error = error or self._client.last_error or "not connected yet"
             return NodeHealth(self.address, self.mode, False, error=error)
         try:
             start = time.perf_counter()

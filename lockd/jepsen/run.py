@@ -30,7 +30,7 @@ from lockd.jepsen.checkers.mutex import check_mutex
 from lockd.jepsen.checkers.store import check_store
 from lockd.jepsen.checkers.tokens import check_tokens
 from lockd.jepsen.client import COUNTER
-from lockd.jepsen.cluster import Cluster, ClusterConfig
+from lockd.jepsen.cluster import Cluster, ClusterConfig, build_clock_shim
 from lockd.jepsen.generator import clock_offsets, schedule
 from lockd.jepsen.history import NEMESIS, Event, HistoryError, HistoryWriter, load, pair, validate
 from lockd.jepsen.nemesis import Nemesis
@@ -64,6 +64,8 @@ class RunConfig:
     check_time_limit_s: float = 60.0
     check_memory_mb: int = 1024
     command: str = ""
+    engine: str = "lockd"
+    """The nodes: `lockd` (`lockd engine` processes) or `redis` (real redis-servers)."""
 
     @property
     def name(self) -> str:
@@ -71,6 +73,8 @@ class RunConfig:
         if self.test_name:
             return self.test_name
         parts = ["fenced-counter"]
+        if self.engine != "lockd":
+            parts.append(self.engine)
         parts += [
             flag
             for flag, on in (
@@ -123,7 +127,32 @@ async def _final_reads(cluster: Cluster, keys: Sequence[str], record: Any) -> No
             record(Event("ok", "final", "read", time.monotonic_ns(), key, value))
 
 
-async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+REDIS_SKIPS = {
+    "disk": "Redis has no disk fault injection (lockd engine's LOCKD.DISK); not run",
+}
+"""Nemeses that do not apply to real Redis nodes, and why."""
+
+
+def _applicable(config: RunConfig) -> tuple[RunConfig, Path | None, dict[str, str]]:
+    """The configuration with the nemeses that apply to its engine, the clock shim to
+    preload (real Redis with the clock nemesis), and why each left-out nemesis was."""
+    if config.engine != "redis":
+        return config, None, {}
+    skipped = {k: why for k, why in REDIS_SKIPS.items() if k in config.nemeses}
+    shim = None
+    if "clock" in config.nemeses:
+        shim, why = build_clock_shim(config.out / ".clockshim")
+        if shim is None:
+            skipped["clock"] = f"{why}; clock faults on Redis need it, so not run"
+    for kind, why in skipped.items():
+        log.warning("nemesis %s skipped on real Redis: %s", kind, why)
+    nemeses = tuple(k for k in config.nemeses if k not in skipped)
+    return dataclasses.replace(config, nemeses=nemeses), shim, skipped
+
+
+async def _execute(
+    config: RunConfig, directory: Path, history: HistoryWriter, shim: Path | None
+) -> None:
     """Start everything, run the schedule and the healed phase, stop everything."""
     cluster = Cluster(
         ClusterConfig(
@@ -137,6 +166,8 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
             power_loss="power-loss" in config.nemeses,
             disk_faults="disk" in config.nemeses,
             seed=config.seed,
+            engine=config.engine,
+            clock_shim=shim,
         )
     )
 
@@ -154,7 +185,12 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
         ttl_s=config.ttl_s,
     )
     try:
-        log.info("starting %d engines, %d gateways, the store", config.nodes, config.gateways)
+        log.info(
+            "starting %d %s nodes, %d gateways, the store",
+            config.nodes,
+            "redis-server" if config.engine == "redis" else "engine",
+            config.gateways,
+        )
         await cluster.start()
         if "clock" in config.nemeses:
             await nemesis.scramble(clock_offsets(config.seed, config.nodes))
@@ -266,7 +302,9 @@ def check_history(
         memory_limit_bytes=int(settings["check_memory_mb"]) << 20,
     )
     results["tokens"] = check_tokens(ops)
-    results["mutex"] = check_mutex(ops, nemesis, end)
+    results["mutex"] = check_mutex(
+        ops, nemesis, end, wall_clock_ttls=config.get("engine", "lockd") == "redis"
+    )
     results["availability"] = check_availability(
         ops,
         nemesis,
@@ -312,19 +350,22 @@ def _link_latest(test_dir: Path, run_dir: Path) -> None:
     tmp.replace(latest)
 
 
-async def _main(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+async def _main(
+    config: RunConfig, directory: Path, history: HistoryWriter, shim: Path | None
+) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        await _execute(config, directory, history)
+        await _execute(config, directory, history, shim)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Run one test; returns its directory and results (also written there)."""
+    config, shim, skipped = _applicable(config)
     test_dir = config.out / config.name
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")[:-3]
     directory = test_dir / stamp
@@ -332,6 +373,7 @@ def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     _link_latest(test_dir, directory)
     meta = {
         **config.describe(),
+        "skipped_nemeses": skipped,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "t0": time.monotonic_ns(),
         "command": config.command or shlex.join(sys.argv),
@@ -339,7 +381,7 @@ def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     (directory / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     history = HistoryWriter(directory / "history.jsonl", meta)
     try:
-        asyncio.run(_main(config, directory, history))
+        asyncio.run(_main(config, directory, history, shim))
     except asyncio.CancelledError:  # SIGTERM: everything is stopped by now
         raise KeyboardInterrupt from None
     finally:

@@ -397,3 +397,27 @@ def test_a_line_that_is_not_an_event_is_unknown_through_the_cli(tmp_path: Path) 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"malformed history: {history}:1: not a line of JSON" in result.stdout
+
+
+def test_on_real_redis_a_lease_overlap_across_a_clock_step_is_counted_apart() -> None:
+    """Redis expires keys on its wall clock: an overlap with a clock fault between the two
+    grants is expected there (counted, not a violation); any other overlap still fails,
+    and on the lockd engine every overlap does."""
+    stepped = overlapping_leases(True)
+    stepped.nemesis("start", 50, fault="clock", id=0).nemesis("stop", 150, fault="clock", id=0)
+    nemesis = [e for e in stepped.events if e.is_nemesis]
+    ops = pair([e for e in stepped.events if not e.is_nemesis])
+    redis = check_mutex(ops, nemesis, 1000 * MS, wall_clock_ttls=True)
+    assert redis["valid"] is True and redis["lease_violations"] == 0
+    assert redis["lease_overlaps_under_clock_steps"] == 1 and "wall clock" in redis["note"]
+    engine = check_mutex(ops, nemesis, 1000 * MS)
+    assert engine["valid"] is False and engine["lease_violations"] == 1
+    assert "lease_overlaps_under_clock_steps" not in engine
+
+    late = overlapping_leases(True)  # the clock fault came after the second grant
+    late.nemesis("start", 300, fault="clock", id=0).nemesis("stop", 350, fault="clock", id=0)
+    nemesis = [e for e in late.events if e.is_nemesis]
+    ops = pair([e for e in late.events if not e.is_nemesis])
+    redis = check_mutex(ops, nemesis, 1000 * MS, wall_clock_ttls=True)
+    assert redis["valid"] is False and redis["lease_violations"] == 1
+    assert redis["lease_overlaps_under_clock_steps"] == 0

@@ -19,6 +19,36 @@
 
 local MAX_TOKEN = 9007199254740991
 
+-- The restart guard. A gateway loads this library with its restart delay (max-TTL +
+-- drift) written here; until the redis-server process has been up that long,
+-- lockd_acquire refuses as the engine does during its delay, whatever any gateway has
+-- noticed. The library is part of the dataset (RDB/AOF), so a node restarted empty has
+-- none until a gateway loads it again, and then the guard counts from the process's
+-- start, not from the load. 0 (a library loaded by hand) means no guard.
+local RESTART_DELAY_MS = 0
+local up_long_enough = false  -- once true, stays true until the library is loaded again
+
+-- nil when the node may grant; else the RESTARTDELAY error reply.
+local function restart_refusal()
+  if up_long_enough or RESTART_DELAY_MS == 0 then return nil end
+  local info = redis.call('INFO', 'server')
+  local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  if not up then
+    return redis.error_reply('RESTARTDELAY ' .. RESTART_DELAY_MS ..
+      ' ms left: cannot read the node\'s uptime')
+  end
+  -- Whole seconds, rounded down: the process has been up at least this long. So it
+  -- grants from `need` whole seconds of uptime, at most `need - up` seconds from now.
+  local need = math.ceil(RESTART_DELAY_MS / 1000)
+  if up >= need then
+    up_long_enough = true
+    return nil
+  end
+  return redis.error_reply(string.format(
+    'RESTARTDELAY %d ms left: this node has been up for only %d s (restart delay %d ms)',
+    (need - up) * 1000, up, RESTART_DELAY_MS))
+end
+
 -- A strictly positive decimal integer without sign, spaces or leading zeros (as a double:
 -- exact only up to MAX_TOKEN; pass the validated string on to commands, never the number).
 local function positive(s)
@@ -91,6 +121,8 @@ local function acquire(keys, args)
   if args[3] and not meta then
     return redis.error_reply("ERR lockd_acquire: an owner record needs a lock key 'lock:...'")
   end
+  local refused = restart_refusal()
+  if refused then return refused end
   local n, err = counter(keys[2])
   if not n then return err end
   local current = redis.call('GET', keys[1])
