@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import threading
 from collections.abc import Sequence
 
 from lockd.engine.engine import Engine
-from lockd.engine.persistence import attempt
+from lockd.engine.persistence import FsyncJob, attempt
 
 __all__ = ["GroupCommit"]
 
@@ -68,8 +70,9 @@ class GroupCommit:
         """A future of, per engine (in `engines` order), whether every write made on it
         before this call that needs an fsync is durable (a read may have seen another
         caller's write whose batch is still in flight, as it may between any write and
-        its fsync; lock safety does not rest on reads of that kind). The batch starts at the end of this loop turn (so
-        requests served in the same turn join it) or when the batch in flight ends."""
+        its fsync; lock safety does not rest on reads of that kind). The batch starts at
+        the end of this loop turn (so requests served in the same turn join it) or when
+        the batch in flight ends."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[bool, ...]] = loop.create_future()
         self.waits += 1
@@ -119,14 +122,41 @@ class GroupCommit:
         jobs = [(i, step) for i, step in enumerate(steps) if not isinstance(step, bool)]
         if jobs:
             self.fsync_jobs += len(jobs)
-            loop = asyncio.get_running_loop()
-            pool = _pool()
-            errors = await asyncio.gather(
-                *(loop.run_in_executor(pool, attempt, job) for _, job in jobs)
-            )
+            errors = await _in_parallel([job for _, job in jobs])
             for (i, _), error in zip(jobs, errors, strict=True):
                 steps[i] = self.engines[i].commit_synced(error)
         return tuple(
             step is True and engine.disk_error is None
             for step, engine in zip(steps, self.engines, strict=True)
         )
+
+
+def _in_parallel(jobs: list[FsyncJob]) -> asyncio.Future[list[OSError | None]]:
+    """Run `jobs` on the fsync threads at once; a future of what each raised. The last
+    job to finish wakes the event loop, once for the whole batch."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[list[OSError | None]] = loop.create_future()
+    errors: list[OSError | None] = [None] * len(jobs)
+    left = [len(jobs)]
+    lock = threading.Lock()
+
+    def run(i: int, job: FsyncJob) -> None:
+        try:
+            errors[i] = attempt(job)
+        except BaseException as exc:  # never leave the batch waiting
+            errors[i] = OSError(errno.EIO, f"fsync job failed: {exc!r}")
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            loop.call_soon_threadsafe(_resolve, future, errors)
+
+    pool = _pool()
+    for i, job in enumerate(jobs):
+        pool.submit(run, i, job)
+    return future
+
+
+def _resolve(future: asyncio.Future[list[OSError | None]], errors: list[OSError | None]) -> None:
+    if not future.done():
+        future.set_result(errors)

@@ -49,6 +49,7 @@ from lockd.durable import (
     Salvage,
     encode_frame,
     errno_name,
+    fdatasync,
     file_header,
     fsync,
     fsync_dir,
@@ -570,7 +571,7 @@ class AppendOnlyFile:
 
     def _fsync_job(self) -> FsyncJob:
         self._jobs.append(self._written)
-        return functools.partial(fsync, self._fd, self.faults)
+        return functools.partial(fdatasync, self._fd, self.faults)
 
     def _write_kept(self) -> bool | FsyncJob:
         """Write the kept frames; the fsync job, or False (error state) on failure."""
