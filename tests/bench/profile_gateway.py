@@ -52,7 +52,7 @@ _MAIN_THREAD = "_run_module_as_main"
 def summarise(raw: Path, main_only: bool = False) -> list[tuple[str, float]]:
     """(label, percent of samples) rows from py-spy's raw (collapsed) output; with
     `main_only`, of the event-loop (main) thread's samples, idle ones included, plus the
-    fsync threads' share of main and fsync samples."""
+    fsync threads' samples in fsync per loop sample (the mean number of fsyncs running)."""
     leaf: collections.Counter[str] = collections.Counter()
     under: collections.Counter[str] = collections.Counter()
     total = pool = 0
@@ -61,8 +61,8 @@ def summarise(raw: Path, main_only: bool = False) -> list[tuple[str, float]]:
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        if _POOL_THREAD in stack:
-            pool += count  # the fsync threads, not the event loop
+        if _POOL_THREAD in stack:  # the fsync threads, not the event loop
+            pool += count if "fsync (" in stack or "fdatasync (" in stack else 0
             continue
         if main_only and not stack.startswith(_MAIN_THREAD):
             continue  # grpc's own threads, idle
@@ -94,8 +94,8 @@ def summarise(raw: Path, main_only: bool = False) -> list[tuple[str, float]]:
         return []
     rows = [(f"self: {k}", 100 * v / total) for k, v in leaf.most_common()]
     rows += [(f"under {k}()", 100 * under[k] / total) for k in INCLUSIVE]
-    if pool:
-        rows.append(("fsync threads (share of all samples)", 100 * pool / (pool + total)))
+    if pool:  # 100 % = one fsync in progress all the time, on average
+        rows.append(("fsync threads in fsync, per loop sample", 100 * pool / total))
     return rows
 
 
