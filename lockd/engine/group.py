@@ -88,9 +88,10 @@ class GroupCommit:
         return future
 
     async def drain(self) -> None:
-        """Wait until no batch runs (before closing the engines)."""
+        """Wait until no batch runs (before closing the engines); a batch that failed or
+        was cancelled does not raise here."""
         while self._task is not None:
-            await asyncio.shield(self._task)
+            await asyncio.wait([self._task])
 
     async def _run(self) -> None:
         try:
@@ -100,7 +101,11 @@ class GroupCommit:
                     results = await self._batch()
                 except BaseException as exc:
                     for waiter in waiters:
-                        if not waiter.done():
+                        if waiter.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            waiter.cancel()
+                        else:
                             waiter.set_exception(exc)
                     raise
                 for waiter in waiters:
@@ -122,20 +127,22 @@ class GroupCommit:
         jobs = [(i, step) for i, step in enumerate(steps) if not isinstance(step, bool)]
         if jobs:
             self.fsync_jobs += len(jobs)
-            errors = await _in_parallel([job for _, job in jobs])
-            for (i, _), error in zip(jobs, errors, strict=True):
-                steps[i] = self.engines[i].commit_synced(error)
+            synced = await _in_parallel([(self.engines[i], job) for i, job in jobs])
+            for (i, _), ok in zip(jobs, synced, strict=True):
+                steps[i] = ok
         return tuple(
             step is True and engine.disk_error is None
             for step, engine in zip(steps, self.engines, strict=True)
         )
 
 
-def _in_parallel(jobs: list[FsyncJob]) -> asyncio.Future[list[OSError | None]]:
-    """Run `jobs` on the fsync threads at once; a future of what each raised. The last
-    job to finish wakes the event loop, once for the whole batch."""
+def _in_parallel(jobs: list[tuple[Engine, FsyncJob]]) -> asyncio.Future[list[bool]]:
+    """Run the engines' fsync jobs on the fsync threads at once; a future of each
+    engine's `commit_synced()`. The last job to finish wakes the event loop, once for
+    the whole batch, and the outcomes reach the engines then even if nobody awaits the
+    future any more (a cancelled batch leaves no job unreported)."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[list[OSError | None]] = loop.create_future()
+    future: asyncio.Future[list[bool]] = loop.create_future()
     errors: list[OSError | None] = [None] * len(jobs)
     left = [len(jobs)]
     lock = threading.Lock()
@@ -149,14 +156,14 @@ def _in_parallel(jobs: list[FsyncJob]) -> asyncio.Future[list[OSError | None]]:
             left[0] -= 1
             last = left[0] == 0
         if last:
-            loop.call_soon_threadsafe(_resolve, future, errors)
+            loop.call_soon_threadsafe(report)
+
+    def report() -> None:
+        synced = [engine.commit_synced(e) for (engine, _), e in zip(jobs, errors, strict=True)]
+        if not future.done():
+            future.set_result(synced)
 
     pool = _pool()
-    for i, job in enumerate(jobs):
+    for i, (_, job) in enumerate(jobs):
         pool.submit(run, i, job)
     return future
-
-
-def _resolve(future: asyncio.Future[list[OSError | None]], errors: list[OSError | None]) -> None:
-    if not future.done():
-        future.set_result(errors)
