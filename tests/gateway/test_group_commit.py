@@ -86,6 +86,9 @@ async def test_concurrent_acquires_share_fsyncs(embedded: GatewayConfig) -> None
         # one fsync per node. The fencing round needs no fsync (the reservation covers it).
         assert group.batches - batches == 2
         assert group.fsync_jobs - jobs == 2 * len(nodes)
+        registry = gateway.metrics.registry
+        assert registry.get_sample_value("lockd_fsync_batches") == group.batches
+        assert registry.get_sample_value("lockd_fsync_waits") == group.waits >= ACQUIRES
         for aof, w, f in zip(aofs, writes, fsyncs, strict=True):
             assert aof is not None
             assert aof.durable_appends - w >= ACQUIRES
