@@ -41,6 +41,9 @@ class Driver:
         self._grouped = [
             n if isinstance(n, EmbeddedNode) and n.group is not None else None for n in self.nodes
         ]
+        if self._groups and (len(self._groups) > 1 or len(self._synchronous) < len(self.nodes)):
+            # `_run_grouped` counts no answer before its batch; other paths would.
+            raise ValueError("group-committed engines must be all the nodes, in one group")
         self.synchronous = len(self._synchronous) == len(self.nodes) and not self._groups
         """True when every node answers inline and durably (embedded engines, not under
         `always`): `run_now` works."""
@@ -72,7 +75,7 @@ class Driver:
         known, requests not written yet are cancelled."""
         if self.synchronous:
             return self.run_now(machine)
-        if self._groups and len(self._synchronous) == len(self.nodes):
+        if self._groups:
             return await self._run_grouped(machine)
         run = _Run(self.nodes, machine, asyncio.get_running_loop().create_future())
         run.begin()
@@ -88,7 +91,7 @@ class Driver:
     async def _run_grouped(self, machine: Machine) -> Outcome:
         """Run `machine` on embedded engines that group-commit: a round of inline calls,
         then the batch that makes them durable, then their answers."""
-        (group,) = self._groups  # the gateway builds one group for its engines
+        (group,) = self._groups
         sends = machine.start(time.monotonic_ns())
         while sends:
             answers: list[tuple[int, int, NodeReply]] = []
