@@ -1,19 +1,24 @@
-"""Test helpers: free ports, and real `lockd engine` / `redis-server` processes."""
+"""Test helpers: free ports, real `lockd engine` / `redis-server` processes, and a gate
+that holds an engine's fsyncs."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
+from lockd.durable import DiskFaults
 from lockd.gateway.nodes import redis_settings_args
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,3 +172,38 @@ def redis_server(directory: Path, *extra: str) -> Iterator[int]:
         yield server.start().port
     finally:
         server.close()
+
+
+class FsyncGate:
+    """Holds the fsyncs of an engine's files (its `DiskFaults`) until `open()`: then each
+    held one, and every later one, succeeds or fails with `fail_with`. Built on the disk
+    fault injection (armed, so every sync consults it); other operations pass."""
+
+    def __init__(self, faults: DiskFaults, fail_with: int | None = None) -> None:
+        self.faults = faults
+        self.fail_with = fail_with
+        self.entered = threading.Event()
+        """Set once an fsync is being held."""
+        self.opened = threading.Event()
+        self._real = faults.check
+        faults.check = self._check  # type: ignore[method-assign]
+        faults.errno = fail_with or errno.EIO  # armed: fsyncs come through _check
+
+    def _check(self, operation: str) -> None:
+        if operation != "fsync":
+            return
+        self.entered.set()
+        if not self.opened.wait(30):
+            raise AssertionError("the fsync gate was never opened")
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, f"{os.strerror(self.fail_with)} (injected)")
+
+    def open(self) -> None:
+        """Let the held fsyncs (and later ones) through."""
+        self.opened.set()
+
+    def remove(self) -> None:
+        """Disarm: the disk works again."""
+        self.opened.set()
+        self.faults.check = self._real  # type: ignore[method-assign]
+        self.faults.heal()

@@ -193,7 +193,8 @@ def engine(
     "--appendfsync",
     default="everysec",
     type=click.Choice(["always", "everysec", "no"]),
-    help="fsync policy of the embedded engines.",
+    help="fsync policy of the embedded engines (always: every write fsynced before it is "
+    "answered; concurrent calls share fsyncs, the five engines fsync in parallel).",
 )
 @click.option(
     "--metrics-listen",

@@ -32,6 +32,7 @@ from lockd.engine.persistence import (
     SHUTDOWN_NAME,
     AppendOnlyFile,
     FenceReservation,
+    FsyncJob,
     FsyncPolicy,
     clock_epoch,
     fence_floor_hint,
@@ -338,6 +339,17 @@ class Engine:
         with `misconf()`, not success."""
         return self.aof is None or self.aof.commit()
 
+    def commit_write(self) -> bool | FsyncJob:
+        """The first half of `commit()` (group commit, `lockd.engine.group`): a bool is
+        the commit's result; a job is an fsync to run off the event loop, whose outcome
+        goes to `commit_synced()`."""
+        return True if self.aof is None else self.aof.commit_write()
+
+    def commit_synced(self, error: OSError | None) -> bool:
+        """The second half of `commit()`: the fsync job raised `error` (or nothing)."""
+        assert self.aof is not None
+        return self.aof.commit_synced(error)
+
     @property
     def commit_pending(self) -> bool:
         """True when `commit()` has records to write: worth batching replies first."""
@@ -370,8 +382,9 @@ class Engine:
     @property
     def settle_calls(self) -> bool:
         """Whether the typed lock functions fsync their own writes under `always` before
-        returning (the embedded gateway counts their answers at once). The RESP server
-        turns this off: it commits once per event-loop turn and answers after that."""
+        returning (for hosts that count their answers at once). Hosts that group-commit
+        (the RESP server, the embedded gateway under `always`: `lockd.engine.group`) turn
+        this off and hold every answer until the commit that covers it."""
         return self._settle_now
 
     @settle_calls.setter

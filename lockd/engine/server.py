@@ -1,9 +1,11 @@
 """asyncio RESP2 server in front of one engine (`lockd engine`).
 
 Pipelined commands are answered in order; replies wait for the engine's commit (one
-write, and one fsync under `appendfsync always`, per event-loop turn for all
-connections: group commit). A write whose commit failed is answered with the MISCONF
-error instead of its reply: no +OK for a write that is not durable. A malformed frame
+write per event-loop turn for all connections). Under `appendfsync always` the fsync
+runs in a thread (`lockd.engine.group`) while the loop keeps serving: the replies of
+every command received meanwhile wait for the next batch, whose one fsync covers them
+all (group commit). A write whose commit failed is answered with the MISCONF error
+instead of its reply: no +OK for a write that is not durable. A malformed frame
 gets `-ERR Protocol error: ...` and only that connection is closed. Per-connection
 limits bound memory: query buffer, bulk length, and the output buffer of a subscriber
 that does not read.
@@ -20,6 +22,7 @@ import ssl
 import time
 
 from lockd.engine import Engine, EngineConfig
+from lockd.engine.group import GroupCommit
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
 from lockd.resp.replies import OK, CommandError, Push, Status
 from lockd.serving import is_loopback, run_until_signal
@@ -29,6 +32,8 @@ __all__ = ["RespServer", "ServerLimits"]
 log = logging.getLogger("lockd.resp")
 
 CRON_INTERVAL = 0.1
+Outgoing = tuple["Connection", bytes | list[bytes], list[int] | None]
+"""Replies waiting for a commit: connection, replies, indexes of those that wrote."""
 _SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
 
 
@@ -69,7 +74,7 @@ class RespServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._cron: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[Connection, bytes | list[bytes], list[int] | None]] = []
+        self._outbox: list[Outgoing] = []
         self._flush_scheduled = False
         self.protocol_errors = 0
         self.query_buffered = 0
@@ -78,6 +83,10 @@ class RespServer:
         """Connections closed for the total query-buffer bound."""
         self._last_idle_check = 0.0
         engine.settle_calls = False  # we commit once per loop turn, before replying
+        aof = engine.aof
+        self.group = GroupCommit([engine]) if aof is not None and aof.always else None
+        """Under `always`: fsyncs off the event loop, one per batch of replies."""
+        self._committing = False  # a batch of replies waits for its fsync
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -101,7 +110,9 @@ class RespServer:
             self._cron.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cron
-        self.flush()
+        if self.group is not None:
+            await self.group.drain()
+        self.flush(at_once=True)
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
@@ -160,23 +171,41 @@ class RespServer:
         covers every connection's commands (group commit); read-only replies go at once.
         `writes` indexes the replies (in a list `data`) of commands that wrote: if the
         commit fails they are replaced by the MISCONF error."""
-        if not self.engine.commit_pending and not self._outbox:
+        if not self.engine.commit_pending and not self._outbox and not self._committing:
             self.engine.commit()
             conn.write(data if isinstance(data, bytes) else b"".join(data))
             return
         self._outbox.append((conn, data, writes))
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._committing:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self, at_once: bool = False) -> None:
         """Commit the engine, then write every queued reply (writes that did not become
-        durable get the MISCONF error)."""
+        durable get the MISCONF error). Under `always` (unless `at_once`) the replies
+        wait for a group-commit batch instead, and the next batch starts when it ends."""
         self._flush_scheduled = False
-        durable = self.engine.commit() and self.engine.disk_error is None
-        if not self._outbox:
+        group = self.group
+        if group is not None and not at_once:
+            if not self._committing and (self._outbox or self.engine.commit_pending):
+                self._committing = True
+                outbox, self._outbox = self._outbox, []
+                group.durable().add_done_callback(lambda done: self._committed(outbox, done))
             return
-        outbox, self._outbox = self._outbox, []
+        self._reply(self._outbox, self.engine.commit() and self.engine.disk_error is None)
+        self._outbox = []
+
+    def _committed(self, outbox: list[Outgoing], done: asyncio.Future[tuple[bool, ...]]) -> None:
+        """A batch's fsync ended: answer its replies, start the next batch."""
+        self._committing = False
+        durable = not done.cancelled() and done.exception() is None and done.result()[0]
+        self._reply(outbox, durable)
+        if self._outbox:
+            self.flush()
+
+    def _reply(self, outbox: list[Outgoing], durable: bool) -> None:
+        if not outbox:
+            return
         error = None if durable else encode(self.engine.misconf())
         for conn, data, writes in outbox:
             if isinstance(data, list):

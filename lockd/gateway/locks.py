@@ -60,11 +60,12 @@ from lockd.core.table import (
     WakeAt,
     held_for_ns,
 )
+from lockd.engine.group import GroupCommit
 from lockd.errors import ErrorReason
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics
-from lockd.gateway.nodes import LockView, Node, NodeHealth
+from lockd.gateway.nodes import EmbeddedNode, LockView, Node, NodeHealth
 from lockd.units import MS
 
 __all__ = ["Description", "LockManager", "Now"]
@@ -124,6 +125,11 @@ class LockManager:
         )
         self.table = LockTable(len(self.nodes), policy, random.Random())
         self.metrics.waiters.set_function(lambda: self.table.waiting)
+        groups = [n.group for n in self.nodes if isinstance(n, EmbeddedNode) and n.group]
+        if groups:
+            group: GroupCommit = groups[0]  # one for all the embedded engines
+            self.metrics.fsync_batches.set_function(lambda: group.batches)
+            self.metrics.fsync_waits.set_function(lambda: group.waits)
         self._timeout_ns = config.node_timeout_ms * MS
         self._ids = itertools.count()
         self._futures: dict[int, asyncio.Future[Granted]] = {}

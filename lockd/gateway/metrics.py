@@ -134,3 +134,15 @@ class Metrics:
             ["node"],
             registry=r,
         )
+        self.fsync_batches = Gauge(
+            "lockd_fsync_batches",
+            "Group-commit batches of the embedded engines under --appendfsync always since "
+            "start (each fsyncs every engine at most once).",
+            registry=r,
+        )
+        self.fsync_waits = Gauge(
+            "lockd_fsync_waits",
+            "Node calls that waited for durability under --appendfsync always since start "
+            "(divided by lockd_fsync_batches: how many share a batch).",
+            registry=r,
+        )

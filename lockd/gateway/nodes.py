@@ -37,6 +37,7 @@ from lockd.core import (
 )
 from lockd.core.quorum import restart_delay_ms
 from lockd.engine import RELEASE_CHANNEL, Engine
+from lockd.engine.group import GroupCommit
 from lockd.gateway.resp_client import (
     BULK,
     NORMAL,
@@ -227,14 +228,22 @@ class Node:
 
 
 class EmbeddedNode(Node):
-    """An engine in this process: calls are plain method calls."""
+    """An engine in this process: calls are plain method calls.
+
+    With a `group` (engines under `appendfsync always`), answers are not durable when
+    `call_now` returns: the caller awaits `group.durable()` and counts an answer only
+    if the entry at `slot` is True (`settled`); `call` and `fcall` do that themselves."""
 
     synchronous = True
 
-    def __init__(self, engine: Engine, index: int) -> None:
+    def __init__(
+        self, engine: Engine, index: int, group: GroupCommit | None = None, slot: int = 0
+    ) -> None:
         self.engine = engine
         self.address = f"embedded:{index}"
         self.mode = Mode.EMBEDDED
+        self.group = group
+        self.slot = slot
         self._on_release: ReleaseListener | None = None
         self._cron: asyncio.Task[None] | None = None
 
@@ -260,6 +269,8 @@ class EmbeddedNode(Node):
             self._cron.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cron
+        if self.group is not None:
+            await self.group.drain()
         self.engine.unsubscribe(RELEASE_CHANNEL, self._released)
         self.engine.close()
 
@@ -285,8 +296,17 @@ class EmbeddedNode(Node):
     def commit(self) -> None:
         self.engine.commit()
 
+    def settled(self, reply: NodeReply, durable: tuple[bool, ...]) -> NodeReply:
+        """`reply` as it may be counted once the group commit answered `durable`: the
+        MISCONF failure instead when this engine's writes did not become durable."""
+        if durable[self.slot] or isinstance(reply, NodeFailure):
+            return reply
+        return NodeFailure(str(self.engine.misconf()))
+
     async def call(self, call: Call) -> NodeReply:
         reply = self.call_now(call)
+        if self.group is not None:
+            return self.settled(reply, await self.group.durable())
         self.engine.commit()
         return reply
 
@@ -296,7 +316,11 @@ class EmbeddedNode(Node):
     async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
         engine = self.engine
         reply = engine.execute([b"FCALL", function, b"%d" % len(keys), *keys, *args])
-        if not engine.commit():
+        if self.group is not None:
+            durable = (await self.group.durable())[self.slot]
+        else:
+            durable = engine.commit()
+        if not durable:
             raise NodeError(str(engine.misconf()))
         return _plain(reply)
 

@@ -14,7 +14,8 @@ import logging
 
 import grpc
 
-from lockd.engine import Engine, EngineConfig
+from lockd.engine import Engine, EngineConfig, FsyncPolicy
+from lockd.engine.group import GroupCommit
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.locks import LockManager
 from lockd.gateway.metrics import Metrics, MetricsServer
@@ -56,14 +57,19 @@ def build_nodes(config: GatewayConfig) -> list[Node]:
             nodes.append(FailedNode(i, str(exc)))
             continue
         nodes.append(EmbeddedNode(engine, i))
+    embedded = [node for node in nodes if isinstance(node, EmbeddedNode)]
     if len(failed) > len(nodes) // 2:
-        for node in nodes:
-            if isinstance(node, EmbeddedNode):
-                node.engine.close()
+        for node in embedded:
+            node.engine.close()
         raise RuntimeError(
             f"{len(failed)} of {len(nodes)} embedded engines failed to start, too many for a "
             "quorum: " + "; ".join(failed)
         )
+    if config.appendfsync is FsyncPolicy.ALWAYS:
+        # One batch fsyncs the engines in parallel for every call made meanwhile.
+        group = GroupCommit([node.engine for node in embedded])
+        for slot, node in enumerate(embedded):
+            node.group, node.slot = group, slot
     return nodes
 
 
