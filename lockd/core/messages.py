@@ -104,11 +104,13 @@ class ReleaseCall:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExtendCall:
-    """`lockd_extend`: compare-and-PEXPIRE."""
+    """`lockd_extend`: compare-and-PEXPIRE; with `meta`, the owner record is replaced
+    (an election's Proclaim)."""
 
     lock_key: bytes
     lease: bytes
     ttl_ms: int
+    meta: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -561,18 +561,26 @@ class Engine:
         self._remove_lock(lock_key)
         return 1, counter
 
-    def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
+    def lock_extend(
+        self, lock_key: bytes, lease: bytes, ttl: bytes, meta: bytes | None = None
+    ) -> int:
         """Compare-and-PEXPIRE (the owner record too): 1 if `lease` holds the lock, whose
-        TTL is now `ttl`."""
+        TTL is now `ttl`. With `meta`, the owner record is replaced (same deadline)."""
         if self.refusing:
             raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
+        meta_key = meta_key_of(lock_key)
+        if meta is not None and meta_key is None:
+            raise CommandError("ERR lockd_extend: an owner record needs a lock key 'lock:...'")
         if self._string(lock_key) != lease:
             return 0
+        if meta is not None and meta_key is not None:
+            self.keyspace.check_new_key(meta_key, len(meta))
         deadline = self.clock.now_ms() + ms
         self.keyspace.set_deadline(lock_key, deadline)
-        meta_key = meta_key_of(lock_key)
-        if meta_key is not None and self.keyspace.get(meta_key) is not None:
+        if meta is not None and meta_key is not None:
+            self.keyspace.set(meta_key, meta, deadline)
+        elif meta_key is not None and self.keyspace.get(meta_key) is not None:
             self.keyspace.set_deadline(meta_key, deadline)
         if self._settle_now:
             self._settle()

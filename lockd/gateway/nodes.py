@@ -234,7 +234,10 @@ class EmbeddedNode(Node):
             elif isinstance(call, ReleaseCall):
                 reply = engine.lock_release(call.lock_key, call.lease) == 1
             elif isinstance(call, ExtendCall):
-                reply = engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms) == 1
+                reply = (
+                    engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms, call.meta)
+                    == 1
+                )
             else:
                 accepted, counter = engine.fence_advance(call.fence_key, b"%d" % call.token)
                 reply = FenceReply(accepted == 1, counter)
@@ -557,9 +560,10 @@ class RespNode(Node):
         if isinstance(call, ReleaseCall):
             data = encode_command(b"FCALL", b"lockd_release", b"1", call.lock_key, call.lease)
         else:
-            data = encode_command(
-                b"FCALL", b"lockd_extend", b"1", call.lock_key, call.lease, b"%d" % call.ttl_ms
-            )
+            args = [call.lock_key, call.lease, b"%d" % call.ttl_ms]
+            if call.meta is not None:
+                args.append(call.meta)
+            data = encode_command(b"FCALL", b"lockd_extend", b"1", *args)
 
         def flagged(reply: RespReply | TransportError) -> None:
             done(_flag(reply))

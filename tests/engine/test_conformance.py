@@ -980,7 +980,7 @@ def test_bad_token(t: Target, token: str) -> None:
 
 ACQUIRE = "lockd_acquire takes 2 keys and 2 or 3 arguments, got"
 RELEASE = "lockd_release takes 1 keys and 1 arguments, got"
-EXTEND = "lockd_extend takes 1 keys and 2 arguments, got"
+EXTEND = "lockd_extend takes 1 keys and 2 or 3 arguments, got"
 ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
 
 
@@ -1006,7 +1006,7 @@ ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
         (["lockd_release", "1", "l"], f"{RELEASE} 1 and 0"),
         (["lockd_release", "2", "l", "m", "a"], f"{RELEASE} 2 and 1"),
         (["lockd_extend", "1", "l", "a"], f"{EXTEND} 1 and 1"),
-        (["lockd_extend", "1", "l", "a", "1", "2"], f"{EXTEND} 1 and 3"),
+        (["lockd_extend", "1", "l", "a", "1", "2", "3"], f"{EXTEND} 1 and 4"),
         (["lockd_fence_advance", "0", "5"], f"{ADVANCE} 0 and 1"),
         (["lockd_fence_advance", "1", "f", "5", "6"], f"{ADVANCE} 1 and 2"),
         # The message names the function as registered, whatever case the call used.
@@ -1115,6 +1115,31 @@ def test_owner_record_needs_a_lock_key(t: Target) -> None:
     )
     assert t.call("EXISTS", lock) == 0
     assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]  # no record: fine
+
+
+def test_extend_with_a_record_replaces_it_only_for_the_holder(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "p")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "old") == [1, 0]
+    assert t.fcall("lockd_extend", [lock], "b", 8000, "theirs") == 0
+    assert t.call("GET", meta) == b"old" and t.pttl(meta) <= 5000
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "new") == 1
+    assert t.call("GET", meta) == b"new" and 7000 < t.pttl(meta) <= 8000
+    assert 7000 < t.pttl(lock) <= 8000
+    # Without a record, the one written last is kept.
+    assert t.fcall("lockd_extend", [lock], "a", 3000) == 1
+    assert t.call("GET", meta) == b"new" and 2000 < t.pttl(meta) <= 3000
+    # A lock acquired without a record gets one.
+    other, other_fence, other_meta = lock_keys(t, "q")
+    assert t.fcall("lockd_acquire", [other, other_fence], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_extend", [other], "a", 5000, "rec") == 1
+    assert t.call("GET", other_meta) == b"rec" and 4000 < t.pttl(other_meta) <= 5000
+    # Nothing is created for a lock that is not held.
+    _, _, gone_meta = lock_keys(t, "g")
+    assert t.fcall("lockd_extend", [lock_keys(t, "g")[0]], "a", 5000, "rec") == 0
+    assert t.call("EXISTS", gone_meta) == 0
+    assert t.error("FCALL", "lockd_extend", 1, t.key("plain"), "a", 5000, "r") == (
+        "ERR lockd_extend: an owner record needs a lock key 'lock:...'"
+    )
 
 
 def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:

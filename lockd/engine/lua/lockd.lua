@@ -4,7 +4,7 @@
 --   FCALL lockd_acquire       2 <lock key> <fence key> <lease id> <ttl ms> [<owner record>]
 --                                                                         -> {acquired, counter}
 --   FCALL lockd_release       1 <lock key> <lease id>                     -> 1 | 0
---   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms>            -> 1 | 0
+--   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms> [<owner record>]  -> 1 | 0
 --   FCALL lockd_fence_advance 1 <fence key> <token>                       -> {accepted, counter}
 --   FCALL lockd_describe      2 <lock key> <fence key>                    -> {pttl ms, counter}
 --   FCALL lockd_force_release 1 <lock key>                                -> {released, counter}
@@ -134,15 +134,22 @@ local function release(keys, args)
 end
 
 local function extend(keys, args)
-  local bad = arity_error('lockd_extend', keys, args, 1, 1, 2, 2)
+  local bad = arity_error('lockd_extend', keys, args, 1, 1, 2, 3)
   if bad then return bad end
   if not positive(args[2]) then return ttl_error('lockd_extend') end
+  local meta = meta_key(keys[1])
+  if args[3] and not meta then
+    return redis.error_reply("ERR lockd_extend: an owner record needs a lock key 'lock:...'")
+  end
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
   redis.call('PEXPIRE', keys[1], args[2])
-  local meta = meta_key(keys[1])
-  if meta then redis.call('PEXPIRE', meta, args[2]) end
+  if args[3] then
+    redis.call('SET', meta, args[3], 'PX', args[2])
+  elseif meta then
+    redis.call('PEXPIRE', meta, args[2])
+  end
   return 1
 end
 
