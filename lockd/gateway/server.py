@@ -130,6 +130,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        await self.service.observers.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

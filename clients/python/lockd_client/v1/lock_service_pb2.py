@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"]\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x0c\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\x12\r\n\x05owner\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x0c\x12\x16\n\x0e\x61\x63quired_at_ms\x18\n \x01(\x03\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"K\n\x0cListResponse\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.lockd.v1.LockEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\tLockEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63quired_at_ms\x18\x06 \x01(\x03\x12\x0f\n\x07waiters\x18\x07 \x01(\r\"#\n\x13\x46orceReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Y\n\x14\x46orceReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x16\n\x0enodes_released\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x65ncing_counter\x18\x03 \x01(\x04\"\xa7\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x18.lockd.v1.AcquireRequestH\x00\x12+\n\x07release\x18\x03 \x01(\x0b\x32\x18.lockd.v1.ReleaseRequestH\x00\x12\'\n\x05renew\x18\x04 \x01(\x0b\x32\x16.lockd.v1.RenewRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xcf\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x19.lockd.v1.AcquireResponseH\x00\x12,\n\x07release\x18\x03 \x01(\x0b\x32\x19.lockd.v1.ReleaseResponseH\x00\x12(\n\x05renew\x18\x04 \x01(\x0b\x32\x17.lockd.v1.RenewResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.lockd.v1.ErrorH\x00\x42\x08\n\x06result\"\x98\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.lockd.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xa6\x04\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12\x35\n\x04List\x12\x15.lockd.v1.ListRequest\x1a\x16.lockd.v1.ListResponse\x12M\n\x0c\x46orceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponse\x12\x42\n\x07Session\x12\x18.lockd.v1.SessionRequest\x1a\x19.lockd.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"]\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x0c\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\x12\r\n\x05owner\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x0c\x12\x16\n\x0e\x61\x63quired_at_ms\x18\n \x01(\x03\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"K\n\x0cListResponse\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.lockd.v1.LockEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\tLockEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63quired_at_ms\x18\x06 \x01(\x03\x12\x0f\n\x07waiters\x18\x07 \x01(\r\"#\n\x13\x46orceReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Y\n\x14\x46orceReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x16\n\x0enodes_released\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x65ncing_counter\x18\x03 \x01(\x04\"Q\n\x0f\x43\x61mpaignRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\"=\n\tLeaderKey\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0c\n\x04term\x18\x03 \x01(\x04\"o\n\x10\x43\x61mpaignResponse\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\x12\x13\n\x0bvalidity_ms\x18\x02 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\x11\n\tlock_name\x18\x04 \x01(\t\"d\n\x0fProclaimRequest\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\"\'\n\x10ProclaimResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"4\n\rResignRequest\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\"\x10\n\x0eResignResponse\"!\n\rLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"\"\n\x0eObserveRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"h\n\x0eLeaderResponse\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\"\xa7\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x18.lockd.v1.AcquireRequestH\x00\x12+\n\x07release\x18\x03 \x01(\x0b\x32\x18.lockd.v1.ReleaseRequestH\x00\x12\'\n\x05renew\x18\x04 \x01(\x0b\x32\x16.lockd.v1.RenewRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xcf\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x19.lockd.v1.AcquireResponseH\x00\x12,\n\x07release\x18\x03 \x01(\x0b\x32\x19.lockd.v1.ReleaseResponseH\x00\x12(\n\x05renew\x18\x04 \x01(\x0b\x32\x17.lockd.v1.RenewResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.lockd.v1.ErrorH\x00\x42\x08\n\x06result\"\x98\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.lockd.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xe7\x06\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12\x35\n\x04List\x12\x15.lockd.v1.ListRequest\x1a\x16.lockd.v1.ListResponse\x12M\n\x0c\x46orceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\x12\x41\n\x08\x43\x61mpaign\x12\x19.lockd.v1.CampaignRequest\x1a\x1a.lockd.v1.CampaignResponse\x12\x41\n\x08Proclaim\x12\x19.lockd.v1.ProclaimRequest\x1a\x1a.lockd.v1.ProclaimResponse\x12;\n\x06Resign\x12\x17.lockd.v1.ResignRequest\x1a\x18.lockd.v1.ResignResponse\x12;\n\x06Leader\x12\x17.lockd.v1.LeaderRequest\x1a\x18.lockd.v1.LeaderResponse\x12?\n\x07Observe\x12\x18.lockd.v1.ObserveRequest\x1a\x18.lockd.v1.LeaderResponse0\x01\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponse\x12\x42\n\x07Session\x12\x18.lockd.v1.SessionRequest\x1a\x19.lockd.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERROR_METADATAENTRY']._loaded_options = None
   _globals['_ERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_NODEMODE']._serialized_start=1984
-  _globals['_NODEMODE']._serialized_end=2094
+  _globals['_NODEMODE']._serialized_start=2635
+  _globals['_NODEMODE']._serialized_end=2745
   _globals['_ACQUIREREQUEST']._serialized_start=41
   _globals['_ACQUIREREQUEST']._serialized_end=134
   _globals['_ACQUIRERESPONSE']._serialized_start=136
@@ -61,20 +61,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORCERELEASEREQUEST']._serialized_end=1009
   _globals['_FORCERELEASERESPONSE']._serialized_start=1011
   _globals['_FORCERELEASERESPONSE']._serialized_end=1100
-  _globals['_SESSIONREQUEST']._serialized_start=1103
-  _globals['_SESSIONREQUEST']._serialized_end=1270
-  _globals['_SESSIONRESPONSE']._serialized_start=1273
-  _globals['_SESSIONRESPONSE']._serialized_end=1480
-  _globals['_ERROR']._serialized_start=1483
-  _globals['_ERROR']._serialized_end=1635
-  _globals['_ERROR_METADATAENTRY']._serialized_start=1588
-  _globals['_ERROR_METADATAENTRY']._serialized_end=1635
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1637
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1659
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1661
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=1780
-  _globals['_NODESTATUS']._serialized_start=1783
-  _globals['_NODESTATUS']._serialized_end=1982
-  _globals['_LOCKSERVICE']._serialized_start=2097
-  _globals['_LOCKSERVICE']._serialized_end=2647
+  _globals['_CAMPAIGNREQUEST']._serialized_start=1102
+  _globals['_CAMPAIGNREQUEST']._serialized_end=1183
+  _globals['_LEADERKEY']._serialized_start=1185
+  _globals['_LEADERKEY']._serialized_end=1246
+  _globals['_CAMPAIGNRESPONSE']._serialized_start=1248
+  _globals['_CAMPAIGNRESPONSE']._serialized_end=1359
+  _globals['_PROCLAIMREQUEST']._serialized_start=1361
+  _globals['_PROCLAIMREQUEST']._serialized_end=1461
+  _globals['_PROCLAIMRESPONSE']._serialized_start=1463
+  _globals['_PROCLAIMRESPONSE']._serialized_end=1502
+  _globals['_RESIGNREQUEST']._serialized_start=1504
+  _globals['_RESIGNREQUEST']._serialized_end=1556
+  _globals['_RESIGNRESPONSE']._serialized_start=1558
+  _globals['_RESIGNRESPONSE']._serialized_end=1574
+  _globals['_LEADERREQUEST']._serialized_start=1576
+  _globals['_LEADERREQUEST']._serialized_end=1609
+  _globals['_OBSERVEREQUEST']._serialized_start=1611
+  _globals['_OBSERVEREQUEST']._serialized_end=1645
+  _globals['_LEADERRESPONSE']._serialized_start=1647
+  _globals['_LEADERRESPONSE']._serialized_end=1751
+  _globals['_SESSIONREQUEST']._serialized_start=1754
+  _globals['_SESSIONREQUEST']._serialized_end=1921
+  _globals['_SESSIONRESPONSE']._serialized_start=1924
+  _globals['_SESSIONRESPONSE']._serialized_end=2131
+  _globals['_ERROR']._serialized_start=2134
+  _globals['_ERROR']._serialized_end=2286
+  _globals['_ERROR_METADATAENTRY']._serialized_start=2239
+  _globals['_ERROR_METADATAENTRY']._serialized_end=2286
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2288
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2310
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2312
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2431
+  _globals['_NODESTATUS']._serialized_start=2434
+  _globals['_NODESTATUS']._serialized_end=2633
+  _globals['_LOCKSERVICE']._serialized_start=2748
+  _globals['_LOCKSERVICE']._serialized_end=3619
 # @@protoc_insertion_point(module_scope)

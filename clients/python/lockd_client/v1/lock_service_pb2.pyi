@@ -156,6 +156,94 @@ class ForceReleaseResponse(_message.Message):
     fencing_counter: int
     def __init__(self, released: _Optional[bool] = ..., nodes_released: _Optional[int] = ..., fencing_counter: _Optional[int] = ...) -> None: ...
 
+class CampaignRequest(_message.Message):
+    __slots__ = ("election", "value", "ttl_ms", "owner")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    value: bytes
+    ttl_ms: int
+    owner: str
+    def __init__(self, election: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class LeaderKey(_message.Message):
+    __slots__ = ("election", "lease_id", "term")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    lease_id: bytes
+    term: int
+    def __init__(self, election: _Optional[str] = ..., lease_id: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class CampaignResponse(_message.Message):
+    __slots__ = ("leader", "validity_ms", "ttl_ms", "lock_name")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_NAME_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    validity_ms: int
+    ttl_ms: int
+    lock_name: str
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ..., validity_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., lock_name: _Optional[str] = ...) -> None: ...
+
+class ProclaimRequest(_message.Message):
+    __slots__ = ("leader", "value", "ttl_ms", "owner")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    value: bytes
+    ttl_ms: int
+    owner: str
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ProclaimResponse(_message.Message):
+    __slots__ = ("validity_ms",)
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    validity_ms: int
+    def __init__(self, validity_ms: _Optional[int] = ...) -> None: ...
+
+class ResignRequest(_message.Message):
+    __slots__ = ("leader",)
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ...) -> None: ...
+
+class ResignResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LeaderRequest(_message.Message):
+    __slots__ = ("election",)
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    def __init__(self, election: _Optional[str] = ...) -> None: ...
+
+class ObserveRequest(_message.Message):
+    __slots__ = ("election",)
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    def __init__(self, election: _Optional[str] = ...) -> None: ...
+
+class LeaderResponse(_message.Message):
+    __slots__ = ("election", "term", "value", "owner", "ttl_remaining_ms")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    term: int
+    value: bytes
+    owner: str
+    ttl_remaining_ms: int
+    def __init__(self, election: _Optional[str] = ..., term: _Optional[int] = ..., value: _Optional[bytes] = ..., owner: _Optional[str] = ..., ttl_remaining_ms: _Optional[int] = ...) -> None: ...
+
 class SessionRequest(_message.Message):
     __slots__ = ("id", "acquire", "release", "renew")
     ID_FIELD_NUMBER: _ClassVar[int]

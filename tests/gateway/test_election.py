@@ -1,0 +1,250 @@
+"""Leader election over real gRPC: Campaign, Proclaim, Resign, Leader, Observe, and every
+bad request (a precise status and reason, and the gateway keeps serving)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from lockd.gateway import GatewayConfig
+from lockd.gateway.election import decode_value, encode_value
+from lockd.v1 import lock_service_pb2 as pb
+from tests.gateway.helpers import Stub, client, fails, urls
+from tests.support import EngineProcess
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _leader(stub: Stub, election: str) -> pb.LeaderResponse:
+    return await stub.Leader(pb.LeaderRequest(election=election))
+
+
+async def _elections(stub: Stub) -> None:
+    first = await stub.Campaign(
+        pb.CampaignRequest(election="db", value=b"replica-a", ttl_ms=5000, owner="a")
+    )
+    assert first.leader.term > 0 and first.lock_name == "@election/db"
+    assert 0 < first.validity_ms <= 5000 and first.ttl_ms == 5000
+    now = await _leader(stub, "db")
+    assert (now.term, now.value, now.owner) == (first.leader.term, b"replica-a", "a")
+    assert 0 < now.ttl_remaining_ms <= 5000
+    # A second candidate waits (FIFO) until the first resigns, then leads a larger term.
+    second = asyncio.ensure_future(
+        stub.Campaign(pb.CampaignRequest(election="db", value=b"replica-b", ttl_ms=5000))
+    )
+    await asyncio.sleep(0.1)
+    assert not second.done()
+    # Proclaim keeps the term and changes the value.
+    proclaimed = await stub.Proclaim(
+        pb.ProclaimRequest(leader=first.leader, value=b"a-v2", owner="a")
+    )
+    assert 0 < proclaimed.validity_ms <= 5000
+    now = await _leader(stub, "db")
+    assert (now.term, now.value) == (first.leader.term, b"a-v2")
+    # The leader's lease is renewed by the ordinary Renew path on its lock.
+    renewed = await stub.Renew(
+        pb.RenewRequest(name=first.lock_name, lease_id=first.leader.lease_id, ttl_ms=5000)
+    )
+    assert renewed.validity_ms > 0
+    await stub.Resign(pb.ResignRequest(leader=first.leader))
+    took_over = await asyncio.wait_for(second, 3)
+    assert took_over.leader.term > first.leader.term
+    now = await _leader(stub, "db")
+    assert (now.term, now.value) == (took_over.leader.term, b"replica-b")
+    # The deposed leader can neither resign nor proclaim.
+    resign = await fails(stub.Resign(pb.ResignRequest(leader=first.leader)))
+    assert (resign.code, resign.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_LEADER")
+    proclaim = await fails(
+        stub.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"x", ttl_ms=5000))
+    )
+    assert (proclaim.code, proclaim.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
+    assert (await _leader(stub, "db")).value == b"replica-b"
+    await stub.Resign(pb.ResignRequest(leader=took_over.leader))
+    gone = await fails(_leader(stub, "db"))
+    assert (gone.code, gone.reason) == (grpc.StatusCode.NOT_FOUND, "NO_LEADER")
+
+
+async def test_campaign_proclaim_resign_leader(embedded: GatewayConfig) -> None:
+    async with client(embedded) as (_, stub):
+        await _elections(stub)
+
+
+async def test_elections_on_lockd_engine_processes(engines: list[EngineProcess]) -> None:
+    async with client(GatewayConfig(nodes=urls(engines), max_ttl_ms=10_000)) as (_, stub):
+        await _elections(stub)
+
+
+async def test_an_election_and_a_lock_of_the_same_name_do_not_collide(
+    embedded: GatewayConfig,
+) -> None:
+    async with client(embedded) as (_, stub):
+        lock = await stub.Acquire(pb.AcquireRequest(name="jobs", ttl_ms=5000))
+        leader = await stub.Campaign(pb.CampaignRequest(election="jobs", value=b"v", ttl_ms=5000))
+        assert leader.leader.term > 0 and lock.fencing_token > 0
+        described = await stub.Describe(pb.DescribeRequest(name="@election/jobs"))
+        assert described.held and described.value == encode_value(leader.leader.term, b"v")
+        # The election's lock cannot be taken with Acquire.
+        taken = await fails(stub.Acquire(pb.AcquireRequest(name="@election/jobs", ttl_ms=5000)))
+        assert (taken.code, taken.reason) == (INVALID, "BAD_NAME")
+        assert "reserved for elections" in taken.message
+
+
+async def test_leader_lost_at_the_ttl_and_a_waiting_candidate_takes_over(
+    embedded: GatewayConfig,
+) -> None:
+    async with client(embedded) as (_, stub):
+        first = await stub.Campaign(pb.CampaignRequest(election="e", value=b"a", ttl_ms=300))
+        second = await asyncio.wait_for(
+            stub.Campaign(pb.CampaignRequest(election="e", value=b"b", ttl_ms=300)), 3
+        )
+        assert second.leader.term > first.leader.term
+        renew = await fails(
+            stub.Renew(
+                pb.RenewRequest(name=first.lock_name, lease_id=first.leader.lease_id, ttl_ms=300)
+            )
+        )
+        assert renew.reason == "LEASE_LOST"
+
+
+async def test_campaign_ends_at_the_rpc_deadline(embedded: GatewayConfig) -> None:
+    async with client(embedded) as (_, stub):
+        await stub.Campaign(pb.CampaignRequest(election="d", value=b"a", ttl_ms=5000))
+        late = await fails(
+            stub.Campaign(pb.CampaignRequest(election="d", value=b"b", ttl_ms=5000), timeout=0.3)
+        )
+        assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert (await _leader(stub, "d")).value == b"a"
+
+
+async def test_observe_streams_leader_changes_in_term_order(embedded: GatewayConfig) -> None:
+    async with client(embedded) as (_, stub):
+        stream = stub.Observe(pb.ObserveRequest(election="o"))
+        seen: list[tuple[int, bytes]] = []
+
+        async def read(count: int) -> None:
+            async for change in stream:
+                seen.append((change.term, change.value))
+                if len(seen) == count:
+                    return
+
+        reader = asyncio.ensure_future(read(4))
+        first = await stub.Campaign(pb.CampaignRequest(election="o", value=b"a", ttl_ms=5000))
+        await asyncio.sleep(0.3)
+        await stub.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"a2", ttl_ms=5000))
+        await asyncio.sleep(0.3)
+        await stub.Resign(pb.ResignRequest(leader=first.leader))
+        second = await stub.Campaign(pb.CampaignRequest(election="o", value=b"b", ttl_ms=5000))
+        await asyncio.sleep(0.3)
+        third_term = second.leader.term
+        await stub.Resign(pb.ResignRequest(leader=second.leader))
+        third = await stub.Campaign(pb.CampaignRequest(election="o", value=b"c", ttl_ms=5000))
+        await asyncio.wait_for(reader, 5)
+        stream.cancel()
+        assert seen == [
+            (first.leader.term, b"a"),
+            (first.leader.term, b"a2"),
+            (third_term, b"b"),
+            (third.leader.term, b"c"),
+        ]
+        # A new observer starts with the current leader.
+        async for change in stub.Observe(pb.ObserveRequest(election="o"), timeout=3):
+            assert (change.term, change.value) == (third.leader.term, b"c")
+            break
+
+
+async def test_bad_election_requests(embedded: GatewayConfig) -> None:
+    async with client(embedded) as (_, stub):
+        held = await stub.Campaign(pb.CampaignRequest(election="ok", value=b"v", ttl_ms=5000))
+        key = held.leader
+        cases: list[tuple[Callable[[], Awaitable[object]], str]] = [
+            (lambda: stub.Campaign(pb.CampaignRequest(election="", ttl_ms=5000)), "BAD_NAME"),
+            (
+                lambda: stub.Campaign(pb.CampaignRequest(election="x" * 247, ttl_ms=5000)),
+                "BAD_NAME",
+            ),
+            (lambda: stub.Campaign(pb.CampaignRequest(election="x", ttl_ms=0)), "BAD_TTL"),
+            (
+                lambda: stub.Campaign(
+                    pb.CampaignRequest(election="x", value=b"v" * 1001, ttl_ms=5000)
+                ),
+                "BAD_VALUE",
+            ),
+            (
+                lambda: stub.Campaign(
+                    pb.CampaignRequest(election="x", owner="o" * 129, ttl_ms=5000)
+                ),
+                "BAD_OWNER",
+            ),
+            (lambda: stub.Leader(pb.LeaderRequest(election="")), "BAD_NAME"),
+            (
+                lambda: stub.Proclaim(
+                    pb.ProclaimRequest(
+                        leader=pb.LeaderKey(election="ok", lease_id=b"short", term=key.term)
+                    )
+                ),
+                "BAD_LEASE_ID",
+            ),
+            (
+                lambda: stub.Proclaim(
+                    pb.ProclaimRequest(
+                        leader=pb.LeaderKey(election="ok", lease_id=key.lease_id, term=0)
+                    )
+                ),
+                "BAD_REQUEST",
+            ),
+            (lambda: stub.Proclaim(pb.ProclaimRequest(leader=key, value=b"v" * 1001)), "BAD_VALUE"),
+            (
+                lambda: stub.Resign(
+                    pb.ResignRequest(leader=pb.LeaderKey(election="", lease_id=b"x"))
+                ),
+                "BAD_NAME",
+            ),
+        ]
+        for call, reason in cases:
+            failure = await fails(call())
+            assert (failure.code, failure.reason) == (INVALID, reason), failure
+        unknown = await fails(_leader(stub, "never-campaigned"))
+        assert (unknown.code, unknown.reason) == (grpc.StatusCode.NOT_FOUND, "NO_LEADER")
+        stranger = await fails(
+            stub.Resign(
+                pb.ResignRequest(
+                    leader=pb.LeaderKey(election="ok", lease_id=b"\x00" * 16, term=key.term)
+                )
+            )
+        )
+        assert (stranger.code, stranger.reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "NOT_LEADER",
+        )
+        bad_observe = await fails(
+            anext(aiter(stub.Observe(pb.ObserveRequest(election="")))),
+        )
+        assert (bad_observe.code, bad_observe.reason) == (INVALID, "BAD_NAME")
+        # The gateway keeps serving, and the leader is untouched.
+        assert (await _leader(stub, "ok")).term == key.term
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        (b"7:v", (7, b"v")),
+        (b"12:a:b", (12, b"a:b")),
+        (b"3:", (3, b"")),
+        (b"", None),
+        (b"x:v", None),
+        (b"-1:v", None),
+        (b"1" * 21 + b":v", None),
+    ],
+)
+def test_election_value_format(raw: bytes, decoded: tuple[int, bytes] | None) -> None:
+    assert decode_value(raw) == decoded
+    if decoded is not None:
+        assert decode_value(encode_value(*decoded)) == decoded
+
+
+def test_reserved_prefix_fits_the_name_limit(tmp_path: Path) -> None:
+    assert len(b"@election/") + 246 == GatewayConfig(data_dir=tmp_path).max_name_bytes
