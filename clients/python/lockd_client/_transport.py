@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,28 @@ class Transport:
                 await asyncio.sleep(self._backoff(attempt))
         assert last is not None
         raise last
+
+    async def stream(
+        self, method: str, message: Any, *, name: str | None = None
+    ) -> AsyncIterator[Any]:
+        """A server stream (Observe) that carries on at the next endpoint when its
+        gateway goes away or ends it (draining); other errors are raised."""
+        attempt = 0
+        while True:
+            endpoint = self.endpoints[self._current]
+            try:
+                async for response in getattr(endpoint.stub(), method)(message):
+                    attempt = 0
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc, name)
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise error from exc
+                attempt += 1
+                if attempt > self.retries * len(self.endpoints):
+                    raise error from exc
+            self._fail_over(endpoint)
+            await asyncio.sleep(self._backoff(attempt))
 
     def _backoff(self, attempt: int) -> float:
         delay = min(1.0, 0.05 * (1 << min(attempt, 10)))

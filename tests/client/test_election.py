@@ -1,0 +1,124 @@
+"""Elections from the client library (blocking and asyncio) against a `lockd serve`
+process: campaign as a context manager, proclaim, resign, leader, observe, and loss
+reported through on_lost / check()."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import grpc
+import pytest
+
+from lockd_client import (
+    AsyncClient,
+    Client,
+    InvalidRequest,
+    LeaseLost,
+    LockTimeout,
+    NoLeader,
+    NotLeader,
+    NotOwned,
+)
+from lockd_client.errors import from_status
+from tests.client.helpers import LockdProcess
+
+
+def test_campaign_leads_for_the_block_then_resigns(client: Client, lock_name: str) -> None:
+    election = client.election(lock_name)
+    with pytest.raises(NoLeader) as raised:
+        election.leader()
+    assert raised.value.reason == "NO_LEADER"
+    with election.campaign(b"replica-1", ttl=5) as leader:
+        leader.check()
+        assert leader.term > 0 and leader.held and leader.election == lock_name
+        now = election.leader()
+        assert (now.term, now.value) == (leader.term, b"replica-1")
+        leader.proclaim(b"replica-1:v2")
+        assert election.leader().value == b"replica-1:v2"
+        assert election.leader().term == leader.term
+        # A rival waiting with a bound gives up; it does not lead.
+        with pytest.raises(LockTimeout):
+            election.lead(b"rival", ttl=5, wait=0.3)
+    with pytest.raises(NoLeader):
+        election.leader()
+    with election.campaign(b"again", ttl=5) as later:
+        assert later.term > leader.term
+
+
+def test_watchdog_keeps_leadership_past_the_ttl(client: Client, lock_name: str) -> None:
+    with client.election(lock_name).campaign(b"v", ttl=0.6) as leader:
+        time.sleep(1.5)
+        leader.check()
+        assert client.election(lock_name).leader().term == leader.term
+
+
+def test_loss_is_reported_before_the_deadline(client: Client, lock_name: str) -> None:
+    lost = threading.Event()
+    election = client.election(lock_name)
+    leader = election.lead(b"v", ttl=1.0, on_lost=lambda _: lost.set())
+    # Something else ends the leadership (as an admin's forced release would).
+    client.release(f"@election/{lock_name}", leader.lease_id)
+    assert lost.wait(1.0)
+    assert time.monotonic() < leader.deadline
+    with pytest.raises(LeaseLost):
+        leader.check()
+    with pytest.raises(LeaseLost):
+        leader.proclaim(b"late")
+    leader.resign()  # quiet: it was already lost
+
+
+def test_election_reasons_map_to_their_exceptions() -> None:
+    resign = from_status(grpc.StatusCode.FAILED_PRECONDITION, "no", "NOT_LEADER")
+    assert isinstance(resign, NotLeader) and isinstance(resign, NotOwned)
+    assert isinstance(from_status(grpc.StatusCode.NOT_FOUND, "none", "NO_LEADER"), NoLeader)
+
+
+def test_bad_election_names_and_values(client: Client) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        client.election("").leader()
+    assert raised.value.reason == "BAD_NAME"
+    with pytest.raises(InvalidRequest) as raised:
+        client.election("x").lead(b"v" * 1001, ttl=5)
+    assert raised.value.reason == "BAD_VALUE"
+
+
+def test_observe_follows_leaders_in_term_order(client: Client, lock_name: str) -> None:
+    election = client.election(lock_name)
+    seen: list[tuple[int, bytes]] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        with Client([client.endpoint]) as other:
+            for leader in other.election(lock_name).observe():
+                seen.append((leader.term, leader.value))
+                if len(seen) == 3:
+                    break
+        done.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    time.sleep(0.3)
+    with election.campaign(b"a", ttl=5) as first:
+        time.sleep(0.4)
+        first.proclaim(b"a2")
+        time.sleep(0.4)
+    with election.campaign(b"b", ttl=5) as second:
+        assert done.wait(5)
+    assert seen == [(first.term, b"a"), (first.term, b"a2"), (second.term, b"b")]
+
+
+async def test_asyncio_campaign_and_observe(serve: LockdProcess, lock_name: str) -> None:
+    async with AsyncClient([serve.endpoint]) as client:
+        election = client.election(lock_name)
+        changes = election.observe()
+        first = asyncio.ensure_future(anext(changes))
+        async with election.campaign(b"async", ttl=5) as leader:
+            seen = await asyncio.wait_for(first, 5)
+            assert (seen.term, seen.value) == (leader.term, b"async")
+            await leader.proclaim(b"async2")
+            assert (await election.leader()).value == b"async2"
+            assert (await asyncio.wait_for(anext(changes), 5)).value == b"async2"
+        await changes.aclose()
+        with pytest.raises(NoLeader):
+            await election.leader()
