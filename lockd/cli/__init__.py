@@ -10,7 +10,7 @@ import click
 
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
-from lockd.cli.locks import acquire, list_locks, release, renew, run, status
+from lockd.cli.locks import acquire, elect, list_locks, release, renew, run, status
 from lockd.cli.servers import cluster, engine, repair, serve, store
 
 __all__ = ["main"]
@@ -43,6 +43,7 @@ for command in (
     status,
     list_locks,
     run,
+    elect,
     jepsen,
     sim,
 ):

@@ -5,12 +5,17 @@ reported through on_lost / check()."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
 
+from lockd import exits
 from lockd_client import (
     AsyncClient,
     Client,
@@ -22,7 +27,7 @@ from lockd_client import (
     NotOwned,
 )
 from lockd_client.errors import from_status
-from tests.client.helpers import LockdProcess
+from tests.client.helpers import CLEAN_ENV, LockdProcess, cli, lockd_cmd
 
 
 def test_campaign_leads_for_the_block_then_resigns(client: Client, lock_name: str) -> None:
@@ -122,3 +127,68 @@ async def test_asyncio_campaign_and_observe(serve: LockdProcess, lock_name: str)
         await changes.aclose()
         with pytest.raises(NoLeader):
             await election.leader()
+
+
+def test_cli_elect_runs_the_command_as_leader(
+    serve: LockdProcess, client: Client, lock_name: str
+) -> None:
+    ep = ("--endpoint", serve.endpoint)
+    show = "import os; print(os.environ['LOCKD_TERM'], os.environ['LOCKD_FENCING_TOKEN'], "
+    show += "os.environ['LOCKD_ELECTION'], os.environ['LOCKD_LOCK_NAME'])"
+    done = cli(
+        "elect", lock_name, "replica-x", *ep, "--ttl", "5s", "--", sys.executable, "-c", show
+    )
+    assert done.returncode == 0, done.stderr
+    term, token, election, lock = done.stdout.split()
+    assert int(term) == int(token) > 0
+    assert (election, lock) == (lock_name, f"@election/{lock_name}")
+    with pytest.raises(NoLeader):  # resigned when CMD exited
+        client.election(lock_name).leader()
+    # CMD's status is passed on; a leader in place makes --wait run out with status 3.
+    failed = cli("elect", lock_name, "v", *ep, "--", sys.executable, "-c", "raise SystemExit(7)")
+    assert failed.returncode == 7
+    with client.election(lock_name).campaign(b"other", ttl=5):
+        waited = cli("elect", lock_name, "v", *ep, "--wait", "300ms", "--", "true")
+        assert waited.returncode == exits.NOT_ACQUIRED, waited.stderr
+    usage = cli("elect", lock_name, *ep)
+    assert usage.returncode == exits.USAGE
+
+
+def test_cli_elect_stops_the_command_when_leadership_is_lost(
+    new_serve: Callable[..., LockdProcess], tmp_path: Path
+) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("admin-secret")
+    gateway = new_serve("--admin-token-file", str(token_file))
+    marker = tmp_path / "marker"
+    script = (
+        "import os, time\n"
+        f"open({str(marker)!r}, 'w').write(os.environ['LOCKD_TERM'] + '\\n')\n"
+        "time.sleep(60)\n"
+    )
+    argv = ["elect", "e", "v", "--endpoint", gateway.endpoint, "--ttl", "3s"]
+    proc = subprocess.Popen(
+        lockd_cmd(*argv, "--", sys.executable, "-c", script),
+        env=CLEAN_ENV,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not marker.exists() or not marker.read_text().endswith("\n"):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        term = int(marker.read_text())
+        with Client([gateway.endpoint]) as admin:
+            assert admin.election("e").leader().term == term
+            deposed = time.monotonic()
+            assert admin.force_release("@election/e", "admin-secret") == 5
+            with admin.election("e").campaign(b"successor", ttl=5) as successor:
+                assert successor.term > term
+                # CMD is stopped at the next renewal, before the old lease's deadline.
+                assert proc.wait(10) == exits.LEASE_LOST
+                assert time.monotonic() - deposed < 3.0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
