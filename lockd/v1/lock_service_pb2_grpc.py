@@ -37,7 +37,8 @@ class LockServiceStub:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
     """
 
     def __init__(self, channel):
@@ -76,6 +77,11 @@ class LockServiceStub:
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/lockd.v1.LockService/Watch',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/lockd.v1.LockService/ClusterStatus',
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
@@ -100,7 +106,8 @@ class LockServiceServicer:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
     """
 
     def Acquire(self, request, context):
@@ -147,6 +154,19 @@ class LockServiceServicer:
         admin token as `authorization: Bearer <token>` metadata, or a client certificate
         whose subject CN the gateway lists with --admin-cn. The next grant's token is larger
         than the removed holder's, so fenced storage refuses the old holder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Watch streams a lock's changes, or those of every lock under a name prefix, as any
+        gateway makes them: first the current state (STATE messages, then one SYNCED), then
+        ACQUIRED, RELEASED, EXPIRED and FORCE_RELEASED events, each once, in the order this
+        gateway learned them (per lock: in token order). A watcher that falls too far
+        behind is cut off with RESOURCE_EXHAUSTED WATCHER_TOO_SLOW; watching again starts
+        from the current state. Errors: INVALID_ARGUMENT BAD_NAME (empty name, too long),
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +223,11 @@ def add_LockServiceServicer_to_server(servicer, server):
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.SerializeToString,
             ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.SerializeToString,
+            ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.FromString,
@@ -233,7 +258,8 @@ class LockService:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
     """
 
     @staticmethod
@@ -388,6 +414,33 @@ class LockService:
             '/lockd.v1.LockService/ForceRelease',
             lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
             lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lockd.v1.LockService/Watch',
+            lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
