@@ -8,7 +8,15 @@
 """
 
 from lockd_client._transport import TLS
-from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, HeldLock, LockInfo, NodeInfo
+from lockd_client.aio import (
+    AsyncClient,
+    AsyncLease,
+    ClusterInfo,
+    HeldLock,
+    LockInfo,
+    NodeInfo,
+    WatchEvent,
+)
 from lockd_client.errors import (
     ErrorReason,
     InvalidRequest,
@@ -48,5 +56,6 @@ __all__ = [
     "StoreError",
     "Unavailable",
     "ValueChanged",
+    "WatchEvent",
     "reason_name",
 ]
