@@ -101,9 +101,7 @@ class LockService(pb_grpc.LockServiceServicer):
 
     def __init__(self, manager: LockManager) -> None:
         self.manager = manager
-        self.watch_hub = watch.WatchHub(
-            manager, manager.config.watch_queue, manager.config.max_watchers
-        )
+        self.watch_hub = watch.WatchHub(manager)
         self.draining = asyncio.Event()
         """Set at graceful shutdown: sessions end once their calls in flight finish."""
 

@@ -19,8 +19,8 @@ prefix) that turns five nodes' messages into one story:
 first the current state (one STATE per held lock, or for a name one STATE held or not),
 then SYNCED, then the events. Its queue is bounded: a watcher that falls `queue_size`
 events behind is cut off (RESOURCE_EXHAUSTED WATCHER_TOO_SLOW, `Subscription.failed`),
-and the hub takes at most `max_watchers`. A client that reconnects subscribes again and
-starts from the current state.
+and the hub takes at most `max_watchers` (both from the `GatewayConfig`). A client that
+reconnects subscribes again and starts from the current state.
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ from lockd.gateway import listing, records
 from lockd.gateway.locks import LockManager
 
 __all__ = [
-    "DEFAULT_MAX_WATCHERS",
-    "DEFAULT_QUEUE",
     "EventType",
     "Subscription",
     "WatchEvent",
@@ -52,8 +50,6 @@ __all__ = [
 
 log = logging.getLogger("lockd.gateway")
 
-DEFAULT_QUEUE = 1024
-DEFAULT_MAX_WATCHERS = 10_000
 PENDING_TOKENS = 4  # grants a name may have half-reported at once (older ones dropped)
 PENDING_S = 2.0  # half-reported grants older than this are forgotten (failed attempts)
 PROBE_RETRY_S = 0.1  # after a probe that no quorum answered
@@ -389,15 +385,10 @@ class Subscription:
 class WatchHub:
     """This gateway's watchers and the per-name trackers that feed them."""
 
-    def __init__(
-        self,
-        manager: LockManager,
-        queue_size: int = DEFAULT_QUEUE,
-        max_watchers: int = DEFAULT_MAX_WATCHERS,
-    ) -> None:
+    def __init__(self, manager: LockManager) -> None:
         self.manager = manager
-        self.queue_size = queue_size
-        self.max_watchers = max_watchers
+        self.queue_size = manager.config.watch_queue
+        self.max_watchers = manager.config.max_watchers
         self._trackers: dict[bytes, _Tracker] = {}
         self._prefixes: dict[bytes, set[Subscription]] = {}
         self._watchers = 0
