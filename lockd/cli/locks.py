@@ -1,5 +1,5 @@
-"""Lock commands: `lockd acquire`, `release`, `renew`, `status`, `list`, `run` and
-`elect`."""
+"""Lock commands: `lockd acquire`, `release`, `renew`, `status`, `list`, `watch`, `run`
+and `elect`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from lockd.cli.client import client_options, lease_id, run_client, table
 from lockd.cli.params import DURATION
 
 if TYPE_CHECKING:
-    from lockd_client import AsyncClient
+    from lockd_client import AsyncClient, WatchEvent
 
 __all__ = [
     "acquire",
@@ -29,6 +29,7 @@ __all__ = [
     "run",
     "status",
     "text",
+    "watch",
     "when",
 ]
 
@@ -175,6 +176,61 @@ def list_locks(prefix: str, as_json: bool, page_size: int, **conn: Any) -> None:
         return 0
 
     run_client(go, **conn)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--prefix", is_flag=True, help="Watch every lock whose name starts with NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.option(
+    "--count",
+    default=0,
+    type=click.IntRange(0),
+    help="Exit after this many changes (0: until interrupted).",
+)
+@client_options
+def watch(name: str, prefix: bool, as_json: bool, count: int, **conn: Any) -> None:
+    """Print NAME's current state, then every change from any gateway: acquired (token,
+    owner), released, expired, force_released. With --prefix, every lock under NAME.
+
+    If the gateway goes away, the watch moves to another endpoint and prints the current
+    state again. Exit status 4 when cut off for reading too slowly, 130 on Ctrl-C."""
+
+    async def go(client: AsyncClient) -> int:
+        changes = 0
+        async for event in client.watch(name, prefix=prefix):
+            if as_json:
+                entry = dataclasses.asdict(event) | {"value": text(event.value), "at": time.time()}
+                click.echo(json.dumps(entry))
+            else:
+                click.echo(_watch_line(event))
+            if event.type not in ("state", "synced"):
+                changes += 1
+                if changes == count:
+                    return 0
+        return 0
+
+    try:
+        run_client(go, **conn)
+    except KeyboardInterrupt:
+        raise SystemExit(exits.INTERRUPTED) from None
+
+
+def _watch_line(event: WatchEvent) -> str:
+    """One event for people: time, type, lock, then what is known about the grant."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+    if event.type == "synced":
+        return f"{stamp} synced {event.name}"
+    parts = [stamp, event.type, event.name]
+    if event.type == "state" and not event.held:
+        parts.append("not held")
+    elif event.token:
+        parts.append(f"token={event.token}")
+    if event.type in ("state", "acquired") and (event.held or event.type == "acquired"):
+        parts += [f"owner={event.owner or '-'}", f"ttl={event.ttl_remaining * 1000:.0f}ms"]
+        if event.value:
+            parts.append(f"value={text(event.value)}")
+    return " ".join(parts)
 
 
 @click.command()

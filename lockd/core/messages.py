@@ -6,6 +6,7 @@ import dataclasses
 import enum
 
 __all__ = [
+    "EVENTS_CHANNEL",
     "AcquireCall",
     "AcquireReply",
     "Call",
@@ -14,6 +15,7 @@ __all__ = [
     "FenceReply",
     "Granted",
     "Meta",
+    "NodeEvent",
     "NodeFailure",
     "NodeReply",
     "NotGranted",
@@ -23,7 +25,9 @@ __all__ = [
     "RenewFailed",
     "Renewed",
     "Send",
+    "decode_event",
     "decode_meta",
+    "encode_event",
     "encode_meta",
     "fence_key",
     "lock_key",
@@ -77,6 +81,60 @@ def decode_meta(raw: bytes) -> Meta | None:
     if size > len(parts[3]):
         return None
     return Meta(parts[3][:size], parts[3][size:], int(parts[1]))
+
+
+# -- lock events the nodes publish -----------------------------------------------------
+
+EVENTS_CHANNEL = b"lockd:events"
+"""Pub/sub channel on which nodes publish lock events (`encode_event`) for watchers."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """One node's lock event, as published on `EVENTS_CHANNEL`.
+
+    `kind` is b"A" (a fencing advance was accepted while a lease holds the lock: the
+    grant's token is `counter`), b"R" (the holder released it) or b"F" (an admin forced
+    it). `digest` is the SHA-1 hex of the lease id holding the lock on that node (never
+    the lease id itself; empty when none held it), `pttl_ms` its PTTL then (-2: not
+    held), `record` the owner record (A only)."""
+
+    kind: bytes
+    counter: int
+    pttl_ms: int
+    digest: bytes
+    lock_key: bytes
+    record: bytes
+
+
+def encode_event(event: NodeEvent) -> bytes:
+    """`<kind>:<counter>:<pttl>:<digest>:<key length>:<lock key><record>` (the Lua
+    library builds the same bytes)."""
+    e = event
+    return b"%b:%d:%d:%b:%d:%b%b" % (
+        e.kind,
+        e.counter,
+        e.pttl_ms,
+        e.digest,
+        len(e.lock_key),
+        e.lock_key,
+        e.record,
+    )
+
+
+def decode_event(raw: bytes) -> NodeEvent | None:
+    """The event `encode_event` wrote, or None if `raw` is not one."""
+    parts = raw.split(b":", 5)
+    if len(parts) != 6 or parts[0] not in (b"A", b"R", b"F"):
+        return None
+    kind, counter, pttl, digest, size, rest = parts
+    try:
+        n, ms, length = int(counter), int(pttl), int(size)
+    except ValueError:
+        return None
+    if not 0 <= length <= len(rest):
+        return None
+    return NodeEvent(kind, n, ms, digest, rest[:length], rest[length:])
 
 
 # -- calls to one node -------------------------------------------------------------------

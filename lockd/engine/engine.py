@@ -8,7 +8,9 @@ replies, and `cron()` every 100 ms. Nothing here opens sockets or sleeps.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import hashlib
 import itertools
 import logging
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lockd import __version__
+from lockd.core.messages import EVENTS_CHANNEL, NodeEvent, encode_event
 from lockd.core.quorum import restart_delay_ms
 from lockd.durable import CorruptFile, DiskFaults, errno_name, private_dir
 from lockd.engine.clock import Clock, WallClock
@@ -42,7 +45,7 @@ from lockd.engine.persistence import (
 )
 from lockd.resp.replies import CommandError, Reply
 
-__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig", "meta_key_of"]
+__all__ = ["EVENTS_CHANNEL", "RELEASE_CHANNEL", "Engine", "EngineConfig", "meta_key_of"]
 
 log = logging.getLogger("lockd.engine")
 
@@ -540,9 +543,13 @@ class Engine:
         self._remove_lock(lock_key)
         return 1
 
-    def _remove_lock(self, lock_key: bytes) -> None:
+    def _remove_lock(self, lock_key: bytes, kind: bytes = b"R") -> None:
         """Delete a live lock key and its owner record, settle (under `always`), and
-        publish the release."""
+        publish the release (on `lockd:released`, and as event `kind` for watchers)."""
+        if EVENTS_CHANNEL in self._subscribers and lock_key.startswith(LOCK_KEY_PREFIX):
+            with contextlib.suppress(CommandError):  # a damaged counter: no event (as Lua)
+                counter = self.counter(fence_key_of(lock_key))
+                self._publish_event(kind, lock_key, counter, -2, b"")
         self.keyspace.remove(lock_key)
         meta_key = meta_key_of(lock_key)
         if meta_key is not None:
@@ -558,7 +565,7 @@ class Engine:
         counter = self.counter(fence_key_of(lock_key))
         if self.keyspace.get(lock_key) is None:
             return 0, counter
-        self._remove_lock(lock_key)
+        self._remove_lock(lock_key, b"F")
         return 1, counter
 
     def lock_extend(
@@ -652,7 +659,21 @@ class Engine:
         if current >= target:
             return 0, current
         self._set_counter(fence_key, target)
+        if EVENTS_CHANNEL in self._subscribers and fence_key.startswith(FENCE_PREFIX):
+            lock_key = LOCK_KEY_PREFIX + fence_key[len(FENCE_PREFIX) :]
+            meta_key = meta_key_of(lock_key)
+            record = self._string(meta_key) if meta_key is not None else None
+            self._publish_event(b"A", lock_key, target, self.pttl(lock_key), record or b"")
         return 1, target
+
+    def _publish_event(
+        self, kind: bytes, lock_key: bytes, counter: int, pttl_ms: int, record: bytes
+    ) -> None:
+        """Publish a lock event for watchers (`NodeEvent`) on `lockd:events`."""
+        lease = self._string(lock_key)
+        digest = hashlib.sha1(lease).hexdigest().encode() if lease is not None else b""
+        event = NodeEvent(kind, counter, pttl_ms, digest, lock_key, record)
+        self.publish(EVENTS_CHANNEL, encode_event(event))
 
     def _set_counter(self, fence_key: bytes, value: int) -> None:
         ks = self.keyspace

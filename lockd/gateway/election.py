@@ -12,8 +12,13 @@ with a new value. Resign is a Release. Renewal is the ordinary Renew on the lock
 Observe shares one poller per election among its observers (`Observers`): each round
 reads the leader from the nodes, and every observer keeps only the latest leader it has
 not yet sent, so a slow observer never grows the gateway's memory and still sees terms
-in order. A round runs every `poll_s`, at once when this gateway changed the election
-(`poke`), which is the seam where lock events from other gateways plug in.
+in order. A round runs at every lock event of the election's lock from any gateway
+(the Watch hub, `lockd.gateway.watch`: grants, releases, expiries, forced releases), at
+once when this gateway changed the election (Campaign, Proclaim, Resign), and every
+`poll_s` otherwise: that is how a Proclaim made through another gateway shows (it
+publishes no lock event), and the backstop should a node message be lost. A grant is
+published before its leader record is written, so a round that finds the lock held
+without a term looks again after `RECORD_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncGenerator, Coroutine
 from typing import TypeVar
@@ -32,6 +38,7 @@ from lockd.core import Granted, Meta, Renewed, encode_meta
 from lockd.errors import ErrorReason, LockdError
 from lockd.gateway import records
 from lockd.gateway.locks import LockManager, Now
+from lockd.gateway.watch import WatchHub
 from lockd.units import MS
 
 __all__ = [
@@ -59,8 +66,11 @@ assert MAX_ELECTION_VALUE_BYTES + TERM_DIGITS + 1 <= records.MAX_VALUE_BYTES
 CAMPAIGN_WAIT_MS = 365 * 24 * 3600 * 1000
 """How long Campaign waits without an RPC deadline."""
 T = TypeVar("T")
-POLL_S = 0.1
-"""How often Observe looks at an election that changed at no gateway it hears of."""
+log = logging.getLogger("lockd.gateway")
+POLL_S = 0.25
+"""How often Observe looks at an election without news of a change."""
+RECORD_WAIT_S = 0.01
+"""How soon Observe looks again at a leader whose record has no term yet."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,14 +203,20 @@ async def resign(manager: LockManager, election: bytes, lease: bytes) -> None:
 
 async def current(manager: LockManager, election: bytes) -> Leader | None:
     """The leader a quorum of nodes shows now, or None."""
+    return (await _look(manager, election))[0]
+
+
+async def _look(manager: LockManager, election: bytes) -> tuple[Leader | None, bool]:
+    """The leader a quorum shows now (or None), and whether the lock is held by a
+    candidate whose record has no term yet (about to lead)."""
     holder = await records.holder(manager, lock_name(election))
-    if not holder.held or holder.meta is None:
-        return None
-    decoded = decode_value(holder.meta.value)
-    if decoded is None:
-        return None
+    if not holder.held:
+        return None, False
+    decoded = decode_value(holder.meta.value) if holder.meta is not None else None
+    if holder.meta is None or decoded is None:
+        return None, True
     term, value = decoded
-    return Leader(term, value, holder.meta.owner, holder.ttl_remaining_ms)
+    return Leader(term, value, holder.meta.owner, holder.ttl_remaining_ms), False
 
 
 async def leader(manager: LockManager, election: bytes) -> Leader:
@@ -244,8 +260,11 @@ class _Feed:
 class Observers:
     """The observers of every election at this gateway, one poller per election."""
 
-    def __init__(self, manager: LockManager, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self, manager: LockManager, hub: WatchHub | None = None, poll_s: float = POLL_S
+    ) -> None:
         self.manager = manager
+        self.hub = hub
         self.poll_s = poll_s
         self._feeds: dict[bytes, set[_Feed]] = {}
         self._pollers: dict[bytes, asyncio.Task[None]] = {}
@@ -285,14 +304,33 @@ class Observers:
 
     async def _poll(self, election: bytes) -> None:
         poke = self._pokes[election]
+        follower = asyncio.create_task(self._follow(election)) if self.hub else None
+        try:
+            while True:
+                poke.clear()
+                found, pending = await _look(self.manager, election)
+                if found is not None:
+                    for feed in self._feeds.get(election, ()):
+                        feed.offer(found)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(poke.wait(), RECORD_WAIT_S if pending else self.poll_s)
+        finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    async def _follow(self, election: bytes) -> None:
+        """Poke the poller at every event of the election's lock (from any gateway); a
+        watch cut off or refused (too many watchers) is tried again, polling meanwhile."""
+        assert self.hub is not None
         while True:
-            poke.clear()
-            found = await current(self.manager, election)
-            if found is not None:
-                for feed in self._feeds.get(election, ()):
-                    feed.offer(found)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poke.wait(), self.poll_s)
+            try:
+                async with await self.hub.subscribe(lock_name(election)) as events:
+                    async for _ in events:
+                        self.poke(election)
+            except LockdError as exc:
+                log.debug("observe %r: watch ended (%s); polling", election, exc.message)
+            await asyncio.sleep(self.poll_s)
 
     async def close(self) -> None:
         """Stop every poller (the gateway is stopping)."""

@@ -125,6 +125,7 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.service.draining.set()
         self.manager.shut_down()
+        await self.service.watch_hub.close()  # watchers move to another gateway now
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

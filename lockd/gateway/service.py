@@ -21,7 +21,7 @@ import grpc
 from lockd import __version__
 from lockd.core import Granted, Released, Renewed
 from lockd.errors import ErrorReason, LockdError, abort
-from lockd.gateway import admin, election, listing, records
+from lockd.gateway import admin, election, listing, records, watch
 from lockd.gateway.locks import LockManager, Now
 from lockd.gateway.nodes import Mode
 from lockd.units import MS
@@ -83,6 +83,30 @@ def _leader(name: str, found: election.Leader) -> pb.LeaderResponse:
     )
 
 
+_WATCH_TYPES = {
+    watch.EventType.STATE: pb.WatchEvent.STATE,
+    watch.EventType.SYNCED: pb.WatchEvent.SYNCED,
+    watch.EventType.ACQUIRED: pb.WatchEvent.ACQUIRED,
+    watch.EventType.RELEASED: pb.WatchEvent.RELEASED,
+    watch.EventType.EXPIRED: pb.WatchEvent.EXPIRED,
+    watch.EventType.FORCE_RELEASED: pb.WatchEvent.FORCE_RELEASED,
+}
+
+
+def _watch_event(event: watch.WatchEvent) -> pb.WatchEvent:
+    meta = event.meta
+    return pb.WatchEvent(
+        type=_WATCH_TYPES[event.type],
+        name=event.name.decode(errors="replace"),
+        held=event.held,
+        fencing_token=event.token,
+        owner=meta.owner.decode(errors="replace") if meta else "",
+        value=meta.value if meta else b"",
+        ttl_remaining_ms=event.ttl_remaining_ms,
+        acquired_at_ms=meta.acquired_at_ms if meta else 0,
+    )
+
+
 def _deadline_ns(context: Context) -> int | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic_ns() + int(remaining * 1e9)
@@ -93,9 +117,10 @@ class LockService(pb_grpc.LockServiceServicer):
 
     def __init__(self, manager: LockManager) -> None:
         self.manager = manager
+        self.watch_hub = watch.WatchHub(manager)
         self.draining = asyncio.Event()
         """Set at graceful shutdown: sessions end once their calls in flight finish."""
-        self.observers = election.Observers(manager)
+        self.observers = election.Observers(manager, self.watch_hub)
 
     # -- the calls, once -------------------------------------------------------------------
 
@@ -366,6 +391,27 @@ class LockService(pb_grpc.LockServiceServicer):
         finally:
             draining.cancel()
             await changes.aclose()
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> None:
+        """Stream the watch's events with `context.write` (see `lockd.gateway.watch`)."""
+        key = request.name.encode("utf-8", "surrogatepass")
+        try:
+            sub = await self.watch_hub.subscribe(key, prefix=request.prefix)
+        except LockdError as exc:
+            await abort(context, exc)
+        try:
+            async with sub:
+                async for event in sub:
+                    # A client that does not read blocks the write: stop it when cut off.
+                    write = asyncio.ensure_future(context.write(_watch_event(event)))
+                    await asyncio.wait({write, sub.failed}, return_when=asyncio.FIRST_COMPLETED)
+                    if not write.done():
+                        write.cancel()
+                        assert sub.error is not None
+                        raise sub.error
+                    write.result()
+        except LockdError as exc:
+            await abort(context, exc)
 
     async def ClusterStatus(
         self, request: pb.ClusterStatusRequest, context: Context

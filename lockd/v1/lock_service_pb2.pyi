@@ -140,6 +140,50 @@ class LockEntry(_message.Message):
     waiters: int
     def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., fencing_token: _Optional[int] = ..., ttl_remaining_ms: _Optional[int] = ..., acquired_at_ms: _Optional[int] = ..., waiters: _Optional[int] = ...) -> None: ...
 
+class WatchRequest(_message.Message):
+    __slots__ = ("name", "prefix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: bool
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[bool] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("type", "name", "held", "fencing_token", "owner", "value", "ttl_remaining_ms", "acquired_at_ms")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[WatchEvent.Type]
+        STATE: _ClassVar[WatchEvent.Type]
+        SYNCED: _ClassVar[WatchEvent.Type]
+        ACQUIRED: _ClassVar[WatchEvent.Type]
+        RELEASED: _ClassVar[WatchEvent.Type]
+        EXPIRED: _ClassVar[WatchEvent.Type]
+        FORCE_RELEASED: _ClassVar[WatchEvent.Type]
+    TYPE_UNSPECIFIED: WatchEvent.Type
+    STATE: WatchEvent.Type
+    SYNCED: WatchEvent.Type
+    ACQUIRED: WatchEvent.Type
+    RELEASED: WatchEvent.Type
+    EXPIRED: WatchEvent.Type
+    FORCE_RELEASED: WatchEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    type: WatchEvent.Type
+    name: str
+    held: bool
+    fencing_token: int
+    owner: str
+    value: bytes
+    ttl_remaining_ms: int
+    acquired_at_ms: int
+    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., name: _Optional[str] = ..., held: _Optional[bool] = ..., fencing_token: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_remaining_ms: _Optional[int] = ..., acquired_at_ms: _Optional[int] = ...) -> None: ...
+
 class ForceReleaseRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -38,7 +38,8 @@ class LockServiceStub:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
 
     Elections: an election E is the lock named "@election/E" (names under "@election/" are
     reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
@@ -107,6 +108,11 @@ class LockServiceStub:
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/lockd.v1.LockService/Watch',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/lockd.v1.LockService/ClusterStatus',
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
@@ -132,7 +138,8 @@ class LockServiceServicer:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
 
     Elections: an election E is the lock named "@election/E" (names under "@election/" are
     reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
@@ -232,6 +239,19 @@ class LockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Watch streams a lock's changes, or those of every lock under a name prefix, as any
+        gateway makes them: first the current state (STATE messages, then one SYNCED), then
+        ACQUIRED, RELEASED, EXPIRED and FORCE_RELEASED events, each once, in the order this
+        gateway learned them (per lock: in token order). A watcher that falls too far
+        behind is cut off with RESOURCE_EXHAUSTED WATCHER_TOO_SLOW; watching again starts
+        from the current state. Errors: INVALID_ARGUMENT BAD_NAME (empty name, too long),
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ClusterStatus(self, request, context):
         """ClusterStatus shows the engine nodes as this gateway sees them.
         """
@@ -308,6 +328,11 @@ def add_LockServiceServicer_to_server(servicer, server):
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.SerializeToString,
             ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.SerializeToString,
+            ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.FromString,
@@ -339,7 +364,8 @@ class LockService:
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
     FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
 
     Elections: an election E is the lock named "@election/E" (names under "@election/" are
     reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
@@ -634,6 +660,33 @@ class LockService:
             '/lockd.v1.LockService/Observe',
             lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.SerializeToString,
             lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lockd.v1.LockService/Watch',
+            lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

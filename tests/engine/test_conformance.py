@@ -19,6 +19,7 @@ afterwards); tests that need an empty keyspace use fresh servers (`fresh`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,10 @@ class Target:
         assert isinstance(reply, int)
         return reply
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        """Subscribe to `channel`; returns a function giving the messages received so far."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -125,6 +130,11 @@ class EmbeddedTarget(Target):
             return [self._normalise(item) for item in reply]
         raise TypeError(f"unexpected reply {reply!r}")
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        got: list[bytes] = []
+        self.engine.subscribe(channel.encode(), lambda _, message: got.append(message))
+        return lambda: list(got)
+
     def close(self) -> None:
         self.engine.close()
 
@@ -137,6 +147,7 @@ class ClientTarget(Target):
         self.client = redis.Redis(port=port, socket_timeout=10, protocol=protocol)
         self.client.response_callbacks.clear()  # raw replies: b"OK", not True
         self.protocol = protocol
+        self._pubsubs: list[redis.client.PubSub] = []
 
     def call(self, *args: Arg) -> Reply:
         try:
@@ -153,9 +164,25 @@ class ClientTarget(Target):
             return [self._normalise(item) for item in reply]
         raise TypeError(f"unexpected reply {reply!r}")
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        pubsub = self.client.pubsub()
+        pubsub.subscribe(channel)
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        got: list[bytes] = []
+
+        def read() -> list[bytes]:
+            while (message := pubsub.get_message(timeout=0.2)) is not None:
+                got.append(message["data"])
+            return list(got)
+
+        self._pubsubs.append(pubsub)
+        return read
+
     def close(self) -> None:
         if self.keys:
             self.client.execute_command("DEL", *self.keys)
+        for pubsub in self._pubsubs:
+            pubsub.close()
         self.client.close()
 
 
@@ -1156,6 +1183,42 @@ def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:
     assert t.error("FCALL", "lockd_force_release", 1, not_a_lock) == (
         "ERR lockd: lock keys must start with 'lock:'"
     )
+
+
+def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
+    """`lockd:events` (lockd/core/messages.py NodeEvent): A on an accepted fence advance
+    (with the holder's lease digest, PTTL and owner record), R on a release, F on a
+    forced release; nothing when nothing changed. Byte for byte the same everywhere."""
+    read = t.subscribe("lockd:events")
+    lock, fence, _ = lock_keys(t, "ev")
+    size = len(lock)
+    a, b = hashlib.sha1(b"a").hexdigest(), hashlib.sha1(b"b").hexdigest()
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "rec") == [1, 0]
+    assert t.fcall("lockd_fence_advance", [fence], 3) == [1, 3]
+    assert t.fcall("lockd_fence_advance", [fence], 2) == [0, 3]  # refused: no event
+    assert t.fcall("lockd_extend", [lock], "a", 5000) == 1
+    assert t.fcall("lockd_release", [lock], "a") == 1
+    assert t.fcall("lockd_release", [lock], "a") == 0
+    assert t.fcall("lockd_fence_advance", [fence], 4) == [1, 4]  # nobody holds it
+    assert t.fcall("lockd_acquire", [lock, fence], "b", 5000) == [1, 4]
+    assert t.fcall("lockd_fence_advance", [fence], 5) == [1, 5]
+    assert t.fcall("lockd_force_release", [lock]) == [1, 5]
+    assert t.fcall("lockd_force_release", [lock]) == [0, 5]
+    plain = t.key("plain")
+    assert t.fcall("lockd_acquire", [plain, t.key("plainfence")], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_release", [plain], "a") == 1  # not a lock key: no event
+    events = [m for m in read() if t.prefix.encode() in m]
+    parts = [m.split(b":", 3) for m in events]
+    assert [p[:2] for p in parts] == [[b"A", b"3"], [b"R", b"3"], [b"A", b"4"], [b"A", b"5"],
+                                      [b"F", b"5"]]  # fmt: skip
+    assert 4000 < int(parts[0][2]) <= 5000 and int(parts[3][2]) > 4000
+    assert [p[2:] for p in (parts[1], parts[2], parts[4])] == [
+        [b"-2", f"{a}:{size}:{lock}".encode()],
+        [b"-2", f":{size}:{lock}".encode()],
+        [b"-2", f"{b}:{size}:{lock}".encode()],
+    ]
+    assert parts[0][3] == f"{a}:{size}:{lock}rec".encode()
+    assert parts[3][3] == f"{b}:{size}:{lock}".encode()
 
 
 def test_peek_reads_pttl_counter_and_record(t: Target) -> None:

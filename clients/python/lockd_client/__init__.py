@@ -18,6 +18,7 @@ from lockd_client.aio import (
     LeaderInfo,
     LockInfo,
     NodeInfo,
+    WatchEvent,
 )
 from lockd_client.errors import (
     ErrorReason,
@@ -67,5 +68,6 @@ __all__ = [
     "StoreError",
     "Unavailable",
     "ValueChanged",
+    "WatchEvent",
     "reason_name",
 ]

@@ -30,6 +30,7 @@ from lockd_client.errors import (
     LockError,
     LockTimeout,
     NotOwned,
+    Overloaded,
     Unavailable,
     reason_name,
 )
@@ -119,6 +120,40 @@ class ClusterInfo:
     quorum: int
     quorum_available: bool
     version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    """One message of `watch`: first the current state ("state", then one "synced"),
+    then "acquired", "released", "expired" or "force_released" as they happen (never a
+    lease id)."""
+
+    type: str
+    name: str
+    """The lock (for "synced": the watched name or prefix)."""
+    held: bool
+    """For "state": whether a majority of nodes hold it."""
+    token: int
+    """The grant's fencing token (0 when unknown)."""
+    owner: str = ""
+    value: bytes = b""
+    ttl_remaining: float = 0.0
+    """For "state" and "acquired": seconds until fewer than a majority hold it."""
+    acquired_at: float | None = None
+    """For "state" and "acquired": when it was granted (Unix seconds), if known."""
+
+
+def _watch_event(e: pb.WatchEvent) -> WatchEvent:
+    return WatchEvent(
+        pb.WatchEvent.Type.Name(e.type).lower(),
+        e.name,
+        e.held,
+        e.fencing_token,
+        e.owner,
+        e.value,
+        e.ttl_remaining_ms / 1000,
+        e.acquired_at_ms / 1000 if e.acquired_at_ms else None,
+    )
 
 
 class AsyncLease:
@@ -623,6 +658,33 @@ class AsyncClient:
             token = r.next_page_token
             if not token:
                 return
+
+    async def watch(
+        self, name: str, *, prefix: bool = False, resume: bool = True
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """`async for event in client.watch("orders/42")`: the lock's current state
+        ("state", then "synced"), then each change made through any gateway. With
+        `prefix=True`, every lock whose name starts with `name` (one "state" per held
+        lock). When the gateway goes away and `resume` is true, the watch moves to the
+        next endpoint and starts again from the current state (a new "state"/"synced").
+        A watcher that reads too slowly is cut off by the gateway: `Overloaded` with
+        reason WATCHER_TOO_SLOW (watch again to resume from the current state)."""
+        request = pb.WatchRequest(name=name, prefix=prefix)
+        attempt = 0
+        while True:
+            try:
+                async for message in self._transport.server_stream("Watch", request, name=name):
+                    attempt = 0
+                    yield _watch_event(message)
+            except Unavailable as exc:
+                if not resume or isinstance(exc, Overloaded):
+                    raise
+                if attempt >= self._transport.retries * len(self._transport.endpoints):
+                    raise
+            if not resume:
+                return
+            await asyncio.sleep(self._transport.backoff(attempt))
+            attempt += 1
 
     async def force_release(self, name: str, admin_token: str | None = None) -> int:
         """Take lock `name` back whatever lease holds it (an admin operation): with the

@@ -29,6 +29,7 @@ from lockd_client.aio import (
     HeldLock,
     LeaderInfo,
     LockInfo,
+    WatchEvent,
 )
 from lockd_client.errors import Unavailable
 
@@ -318,6 +319,25 @@ class Client:
 
         while (lock := self._runner.run(step())) is not None:
             yield lock
+
+    def watch(
+        self, name: str, *, prefix: bool = False, resume: bool = True
+    ) -> Iterator[WatchEvent]:
+        """`for event in client.watch("orders/42")`: see `AsyncClient.watch`. Stop
+        early with `break` (the stream is closed when the generator is)."""
+        events = self._client.watch(name, prefix=prefix, resume=resume)
+
+        async def step() -> WatchEvent | None:
+            try:
+                return await anext(events)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (event := self._runner.run(step())) is not None:
+                yield event
+        finally:
+            self._runner.run(events.aclose())
 
     def force_release(self, name: str, admin_token: str | None = None) -> int:
         """Take lock `name` back whatever lease holds it (admin); nodes that held it."""

@@ -14,6 +14,9 @@
 -- A lock key `lock:X` has its fencing counter at `fence:X` and its owner record (opaque to
 -- the node) at `meta:X`, with the lock's deadline; the functions given only the lock key
 -- derive the others (same hash tag, same slot), and delete the record with the lock.
+-- Lock events for watchers go to channel `lockd:events` as
+--   <kind>:<counter>:<pttl>:<sha1 hex of the holding lease id>:<key length>:<lock key><record>
+-- (kind A: a fencing advance accepted, R: released, F: forced; lockd/core/messages.py).
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
@@ -115,8 +118,22 @@ local function acquire(keys, args)
   return {acquired, n}
 end
 
--- Delete a lock key and its owner record, and tell waiting gateways.
-local function remove_lock(lock)
+-- Publish a lock event for watchers (see the header), if anyone listens.
+local function publish_event(kind, lock, n, pttl, record)
+  local lease = redis.call('GET', lock)
+  local digest = ''
+  if lease then digest = redis.sha1hex(lease) end
+  redis.call('PUBLISH', 'lockd:events',
+    string.format('%s:%d:%d:%s:%d:', kind, n, pttl, digest, #lock) .. lock .. (record or ''))
+end
+
+-- Delete a lock key and its owner record, and tell waiting gateways and watchers.
+local function remove_lock(lock, kind)
+  local fence = fence_key(lock)
+  if fence then
+    local n = counter(fence)
+    if n then publish_event(kind, lock, n, -2, '') end
+  end
   redis.call('DEL', lock)
   local meta = meta_key(lock)
   if meta then redis.call('DEL', meta) end
@@ -129,7 +146,7 @@ local function release(keys, args)
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
-  remove_lock(keys[1])
+  remove_lock(keys[1], 'R')
   return 1
 end
 
@@ -164,7 +181,7 @@ local function force_release(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     return {0, n}
   end
-  remove_lock(keys[1])
+  remove_lock(keys[1], 'F')
   return {1, n}
 end
 
@@ -230,6 +247,11 @@ local function fence_advance(keys, args)
     return {0, current}
   end
   redis.call('SET', keys[1], args[1])
+  if string.sub(keys[1], 1, 6) == 'fence:' then
+    local lock = 'lock:' .. string.sub(keys[1], 7)
+    local record = redis.call('GET', meta_key(lock))
+    publish_event('A', lock, target, redis.call('PTTL', lock), record or '')
+  end
   return {1, target}
 end
 

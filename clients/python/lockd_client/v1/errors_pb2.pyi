@@ -31,6 +31,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VALUE_CHANGED: _ClassVar[ErrorReason]
     TOO_MANY_WAITERS: _ClassVar[ErrorReason]
     TOO_MANY_LOCKS: _ClassVar[ErrorReason]
+    WATCHER_TOO_SLOW: _ClassVar[ErrorReason]
+    TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
     GATEWAY_UNREACHABLE: _ClassVar[ErrorReason]
     TIMEOUT: _ClassVar[ErrorReason]
     RELEASED: _ClassVar[ErrorReason]
@@ -61,6 +63,8 @@ STALE_TOKEN: ErrorReason
 VALUE_CHANGED: ErrorReason
 TOO_MANY_WAITERS: ErrorReason
 TOO_MANY_LOCKS: ErrorReason
+WATCHER_TOO_SLOW: ErrorReason
+TOO_MANY_WATCHERS: ErrorReason
 GATEWAY_UNREACHABLE: ErrorReason
 TIMEOUT: ErrorReason
 RELEASED: ErrorReason
