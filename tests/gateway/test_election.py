@@ -248,3 +248,25 @@ def test_election_value_format(raw: bytes, decoded: tuple[int, bytes] | None) ->
 
 def test_reserved_prefix_fits_the_name_limit(tmp_path: Path) -> None:
     assert len(b"@election/") + 246 == GatewayConfig(data_dir=tmp_path).max_name_bytes
+
+
+async def test_observe_at_another_gateway_follows_lock_events(
+    engines: list[EngineProcess],
+) -> None:
+    config = GatewayConfig(nodes=urls(engines), max_ttl_ms=10_000)
+    async with client(config) as (_, leading), client(config) as (_, watching):
+        stream = watching.Observe(pb.ObserveRequest(election="x"))
+        changes = aiter(stream)
+        first = await leading.Campaign(pb.CampaignRequest(election="x", value=b"a", ttl_ms=5000))
+        seen = await asyncio.wait_for(anext(changes), 3)
+        assert (seen.term, seen.value) == (first.leader.term, b"a")
+        # A Proclaim elsewhere publishes no lock event: the poll shows it.
+        await leading.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"a2"))
+        seen = await asyncio.wait_for(anext(changes), 3)
+        assert (seen.term, seen.value) == (first.leader.term, b"a2")
+        # A new term is announced by the lock events of its grant.
+        await leading.Resign(pb.ResignRequest(leader=first.leader))
+        second = await leading.Campaign(pb.CampaignRequest(election="x", value=b"b", ttl_ms=5000))
+        seen = await asyncio.wait_for(anext(changes), 3)
+        assert (seen.term, seen.value) == (second.leader.term, b"b")
+        stream.cancel()
