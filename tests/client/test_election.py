@@ -192,3 +192,16 @@ def test_cli_elect_stops_the_command_when_leadership_is_lost(
         proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_leader_election_example_end_to_end(serve: LockdProcess, store: LockdProcess) -> None:
+    """The example with real processes: three replicas, the leader frozen past its TTL,
+    a new leader with a larger term, the old leader's late write refused by the store."""
+    example = Path(__file__).parents[2] / "examples" / "leader_election.py"
+    argv = [sys.executable, str(example), "--endpoint", serve.endpoint, "--store"]
+    argv += [store.endpoint, "--ttl", "1", "--trials", "2", "--election", "example-e2e"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=CLEAN_ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert sum("late write: refused by the store" in line for line in lines) == 2, lines
+    assert "store holds" in lines[-1]
