@@ -181,7 +181,7 @@ def demo(args: argparse.Namespace) -> list[Trial]:
     store = StoreClient(args.store)
     final = store.read(f"{RESOURCE}/{args.election}", KEY)
     store.close()
-    print(f"store holds {final.value.decode()!r} (highest term {final.highest_token})")
+    print(f"store holds {(final.value or b'').decode()!r} (highest term {final.highest_token})")
     return trials
 
 

@@ -64,6 +64,16 @@ def jepsen() -> None:
     "--check-time-limit", default="60s", type=DURATION, help="Linearizability search limit."
 )
 @click.option("--test-name", default=None, help="Name of the test directory [from the flags].")
+@click.option(
+    "--workload",
+    default="fenced-counter",
+    type=click.Choice(["fenced-counter", "election"]),
+    help="fenced-counter: lock, read, write +1 with the token. election: candidates "
+    "campaign and write with their term, observers follow the leaders.",
+)
+@click.option(
+    "--observers", default=2, type=click.IntRange(0, 16), help="Election: observer processes."
+)
 def jepsen_run(
     nodes: int,
     gateways: int,
@@ -82,6 +92,8 @@ def jepsen_run(
     unsafe_unfenced_read: bool,
     check_time_limit: int,
     test_name: str | None,
+    workload: str,
+    observers: int,
 ) -> None:
     """Run lockd as real processes under faults and check what the clients saw.
 
@@ -114,6 +126,8 @@ def jepsen_run(
         unsafe_store=unsafe_store,
         unsafe_wall_clock=unsafe_wall_clock,
         unfenced_read=unsafe_unfenced_read,
+        workload=workload,
+        observers=observers,
         test_name=test_name,
         check_time_limit_s=check_time_limit / 1000,
         command="lockd " + " ".join(sys.argv[1:]),

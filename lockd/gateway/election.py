@@ -64,7 +64,7 @@ MAX_ELECTION_VALUE_BYTES = 1000
 """A candidate's value; with `<term>:` before it, within the lock value limit."""
 assert MAX_ELECTION_VALUE_BYTES + TERM_DIGITS + 1 <= records.MAX_VALUE_BYTES
 CAMPAIGN_WAIT_MS = 365 * 24 * 3600 * 1000
-"""How long Campaign waits without an RPC deadline."""
+"""How long Campaign waits with wait_ms 0 and no RPC deadline."""
 T = TypeVar("T")
 log = logging.getLogger("lockd.gateway")
 POLL_S = 0.25
@@ -154,14 +154,15 @@ async def campaign(
     value: bytes,
     owner: bytes,
     ttl_ms: int,
+    wait_ms: int,
     deadline_ns: int | None,
 ) -> Granted:
-    """Wait to lead `election` and write the leader record; the grant's token is the
-    term. A record that cannot be written on a quorum loses the lease (LEASE_LOST)."""
+    """Wait (up to `wait_ms`, 0: `CAMPAIGN_WAIT_MS`, and `deadline_ns`) to lead
+    `election` and write the leader record; the grant's token is the term. A record that
+    cannot be written on a quorum loses the lease (LEASE_LOST)."""
     name = lock_name(election)
-    granted = await _ready(
-        manager.acquire(name, ttl_ms, CAMPAIGN_WAIT_MS, deadline_ns, Meta(owner, b"", 0))
-    )
+    wait = manager.check_wait(wait_ms) or CAMPAIGN_WAIT_MS
+    granted = await _ready(manager.acquire(name, ttl_ms, wait, deadline_ns, Meta(owner, b"", 0)))
     try:
         await _ready(
             manager.renew(name, granted.lease, ttl_ms, _record(owner, granted.token, value))

@@ -321,7 +321,9 @@ class LockService(pb_grpc.LockServiceServicer):
             ttl = m.check_ttl(request.ttl_ms)
             value = election.check_value(request.value)
             owner = _owner(request.owner)
-            granted = await election.campaign(m, name, value, owner, ttl, _deadline_ns(context))
+            granted = await election.campaign(
+                m, name, value, owner, ttl, request.wait_ms, _deadline_ns(context)
+            )
         except LockdError as exc:
             await abort(context, exc)
         self.observers.poke(name)

@@ -118,6 +118,12 @@ async def test_campaign_ends_at_the_rpc_deadline(embedded: GatewayConfig) -> Non
         )
         assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert (await _leader(stub, "d")).value == b"a"
+        # With wait_ms the gateway answers first: certainly not leading.
+        waited = await fails(
+            stub.Campaign(pb.CampaignRequest(election="d", value=b"b", ttl_ms=5000, wait_ms=200))
+        )
+        assert (waited.code, waited.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "LOCK_HELD")
+        assert 0.15 < waited.elapsed < 2
 
 
 async def test_observe_streams_leader_changes_in_term_order(embedded: GatewayConfig) -> None:
@@ -167,6 +173,10 @@ async def test_bad_election_requests(embedded: GatewayConfig) -> None:
                 "BAD_NAME",
             ),
             (lambda: stub.Campaign(pb.CampaignRequest(election="x", ttl_ms=0)), "BAD_TTL"),
+            (
+                lambda: stub.Campaign(pb.CampaignRequest(election="x", ttl_ms=5000, wait_ms=-1)),
+                "BAD_WAIT",
+            ),
             (
                 lambda: stub.Campaign(
                     pb.CampaignRequest(election="x", value=b"v" * 1001, ttl_ms=5000)

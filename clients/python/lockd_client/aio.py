@@ -449,15 +449,20 @@ class AsyncElection:
         give_up = None if wait is None else time.monotonic() + wait
         while True:
             left = CAMPAIGN_ROUND_S if give_up is None else give_up - time.monotonic()
+            wait_ms = max(1, round(min(left, CAMPAIGN_ROUND_S) * 1000))
             sent = time.monotonic()
             try:
                 r = await self.client._transport.unary(
                     "Campaign",
                     pb.CampaignRequest(
-                        election=self.name, value=value, ttl_ms=round(ttl * 1000), owner=owner
+                        election=self.name,
+                        value=value,
+                        ttl_ms=round(ttl * 1000),
+                        owner=owner,
+                        wait_ms=wait_ms,
                     ),
                     name=self.name,
-                    timeout=max(0.001, min(left, CAMPAIGN_ROUND_S)),
+                    timeout=wait_ms / 1000 + self.client.timeout,  # the gateway's wait ends first
                 )
             except LockTimeout:
                 if give_up is not None and time.monotonic() >= give_up:

@@ -201,16 +201,18 @@ class ForceReleaseResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ..., nodes_released: _Optional[int] = ..., fencing_counter: _Optional[int] = ...) -> None: ...
 
 class CampaignRequest(_message.Message):
-    __slots__ = ("election", "value", "ttl_ms", "owner")
+    __slots__ = ("election", "value", "ttl_ms", "owner", "wait_ms")
     ELECTION_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     election: str
     value: bytes
     ttl_ms: int
     owner: str
-    def __init__(self, election: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+    wait_ms: int
+    def __init__(self, election: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class LeaderKey(_message.Message):
     __slots__ = ("election", "lease_id", "term")

@@ -198,7 +198,7 @@ class LockServiceServicer:
 
     def Campaign(self, request, context):
         """Campaign waits (FIFO among this gateway's candidates) until this candidate leads the
-        election, up to the RPC deadline (DEADLINE_EXCEEDED LOCK_HELD), and returns its term
+        election, up to wait_ms (DEADLINE_EXCEEDED LOCK_HELD), and returns its term
         (its fencing token: larger than every earlier term) and its lease. It returns once
         Leader shows this term and value on a quorum.
         """
