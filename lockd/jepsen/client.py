@@ -67,16 +67,21 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' {reason}' if reason else ''}: {text}"[:300]
 
 
-class FencedCounterClient:
-    """One worker's connections; at most one lease held at a time."""
+class _Connections:
+    """One worker's gateway and store clients."""
 
     def __init__(self, gateways: Sequence[str], store: str, *, timeout_s: float = 2.0) -> None:
         self.gateways = list(gateways)
         self.store_endpoint = store
         self.timeout_s = timeout_s
-        self.lease: AsyncLease | None = None
         self._lock: AsyncClient | None = None
         self._store: AsyncStoreClient | None = None
+
+    @property
+    def client(self) -> AsyncClient:
+        """The gateway client (after `open`)."""
+        assert self._lock is not None
+        return self._lock
 
     async def open(self) -> None:
         """Create the clients (connections are made lazily)."""
@@ -84,11 +89,19 @@ class FencedCounterClient:
         self._store = AsyncStoreClient(self.store_endpoint, timeout=self.timeout_s)
 
     async def close(self) -> None:
-        """Close the connections (a held lease just runs out)."""
+        """Close the connections (a lease still held just runs out)."""
         if self._lock is not None:
             await self._lock.close()
         if self._store is not None:
             await self._store.close()
+
+
+class FencedCounterClient(_Connections):
+    """One worker's connections; at most one lease held at a time."""
+
+    def __init__(self, gateways: Sequence[str], store: str, *, timeout_s: float = 2.0) -> None:
+        super().__init__(gateways, store, timeout_s=timeout_s)
+        self.lease: AsyncLease | None = None
 
     async def invoke(self, f: str, key: str, value: Any) -> Completion:
         """Run one operation; never raises."""
@@ -139,35 +152,13 @@ async def _complete(operation: Coroutine[Any, Any, Completion]) -> Completion:
     return dataclasses.replace(done, time=time.monotonic_ns())
 
 
-class ElectionClient:
+class ElectionClient(_Connections):
     """One candidate's connections: campaign, write as leader with the term, resign.
     The leadership is kept by the client library's watchdog (the subject under test)."""
 
     def __init__(self, gateways: Sequence[str], store: str, *, timeout_s: float = 2.0) -> None:
-        self.gateways = list(gateways)
-        self.store_endpoint = store
-        self.timeout_s = timeout_s
+        super().__init__(gateways, store, timeout_s=timeout_s)
         self.leader: AsyncLeadership | None = None
-        self._lock: AsyncClient | None = None
-        self._store: AsyncStoreClient | None = None
-
-    @property
-    def client(self) -> AsyncClient:
-        """The gateway client (after `open`)."""
-        assert self._lock is not None
-        return self._lock
-
-    async def open(self) -> None:
-        """Create the clients (connections are made lazily)."""
-        self._lock = AsyncClient(self.gateways, timeout=self.timeout_s)
-        self._store = AsyncStoreClient(self.store_endpoint, timeout=self.timeout_s)
-
-    async def close(self) -> None:
-        """Close the connections (a leadership still held just runs out)."""
-        if self._lock is not None:
-            await self._lock.close()
-        if self._store is not None:
-            await self._store.close()
 
     async def invoke(self, f: str, key: str, value: Any) -> Completion:
         """Run one operation; never raises. A campaign ended by its RPC deadline rather

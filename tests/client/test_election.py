@@ -5,6 +5,7 @@ reported through on_lost / check()."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -205,3 +206,25 @@ def test_leader_election_example_end_to_end(serve: LockdProcess, store: LockdPro
     lines = done.stdout.splitlines()
     assert sum("late write: refused by the store" in line for line in lines) == 2, lines
     assert "store holds" in lines[-1]
+
+
+def test_cli_elect_observe_prints_leaders(
+    serve: LockdProcess, client: Client, lock_name: str
+) -> None:
+    argv = lockd_cmd("elect", "--observe", lock_name, "--json", "--endpoint", serve.endpoint)
+    proc = subprocess.Popen(argv, env=CLEAN_ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        with client.election(lock_name).campaign(b"cli-seen", ttl=5, owner="o-1") as leader:
+            assert proc.stdout is not None
+            line = json.loads(proc.stdout.readline())
+            assert (line["term"], line["value"], line["owner"]) == (leader.term, "cli-seen", "o-1")
+            assert line["election"] == lock_name
+            leader.proclaim(b"cli-seen-2")
+            assert json.loads(proc.stdout.readline())["value"] == "cli-seen-2"
+        usage = cli("elect", "--observe", lock_name, "value", "--endpoint", serve.endpoint)
+        assert usage.returncode == exits.USAGE
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
