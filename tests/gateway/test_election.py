@@ -4,14 +4,17 @@ bad request (a precise status and reason, and the gateway keeps serving)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lockd.gateway import GatewayConfig
-from lockd.gateway.election import decode_value, encode_value
+from lockd.gateway.election import Leader, _Feed, decode_value, encode_value
 from lockd.v1 import lock_service_pb2 as pb
 from tests.gateway.helpers import Stub, client, fails, urls
 from tests.support import EngineProcess
@@ -280,3 +283,61 @@ async def test_observe_at_another_gateway_follows_lock_events(
         seen = await asyncio.wait_for(anext(changes), 3)
         assert (seen.term, seen.value) == (second.leader.term, b"b")
         stream.cancel()
+
+
+async def test_an_observer_that_reads_late_sees_changes_in_order_up_to_the_latest(
+    embedded: GatewayConfig,
+) -> None:
+    async with client(embedded) as (gateway, stub):
+        stream = stub.Observe(pb.ObserveRequest(election="slow"))
+        changes = aiter(stream)
+        first = await stub.Campaign(pb.CampaignRequest(election="slow", value=b"v0", ttl_ms=5000))
+        assert (await asyncio.wait_for(anext(changes), 3)).value == b"v0"
+        # 300 changes while the observer reads nothing: the gateway keeps at most one
+        # pending leader per observer (gRPC's flow-control window may hold the ones
+        # already sent), so what arrives later is in order and ends at the last.
+        for i in range(1, 301):
+            await stub.Proclaim(
+                pb.ProclaimRequest(leader=first.leader, value=b"v%d" % i, ttl_ms=5000)
+            )
+        seen = []
+        while not seen or seen[-1] != 300:
+            change = await asyncio.wait_for(anext(changes), 3)
+            assert change.term == first.leader.term
+            seen.append(int(change.value[1:]))
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        feeds = gateway.service.observers._feeds[b"slow"]
+        assert len(feeds) == 1 and all(f.pending is None for f in feeds)
+        stream.cancel()
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 6), st.sampled_from([b"a", b"b", b"c"])), max_size=40),
+    st.lists(st.booleans(), max_size=40),
+)
+def test_an_observer_feed_sends_leaders_in_term_order(
+    offers: list[tuple[int, bytes]], reads: list[bool]
+) -> None:
+    """Whatever is offered and whenever the observer reads, what it is sent never goes
+    back in term and never repeats."""
+
+    async def run() -> list[tuple[int, bytes]]:
+        feed = _Feed()
+        sent: list[tuple[int, bytes]] = []
+
+        def read() -> None:
+            if feed.pending is not None:
+                found, feed.pending = feed.pending, None
+                feed.sent = (found.term, found.value)
+                sent.append(feed.sent)
+
+        for i, (term, value) in enumerate(offers):
+            feed.offer(Leader(term, value, b"", 1))
+            if i < len(reads) and reads[i]:
+                read()
+        read()
+        return sent
+
+    sent = asyncio.run(run())
+    for (t0, v0), (t1, v1) in itertools.pairwise(sent):
+        assert t1 > t0 or (t1 == t0 and v1 != v0)
