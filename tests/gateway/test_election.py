@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from lockd.gateway import GatewayConfig
 from lockd.gateway.election import Leader, _Feed, decode_value, encode_value
 from lockd.v1 import lock_service_pb2 as pb
-from tests.gateway.helpers import Stub, client, fails, urls
+from tests.gateway.helpers import Stub, client, eventually, fails, urls
+from tests.gateway.test_nodes import _all_ready, redis_servers
 from tests.support import EngineProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -26,18 +27,18 @@ async def _leader(stub: Stub, election: str) -> pb.LeaderResponse:
     return await stub.Leader(pb.LeaderRequest(election=election))
 
 
-async def _elections(stub: Stub) -> None:
+async def _elections(stub: Stub, ttl: int = 5000) -> None:
     first = await stub.Campaign(
-        pb.CampaignRequest(election="db", value=b"replica-a", ttl_ms=5000, owner="a")
+        pb.CampaignRequest(election="db", value=b"replica-a", ttl_ms=ttl, owner="a")
     )
     assert first.leader.term > 0 and first.lock_name == "@election/db"
-    assert 0 < first.validity_ms <= 5000 and first.ttl_ms == 5000
+    assert 0 < first.validity_ms <= ttl and first.ttl_ms == ttl
     now = await _leader(stub, "db")
     assert (now.term, now.value, now.owner) == (first.leader.term, b"replica-a", "a")
-    assert 0 < now.ttl_remaining_ms <= 5000
+    assert 0 < now.ttl_remaining_ms <= ttl
     # A second candidate waits (FIFO) until the first resigns, then leads a larger term.
     second = asyncio.ensure_future(
-        stub.Campaign(pb.CampaignRequest(election="db", value=b"replica-b", ttl_ms=5000))
+        stub.Campaign(pb.CampaignRequest(election="db", value=b"replica-b", ttl_ms=ttl))
     )
     await asyncio.sleep(0.1)
     assert not second.done()
@@ -45,12 +46,12 @@ async def _elections(stub: Stub) -> None:
     proclaimed = await stub.Proclaim(
         pb.ProclaimRequest(leader=first.leader, value=b"a-v2", owner="a")
     )
-    assert 0 < proclaimed.validity_ms <= 5000
+    assert 0 < proclaimed.validity_ms <= ttl
     now = await _leader(stub, "db")
     assert (now.term, now.value) == (first.leader.term, b"a-v2")
     # The leader's lease is renewed by the ordinary Renew path on its lock.
     renewed = await stub.Renew(
-        pb.RenewRequest(name=first.lock_name, lease_id=first.leader.lease_id, ttl_ms=5000)
+        pb.RenewRequest(name=first.lock_name, lease_id=first.leader.lease_id, ttl_ms=ttl)
     )
     assert renewed.validity_ms > 0
     await stub.Resign(pb.ResignRequest(leader=first.leader))
@@ -62,7 +63,7 @@ async def _elections(stub: Stub) -> None:
     resign = await fails(stub.Resign(pb.ResignRequest(leader=first.leader)))
     assert (resign.code, resign.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_LEADER")
     proclaim = await fails(
-        stub.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"x", ttl_ms=5000))
+        stub.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"x", ttl_ms=ttl))
     )
     assert (proclaim.code, proclaim.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LEASE_LOST")
     assert (await _leader(stub, "db")).value == b"replica-b"
@@ -79,6 +80,15 @@ async def test_campaign_proclaim_resign_leader(embedded: GatewayConfig) -> None:
 async def test_elections_on_lockd_engine_processes(engines: list[EngineProcess]) -> None:
     async with client(GatewayConfig(nodes=urls(engines), max_ttl_ms=10_000)) as (_, stub):
         await _elections(stub)
+
+
+@pytest.mark.redis
+async def test_elections_on_redis(tmp_path: Path) -> None:
+    with redis_servers(tmp_path, 5) as ports:
+        nodes = tuple(f"redis://127.0.0.1:{p}" for p in ports)
+        async with client(GatewayConfig(nodes=nodes, max_ttl_ms=1000)) as (_, stub):
+            await eventually(lambda: _all_ready(stub), timeout=5, interval=0.05)
+            await _elections(stub, ttl=1000)
 
 
 async def test_an_election_and_a_lock_of_the_same_name_do_not_collide(
