@@ -238,7 +238,8 @@ class Subscription:
     """One watcher: `async for event in subscription` (see the module docstring).
 
     Raises `LockdError` RESOURCE_EXHAUSTED WATCHER_TOO_SLOW once cut off, UNAVAILABLE
-    SHUTTING_DOWN when the gateway stops; `failed` resolves at that moment, so a writer
+    QUORUM_UNAVAILABLE when the current state cannot be read, SHUTTING_DOWN when the
+    gateway stops; `failed` resolves at that moment, so a writer
     blocked on a client that does not read can stop at once. Close it (or use `async
     with`) when done."""
 
@@ -296,7 +297,14 @@ class Subscription:
         hub = self.hub
         if not self.prefix:
             tracker = hub.tracker(self.key)
-            tracker.sync(await records.holder(hub.manager, self.key))
+            held = await records.holder(hub.manager, self.key)
+            if held.nodes_answered < hub.manager.quorum:
+                raise errors.unavailable(
+                    ErrorReason.QUORUM_UNAVAILABLE,
+                    f"only {held.nodes_answered} nodes answered; the current state needs "
+                    f"{hub.manager.quorum}",
+                )
+            tracker.sync(held)
             event = tracker.state()
             self._shown[self.key] = (event.held, event.token)
             yield event
