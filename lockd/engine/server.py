@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 from lockd.engine import Engine, EngineConfig
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
@@ -29,6 +30,7 @@ __all__ = ["RespServer", "ServerLimits"]
 log = logging.getLogger("lockd.resp")
 
 CRON_INTERVAL = 0.1
+_Link = Callable[[bytes, bool], None]  # (un)subscribe one channel or pattern on the engine
 _SUBSCRIBED_ALLOWED = {
     b"subscribe",
     b"unsubscribe",
@@ -356,45 +358,50 @@ class Connection(asyncio.Protocol):
         return len(self.channels) + len(self.patterns)
 
     def _subscribe(self, channels: list[bytes]) -> bytes:
-        replies: list[bytes] = []
-        for channel in channels:
-            if channel not in self.channels:
-                self.channels.add(channel)
-                self.engine.subscribe(channel, self.deliver)
-            replies.append(encode(Push([b"subscribe", channel, self.subscribed]), self.resp3))
-        return b"".join(replies)
+        return self._join(b"subscribe", channels, self.channels, self._channel_link)
 
     def _unsubscribe(self, channels: list[bytes]) -> bytes:
-        targets = channels or sorted(self.channels)
-        if not targets:
-            return encode(Push([b"unsubscribe", None, self.subscribed]), self.resp3)
-        replies: list[bytes] = []
-        for channel in targets:
-            if channel in self.channels:
-                self.channels.discard(channel)
-                self.engine.unsubscribe(channel, self.deliver)
-            replies.append(encode(Push([b"unsubscribe", channel, self.subscribed]), self.resp3))
-        return b"".join(replies)
+        return self._leave(b"unsubscribe", channels, self.channels, self._channel_link)
 
     def _psubscribe(self, patterns: list[bytes]) -> bytes:
-        replies: list[bytes] = []
-        for pattern in patterns:
-            if pattern not in self.patterns:
-                self.patterns.add(pattern)
-                self.engine.psubscribe(pattern, self.deliver_pattern)
-            replies.append(encode(Push([b"psubscribe", pattern, self.subscribed]), self.resp3))
-        return b"".join(replies)
+        return self._join(b"psubscribe", patterns, self.patterns, self._pattern_link)
 
     def _punsubscribe(self, patterns: list[bytes]) -> bytes:
-        targets = patterns or sorted(self.patterns)
-        if not targets:
-            return encode(Push([b"punsubscribe", None, self.subscribed]), self.resp3)
+        return self._leave(b"punsubscribe", patterns, self.patterns, self._pattern_link)
+
+    def _channel_link(self, channel: bytes, on: bool) -> None:
+        if on:
+            self.engine.subscribe(channel, self.deliver)
+        else:
+            self.engine.unsubscribe(channel, self.deliver)
+
+    def _pattern_link(self, pattern: bytes, on: bool) -> None:
+        if on:
+            self.engine.psubscribe(pattern, self.deliver_pattern)
+        else:
+            self.engine.punsubscribe(pattern, self.deliver_pattern)
+
+    def _join(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)SUBSCRIBE: one confirmation per name, with the connection's count."""
         replies: list[bytes] = []
-        for pattern in targets:
-            if pattern in self.patterns:
-                self.patterns.discard(pattern)
-                self.engine.punsubscribe(pattern, self.deliver_pattern)
-            replies.append(encode(Push([b"punsubscribe", pattern, self.subscribed]), self.resp3))
+        for name in names:
+            if name not in mine:
+                mine.add(name)
+                link(name, True)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
+        return b"".join(replies)
+
+    def _leave(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)UNSUBSCRIBE the names given, or all; one confirmation each."""
+        targets = names or sorted(mine)
+        if not targets:
+            return encode(Push([kind, None, self.subscribed]), self.resp3)
+        replies: list[bytes] = []
+        for name in targets:
+            if name in mine:
+                mine.discard(name)
+                link(name, False)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
         return b"".join(replies)
 
     def deliver(self, channel: bytes, message: bytes) -> None:
