@@ -264,6 +264,7 @@ class Subscription:
         if self.error is not None or self.closed:
             return
         if len(self._queue) >= self.queue_size:
+            self.hub.manager.metrics.watchers_cut_off.inc()
             self.fail(
                 errors.exhausted(
                     ErrorReason.WATCHER_TOO_SLOW,
@@ -397,6 +398,7 @@ class WatchHub:
         self.manager = manager
         self.queue_size = manager.config.watch_queue
         self.max_watchers = manager.config.max_watchers
+        manager.metrics.watchers.set_function(lambda: self._watchers)
         self._trackers: dict[bytes, _Tracker] = {}
         self._prefixes: dict[bytes, set[Subscription]] = {}
         self._watchers = 0

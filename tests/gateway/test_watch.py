@@ -160,6 +160,9 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
                 cycles += 1
             assert gateway.service.watch_hub.watchers == 0, "the watcher was never cut off"
             assert gateway.service.watch_hub.tracked == 0
+            metrics = gateway.metrics.registry
+            assert metrics.get_sample_value("lockd_watchers_cut_off_total") == 1
+            assert metrics.get_sample_value("lockd_watchers") == 0
             # Reading now: the events that were in flight, then the status.
             with pytest.raises(grpc.aio.AioRpcError) as cut:
                 async for _ in stalled:
