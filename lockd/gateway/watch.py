@@ -204,18 +204,23 @@ class _Tracker:
 
     def _expire_check(self) -> None:
         self.timer = None
-        if self.token and not self.probing:
-            self.probing = True
-            self.hub.spawn(self._probe())
+        if not self.token:
+            return
+        if self.probing:  # an earlier grant's read is still out: look again after it
+            self._arm(time.monotonic() + PROBE_RETRY_S)
+            return
+        self.probing = True
+        self.hub.spawn(self._probe())
 
     async def _probe(self) -> None:
         """One read of every node at the moment the lease should have run out."""
+        token = self.token
         try:
             holder = await records.holder(self.hub.manager, self.name)
         finally:
             self.probing = False
-        if not self.token:
-            return  # released meanwhile
+        if self.token != token:
+            return  # released or superseded meanwhile: the read may predate that
         if holder.nodes_answered < self.hub.manager.quorum:
             self._arm(time.monotonic() + PROBE_RETRY_S)
         elif holder.held and holder.fencing_counter <= self.token:
