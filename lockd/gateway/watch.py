@@ -204,18 +204,23 @@ class _Tracker:
 
     def _expire_check(self) -> None:
         self.timer = None
-        if self.token and not self.probing:
-            self.probing = True
-            self.hub.spawn(self._probe())
+        if not self.token:
+            return
+        if self.probing:  # an earlier grant's read is still out: look again after it
+            self._arm(time.monotonic() + PROBE_RETRY_S)
+            return
+        self.probing = True
+        self.hub.spawn(self._probe())
 
     async def _probe(self) -> None:
         """One read of every node at the moment the lease should have run out."""
+        token = self.token
         try:
             holder = await records.holder(self.hub.manager, self.name)
         finally:
             self.probing = False
-        if not self.token:
-            return  # released meanwhile
+        if self.token != token:
+            return  # released or superseded meanwhile: the read may predate that
         if holder.nodes_answered < self.hub.manager.quorum:
             self._arm(time.monotonic() + PROBE_RETRY_S)
         elif holder.held and holder.fencing_counter <= self.token:
@@ -238,7 +243,8 @@ class Subscription:
     """One watcher: `async for event in subscription` (see the module docstring).
 
     Raises `LockdError` RESOURCE_EXHAUSTED WATCHER_TOO_SLOW once cut off, UNAVAILABLE
-    SHUTTING_DOWN when the gateway stops; `failed` resolves at that moment, so a writer
+    QUORUM_UNAVAILABLE when the current state cannot be read, SHUTTING_DOWN when the
+    gateway stops; `failed` resolves at that moment, so a writer
     blocked on a client that does not read can stop at once. Close it (or use `async
     with`) when done."""
 
@@ -263,6 +269,7 @@ class Subscription:
         if self.error is not None or self.closed:
             return
         if len(self._queue) >= self.queue_size:
+            self.hub.manager.metrics.watchers_cut_off.inc()
             self.fail(
                 errors.exhausted(
                     ErrorReason.WATCHER_TOO_SLOW,
@@ -296,7 +303,14 @@ class Subscription:
         hub = self.hub
         if not self.prefix:
             tracker = hub.tracker(self.key)
-            tracker.sync(await records.holder(hub.manager, self.key))
+            held = await records.holder(hub.manager, self.key)
+            if held.nodes_answered < hub.manager.quorum:
+                raise errors.unavailable(
+                    ErrorReason.QUORUM_UNAVAILABLE,
+                    f"only {held.nodes_answered} nodes answered; the current state needs "
+                    f"{hub.manager.quorum}",
+                )
+            tracker.sync(held)
             event = tracker.state()
             self._shown[self.key] = (event.held, event.token)
             yield event
@@ -389,6 +403,7 @@ class WatchHub:
         self.manager = manager
         self.queue_size = manager.config.watch_queue
         self.max_watchers = manager.config.max_watchers
+        manager.metrics.watchers.set_function(lambda: self._watchers)
         self._trackers: dict[bytes, _Tracker] = {}
         self._prefixes: dict[bytes, set[Subscription]] = {}
         self._watchers = 0

@@ -110,6 +110,30 @@ def test_cli_watch_text(serve: LockdProcess, client: Client, lock_name: str) -> 
     lease.release()
 
 
+def test_cli_watch_prefix(serve: LockdProcess, client: Client, lock_name: str) -> None:
+    held = client.acquire(f"{lock_name}/1", ttl=10, owner="first")
+    with _watching(serve, lock_name + "/", "--prefix", "--json", "--count", "1") as proc:
+        assert proc.stdout is not None
+        state, synced = (json.loads(proc.stdout.readline()) for _ in range(2))
+        assert (state["type"], state["name"], state["token"]) == (
+            "state",
+            f"{lock_name}/1",
+            held.token,
+        )
+        assert (synced["type"], synced["name"]) == ("synced", lock_name + "/")
+        client.acquire(f"{lock_name}x", ttl=10).release()  # not under the prefix
+        second = client.acquire(f"{lock_name}/2", ttl=10)
+        (change,) = (json.loads(line) for line in proc.stdout)
+        assert proc.wait(10) == 0
+    assert (change["type"], change["name"], change["token"]) == (
+        "acquired",
+        f"{lock_name}/2",
+        second.token,
+    )
+    held.release()
+    second.release()
+
+
 async def test_watch_moves_to_another_gateway(
     engines: list[EngineProcess],  # noqa: F811 (fixture)
     tmp_path: Path,

@@ -99,6 +99,11 @@ class Target:
         """Subscribe to `channel`; returns a function giving the messages received so far."""
         raise NotImplementedError
 
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        """Subscribe to the glob `pattern`; returns a function giving the (pattern, channel,
+        message) received so far."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -133,6 +138,11 @@ class EmbeddedTarget(Target):
     def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
         got: list[bytes] = []
         self.engine.subscribe(channel.encode(), lambda _, message: got.append(message))
+        return lambda: list(got)
+
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        got: list[tuple[bytes, bytes, bytes]] = []
+        self.engine.psubscribe(pattern.encode(), lambda *message: got.append(message))
         return lambda: list(got)
 
     def close(self) -> None:
@@ -173,6 +183,20 @@ class ClientTarget(Target):
         def read() -> list[bytes]:
             while (message := pubsub.get_message(timeout=0.2)) is not None:
                 got.append(message["data"])
+            return list(got)
+
+        self._pubsubs.append(pubsub)
+        return read
+
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        pubsub = self.client.pubsub()
+        pubsub.psubscribe(pattern)
+        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"  # type: ignore[index]
+        got: list[tuple[bytes, bytes, bytes]] = []
+
+        def read() -> list[tuple[bytes, bytes, bytes]]:
+            while (message := pubsub.get_message(timeout=0.2)) is not None:
+                got.append((message["pattern"], message["channel"], message["data"]))
             return list(got)
 
         self._pubsubs.append(pubsub)
@@ -1219,6 +1243,39 @@ def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
     ]
     assert parts[0][3] == f"{a}:{size}:{lock}rec".encode()
     assert parts[3][3] == f"{b}:{size}:{lock}".encode()
+
+
+GLOBS = [
+    ("h?llo", "hello", 1),
+    ("h?llo", "hllo", 0),
+    ("h*llo", "heeeello", 1),
+    ("h*llo", "hello!", 0),
+    ("h[ae]llo", "hallo", 1),
+    ("h[ae]llo", "hillo", 0),
+    ("h[^e]llo", "hallo", 1),
+    ("h[^e]llo", "hello", 0),
+    ("h[a-c]llo", "hbllo", 1),
+    ("h[c-a]llo", "hbllo", 1),  # a reversed range still matches
+    ("h\\*llo", "h*llo", 1),
+    ("h\\*llo", "hello", 0),
+    ("h[\\]]llo", "h]llo", 1),
+    ("orders/*", "orders/", 1),
+    ("a**", "a", 1),
+]
+
+
+def test_psubscribe_matches_globs_and_counts_receivers(t: Target) -> None:
+    """PSUBSCRIBE with Redis's glob rules; PUBLISH counts channel and pattern receivers;
+    pattern subscribers get (pattern, channel, message)."""
+    for i, (pattern, channel, receivers) in enumerate(GLOBS):
+        case = f"{t.prefix}{i}:"  # each case alone: earlier patterns match nothing here
+        t.psubscribe(case + pattern)
+        assert t.call("PUBLISH", case + channel, "m") == receivers, (pattern, channel)
+    read = t.psubscribe(t.prefix + "jobs/*")
+    t.subscribe(t.prefix + "jobs/1")
+    assert t.call("PUBLISH", t.prefix + "jobs/1", "hi") == 2
+    assert t.call("PUBLISH", t.prefix + "jobz/1", "no") == 0
+    assert read() == [((t.prefix + "jobs/*").encode(), (t.prefix + "jobs/1").encode(), b"hi")]
 
 
 def test_peek_reads_pttl_counter_and_record(t: Target) -> None:

@@ -160,6 +160,9 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
                 cycles += 1
             assert gateway.service.watch_hub.watchers == 0, "the watcher was never cut off"
             assert gateway.service.watch_hub.tracked == 0
+            metrics = gateway.metrics.registry
+            assert metrics.get_sample_value("lockd_watchers_cut_off_total") == 1
+            assert metrics.get_sample_value("lockd_watchers") == 0
             # Reading now: the events that were in flight, then the status.
             with pytest.raises(grpc.aio.AioRpcError) as cut:
                 async for _ in stalled:
@@ -200,3 +203,19 @@ async def test_bad_watch_requests(embedded: GatewayConfig) -> None:
 
 async def _first(stub: Stub, request: pb.WatchRequest) -> pb.WatchEvent:
     return await anext(aiter(stub.Watch(request)))
+
+
+async def test_watch_without_a_quorum_is_unavailable(engines: list[EngineProcess]) -> None:
+    config = GatewayConfig(nodes=urls(engines), max_ttl_ms=10_000, node_timeout_ms=100)
+    async with client(config) as (_, stub):
+        for engine in engines[:3]:
+            engine.kill()
+        failed = await fails(_first(stub, pb.WatchRequest(name="lonely")))
+        assert (failed.code, failed.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "QUORUM_UNAVAILABLE",
+        )
+        failed = await fails(_first(stub, pb.WatchRequest(name="", prefix=True)))
+        assert failed.code == grpc.StatusCode.UNAVAILABLE
+        status = await stub.ClusterStatus(pb.ClusterStatusRequest())  # still serving
+        assert not status.quorum_available

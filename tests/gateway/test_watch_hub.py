@@ -140,3 +140,23 @@ async def test_a_full_queue_cuts_the_watcher_off(manager: LockManager) -> None:
     finally:
         await hub.close()
         await manager.close()
+
+
+async def test_expiry_is_read_from_the_nodes_at_the_quorum_deadline(manager: LockManager) -> None:
+    hub = WatchHub(manager)
+    try:
+        sub = await _start(hub, b"n")
+        for node, pttl in ((0, 60), (1, 5000), (2, 80), (3, 40)):
+            _say(hub, node, b"A", 3, pttl=pttl)
+        got = await anext(sub)
+        assert (got.type, got.token) == (EventType.ACQUIRED, 3)
+        assert got.ttl_remaining_ms <= 60  # quorum holds it until the third longest TTL
+        # The nodes (which never held it) are read once the deadline passes.
+        got = await asyncio.wait_for(anext(sub), 2)
+        assert (got.type, got.token) == (EventType.EXPIRED, 3)
+        # A late report of the expired grant changes nothing.
+        _say(hub, 4, b"R", 3)
+        await _quiet(sub)
+    finally:
+        await hub.close()
+        await manager.close()

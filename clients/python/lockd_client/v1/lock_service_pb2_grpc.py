@@ -246,7 +246,8 @@ class LockServiceServicer:
         gateway learned them (per lock: in token order). A watcher that falls too far
         behind is cut off with RESOURCE_EXHAUSTED WATCHER_TOO_SLOW; watching again starts
         from the current state. Errors: INVALID_ARGUMENT BAD_NAME (empty name, too long),
-        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN.
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE QUORUM_UNAVAILABLE (the current
+        state could not be read) or SHUTTING_DOWN (watch again: another gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
