@@ -28,7 +28,9 @@ from lockd_client import (
     NotOwned,
 )
 from lockd_client.errors import from_status
-from tests.client.helpers import CLEAN_ENV, LockdProcess, cli, lockd_cmd
+from tests.client.helpers import CLEAN_ENV, LockdProcess, cli, gateway, lockd_cmd
+from tests.client.test_failover import engines, shared  # noqa: F401 (fixture)
+from tests.support import EngineProcess
 
 
 def test_campaign_leads_for_the_block_then_resigns(client: Client, lock_name: str) -> None:
@@ -228,3 +230,32 @@ def test_cli_elect_observe_prints_leaders(
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+async def test_observe_and_leadership_move_to_another_gateway(
+    engines: list[EngineProcess],  # noqa: F811 (fixture)
+) -> None:
+    config = shared(engines)
+    async with gateway(config) as gw1, gateway(config) as gw2:
+        ends = [f"127.0.0.1:{gw1.port}", f"127.0.0.1:{gw2.port}"]
+        async with AsyncClient(ends, timeout=5) as client, AsyncClient([ends[1]]) as other:
+            changes = client.election("moving").observe()
+            leader = await client.election("moving").lead(b"a", ttl=1.5)
+            first = await asyncio.wait_for(anext(changes), 5)
+            assert (first.term, first.value) == (leader.term, b"a")
+            await gw1.stop(grace=0.5)  # where both the leadership and the observer were
+            stopped = time.monotonic()
+            while time.monotonic() < stopped + 3 * 1.5:  # renewed through gw2 meanwhile
+                leader.check()
+                await asyncio.sleep(0.05)
+            await leader.proclaim(b"a2")
+            # The observer carried on at gw2 without repeating what it had yielded.
+            moved = await asyncio.wait_for(anext(changes), 5)
+            assert (moved.term, moved.value) == (leader.term, b"a2")
+            await leader.resign()
+            successor = await other.election("moving").lead(b"b", ttl=1.5)
+            taken = await asyncio.wait_for(anext(changes), 5)
+            assert (taken.term, taken.value) == (successor.term, b"b")
+            assert successor.term > leader.term
+            await successor.resign()
+            await changes.aclose()
