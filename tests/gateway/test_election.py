@@ -24,7 +24,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def _leader(stub: Stub, election: str) -> pb.LeaderResponse:
-    return await stub.Leader(pb.LeaderRequest(election=election))
+    found: pb.LeaderResponse = await stub.Leader(pb.LeaderRequest(election=election))
+    return found
 
 
 async def _elections(stub: Stub, ttl: int = 5000) -> None:
@@ -310,7 +311,7 @@ async def test_an_observer_that_reads_late_sees_changes_in_order_up_to_the_lates
             await stub.Proclaim(
                 pb.ProclaimRequest(leader=first.leader, value=b"v%d" % i, ttl_ms=5000)
             )
-        seen = []
+        seen: list[int] = []
         while not seen or seen[-1] != 300:
             change = await asyncio.wait_for(anext(changes), 3)
             assert change.term == first.leader.term
