@@ -191,7 +191,7 @@ def list_locks(prefix: str, as_json: bool, page_size: int, **conn: Any) -> None:
 @client_options
 def watch(name: str, prefix: bool, as_json: bool, count: int, **conn: Any) -> None:
     """Print NAME's current state, then every change from any gateway: acquired (token,
-    owner), released, expired, force_released. With --prefix, every lock under NAME.
+    owner), updated, released, expired, force_released. With --prefix, every lock under NAME.
 
     If the gateway goes away, the watch moves to another endpoint and prints the current
     state again. Exit status 4 when cut off for reading too slowly, 130 on Ctrl-C."""
@@ -226,7 +226,7 @@ def _watch_line(event: WatchEvent) -> str:
         parts.append("not held")
     elif event.token:
         parts.append(f"token={event.token}")
-    if event.type in ("state", "acquired") and (event.held or event.type == "acquired"):
+    if event.held:  # state of a held lock, acquired, updated
         parts += [f"owner={event.owner or '-'}", f"ttl={event.ttl_remaining * 1000:.0f}ms"]
         if event.value:
             parts.append(f"value={text(event.value)}")

@@ -94,10 +94,11 @@ class NodeEvent:
     """One node's lock event, as published on `EVENTS_CHANNEL`.
 
     `kind` is b"A" (a fencing advance was accepted while a lease holds the lock: the
-    grant's token is `counter`), b"R" (the holder released it) or b"F" (an admin forced
-    it). `digest` is the SHA-1 hex of the lease id holding the lock on that node (never
-    the lease id itself; empty when none held it), `pttl_ms` its PTTL then (-2: not
-    held), `record` the owner record (A only)."""
+    grant's token is `counter`), b"R" (the holder released it), b"F" (an admin forced
+    it) or b"U" (the holder, acquiring again with its lease, replaced the owner record).
+    `digest` is the SHA-1 hex of the lease id holding the lock on that node (never the
+    lease id itself; empty when none held it), `pttl_ms` its PTTL then (-2: not held;
+    for U the TTL asked for), `record` the owner record (A and U)."""
 
     kind: bytes
     counter: int
@@ -125,7 +126,7 @@ def encode_event(event: NodeEvent) -> bytes:
 def decode_event(raw: bytes) -> NodeEvent | None:
     """The event `encode_event` wrote, or None if `raw` is not one."""
     parts = raw.split(b":", 5)
-    if len(parts) != 6 or parts[0] not in (b"A", b"R", b"F"):
+    if len(parts) != 6 or parts[0] not in (b"A", b"R", b"F", b"U"):
         return None
     kind, counter, pttl, digest, size, rest = parts
     try:

@@ -596,7 +596,10 @@ class Engine:
             ks.set_deadline(lock_key, deadline)
             if meta is not None and meta_key is not None:
                 ks.check_new_key(meta_key, len(meta))
+                before = self._string(meta_key)
                 ks.set(meta_key, meta, deadline)
+                if before != meta and self._events_wanted():
+                    self._publish_event(b"U", lock_key, counter, ms, meta)
             elif meta_key is not None and ks.get(meta_key) is not None:
                 ks.set_deadline(meta_key, deadline)
         else:

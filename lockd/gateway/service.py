@@ -87,6 +87,7 @@ _WATCH_TYPES = {
     watch.EventType.STATE: pb.WatchEvent.STATE,
     watch.EventType.SYNCED: pb.WatchEvent.SYNCED,
     watch.EventType.ACQUIRED: pb.WatchEvent.ACQUIRED,
+    watch.EventType.UPDATED: pb.WatchEvent.UPDATED,
     watch.EventType.RELEASED: pb.WatchEvent.RELEASED,
     watch.EventType.EXPIRED: pb.WatchEvent.EXPIRED,
     watch.EventType.FORCE_RELEASED: pb.WatchEvent.FORCE_RELEASED,

@@ -10,6 +10,8 @@ prefix) that turns five nodes' messages into one story:
   token is above every token seen for the name (the grant's token is then known);
 - RELEASED / FORCE_RELEASED on the first R / F from any node naming the held grant
   (same lease digest, or, for a holder known only from a read, the same counter);
+- UPDATED (owner, value) on the first U naming the held grant with a record other than
+  the one known (the holder acquired again with its lease and a new owner record);
 - EXPIRED when the lease ran out: one timer per held lock per gateway, at the moment
   fewer than a quorum of nodes hold it by the TTLs they reported, then one `lockd_peek`
   round (a renewed lock re-arms the timer; a lock no quorum holds has expired). Nothing
@@ -63,6 +65,8 @@ class EventType(enum.Enum):
     SYNCED = "synced"
     """The current state is complete; changes follow."""
     ACQUIRED = "acquired"
+    UPDATED = "updated"
+    """The holder replaced its owner record (owner, value), keeping its token."""
     RELEASED = "released"
     EXPIRED = "expired"
     FORCE_RELEASED = "force_released"
@@ -178,6 +182,17 @@ class _Tracker:
         if not self.token:
             return
         if digest == self.digest or (not self.digest and counter == self.token):
+            if kind == b"U":
+                self.digest = digest
+                meta = decode_meta(record)
+                if meta != self.meta:
+                    self.meta = meta
+                    self._arm(now + pttl_ms / 1000)
+                    event = WatchEvent(
+                        EventType.UPDATED, self.name, True, self.token, meta, pttl_ms
+                    )
+                    self._emit(event)
+                return
             self._end(EventType.FORCE_RELEASED if kind == b"F" else EventType.RELEASED)
 
     def sync(self, held: records.Holder | listing.Entry) -> None:

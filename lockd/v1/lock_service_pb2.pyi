@@ -159,6 +159,7 @@ class WatchEvent(_message.Message):
         RELEASED: _ClassVar[WatchEvent.Type]
         EXPIRED: _ClassVar[WatchEvent.Type]
         FORCE_RELEASED: _ClassVar[WatchEvent.Type]
+        UPDATED: _ClassVar[WatchEvent.Type]
     TYPE_UNSPECIFIED: WatchEvent.Type
     STATE: WatchEvent.Type
     SYNCED: WatchEvent.Type
@@ -166,6 +167,7 @@ class WatchEvent(_message.Message):
     RELEASED: WatchEvent.Type
     EXPIRED: WatchEvent.Type
     FORCE_RELEASED: WatchEvent.Type
+    UPDATED: WatchEvent.Type
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]

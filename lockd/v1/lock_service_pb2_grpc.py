@@ -242,8 +242,8 @@ class LockServiceServicer:
     def Watch(self, request, context):
         """Watch streams a lock's changes, or those of every lock under a name prefix, as any
         gateway makes them: first the current state (STATE messages, then one SYNCED), then
-        ACQUIRED, RELEASED, EXPIRED and FORCE_RELEASED events, each once, in the order this
-        gateway learned them (per lock: in token order). A watcher that falls too far
+        ACQUIRED, UPDATED, RELEASED, EXPIRED and FORCE_RELEASED events, each once, in the
+        order this gateway learned them (per lock: in token order). A watcher that falls too far
         behind is cut off with RESOURCE_EXHAUSTED WATCHER_TOO_SLOW; watching again starts
         from the current state. Errors: INVALID_ARGUMENT BAD_NAME (empty name, too long),
         RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE QUORUM_UNAVAILABLE (the current

@@ -115,6 +115,19 @@ async def test_one_event_per_change_from_five_nodes(manager: LockManager) -> Non
             (EventType.EXPIRED, 9),
             (EventType.ACQUIRED, 12),
         ]
+        # The holder replaces its owner record: one UPDATED, whichever nodes repeat it.
+        proclaimed = encode_meta(Meta(b"pod-8", b"v2", 1_700_000_000_500))
+        for node in (1, 2, 3):
+            _say(hub, node, b"U", 12, pttl=7000, record=proclaimed)
+        _say(hub, 1, b"U", 12, digest=OTHER, record=RECORD)  # not the holder's lease
+        got = await anext(sub)
+        assert (got.type, got.token, got.meta, got.ttl_remaining_ms) == (
+            EventType.UPDATED,
+            12,
+            Meta(b"pod-8", b"v2", 1_700_000_000_500),
+            7000,
+        )
+        await _quiet(sub)
         _say(hub, 2, b"F", 12)
         assert ((got := await anext(sub)).type, got.token) == (EventType.FORCE_RELEASED, 12)
     finally:

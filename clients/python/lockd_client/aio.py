@@ -125,8 +125,8 @@ class ClusterInfo:
 @dataclasses.dataclass(frozen=True)
 class WatchEvent:
     """One message of `watch`: first the current state ("state", then one "synced"),
-    then "acquired", "released", "expired" or "force_released" as they happen (never a
-    lease id)."""
+    then "acquired", "updated" (the holder replaced owner and value), "released",
+    "expired" or "force_released" as they happen (never a lease id)."""
 
     type: str
     name: str

@@ -16,7 +16,8 @@
 -- derive the others (same hash tag, same slot), and delete the record with the lock.
 -- Lock events for watchers go to channel `lockd:events` as
 --   <kind>:<counter>:<pttl>:<sha1 hex of the holding lease id>:<key length>:<lock key><record>
--- (kind A: a fencing advance accepted, R: released, F: forced; lockd/core/messages.py).
+-- (kind A: a fencing advance accepted, R: released, F: forced, U: the holder replaced its
+-- owner record; lockd/core/messages.py).
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
@@ -86,6 +87,15 @@ local function counter(key)
   return n
 end
 
+-- Publish a lock event for watchers (see the header), if anyone listens.
+local function publish_event(kind, lock, n, pttl, record)
+  local lease = redis.call('GET', lock)
+  local digest = ''
+  if lease then digest = redis.sha1hex(lease) end
+  redis.call('PUBLISH', 'lockd:events',
+    string.format('%s:%d:%d:%s:%d:', kind, n, pttl, digest, #lock) .. lock .. (record or ''))
+end
+
 local function acquire(keys, args)
   local bad = arity_error('lockd_acquire', keys, args, 2, 2, 2, 3)
   if bad then return bad end
@@ -109,22 +119,17 @@ local function acquire(keys, args)
   elseif current == args[1] then
     redis.call('PEXPIRE', keys[1], args[2])
     if args[3] then
+      local before = redis.call('GET', meta)
       redis.call('SET', meta, args[3], 'PX', args[2])
+      if before ~= args[3] then
+        publish_event('U', keys[1], n, tonumber(args[2]), args[3])
+      end
     elseif meta then
       redis.call('PEXPIRE', meta, args[2])
     end
     acquired = 1
   end
   return {acquired, n}
-end
-
--- Publish a lock event for watchers (see the header), if anyone listens.
-local function publish_event(kind, lock, n, pttl, record)
-  local lease = redis.call('GET', lock)
-  local digest = ''
-  if lease then digest = redis.sha1hex(lease) end
-  redis.call('PUBLISH', 'lockd:events',
-    string.format('%s:%d:%d:%s:%d:', kind, n, pttl, digest, #lock) .. lock .. (record or ''))
 end
 
 -- Delete a lock key and its owner record, and tell waiting gateways and watchers.
