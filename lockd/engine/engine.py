@@ -650,7 +650,8 @@ class Engine:
         self, lock_key: bytes, lease: bytes, ttl: bytes, meta: bytes | None = None
     ) -> int:
         """Compare-and-PEXPIRE (the owner record too): 1 if `lease` holds the lock, whose
-        TTL is now `ttl`. With `meta`, the owner record is replaced (same deadline)."""
+        TTL is now `ttl`. With `meta`, the owner record is replaced (same deadline), and
+        a changed record is published as a `U` lock event (an election's Proclaim)."""
         if self.refusing:
             raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
@@ -659,12 +660,17 @@ class Engine:
             raise CommandError("ERR lockd_extend: an owner record needs a lock key 'lock:...'")
         if self._string(lock_key) != lease:
             return 0
+        counter = 0
         if meta is not None and meta_key is not None:
+            counter = self.counter(fence_key_of(lock_key))
             self.keyspace.check_new_key(meta_key, len(meta))
         deadline = self.clock.now_ms() + ms
         self.keyspace.set_deadline(lock_key, deadline)
         if meta is not None and meta_key is not None:
+            before = self._string(meta_key)
             self.keyspace.set(meta_key, meta, deadline)
+            if before != meta and self._events_wanted():
+                self._publish_event(b"U", lock_key, counter, ms, meta)
         elif meta_key is not None and self.keyspace.get(meta_key) is not None:
             self.keyspace.set_deadline(meta_key, deadline)
         if self._settle_now:

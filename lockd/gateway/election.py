@@ -13,12 +13,13 @@ Observe shares one poller per election among its observers (`Observers`): each r
 reads the leader from the nodes, and every observer keeps only the latest leader it has
 not yet sent, so a slow observer never grows the gateway's memory and still sees terms
 in order. A round runs at every lock event of the election's lock from any gateway
-(the Watch hub, `lockd.gateway.watch`: grants, releases, expiries, forced releases), at
+(the Watch hub, `lockd.gateway.watch`: grants, releases, expiries, forced releases,
+record updates), at
 once when this gateway changed the election (Campaign, Proclaim, Resign), and every
-`poll_s` otherwise: that is how a Proclaim made through another gateway shows (it
-publishes no lock event), and the backstop should a node message be lost. A grant is
-published before its leader record is written, so a round that finds the lock held
-without a term looks again after `RECORD_WAIT_S`.
+`poll_s` as the backstop should a node message be lost. A leader record written by
+`lockd_extend` (Campaign's, Proclaim's) is an UPDATED event. A grant is published
+before its leader record is written, so a round that finds the lock held without a
+term looks again after `RECORD_WAIT_S`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ CAMPAIGN_WAIT_MS = 365 * 24 * 3600 * 1000
 T = TypeVar("T")
 log = logging.getLogger("lockd.gateway")
 POLL_S = 0.25
-"""How often Observe looks at an election without news of a change."""
+"""How often Observe looks at an election without news of a change (a backstop)."""
 RECORD_WAIT_S = 0.01
 """How soon Observe looks again at a leader whose record has no term yet."""
 

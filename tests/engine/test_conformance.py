@@ -1212,8 +1212,8 @@ def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:
 def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
     """`lockd:events` (lockd/core/messages.py NodeEvent): A on an accepted fence advance
     (with the holder's lease digest, PTTL and owner record), U when the holder replaces
-    its record, R on a release, F on a forced release; nothing when nothing changed.
-    Byte for byte the same everywhere."""
+    its record (lockd_acquire or lockd_extend), R on a release, F on a forced release;
+    nothing when nothing changed. Byte for byte the same everywhere."""
     read = t.subscribe("lockd:events")
     lock, fence, _ = lock_keys(t, "ev")
     size = len(lock)
@@ -1225,6 +1225,9 @@ def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
     assert t.fcall("lockd_acquire", [lock, fence], "a", 6000, "rec") == [1, 3]  # same record
     assert t.fcall("lockd_acquire", [lock, fence], "a", 7000, "new") == [1, 3]  # U
     assert t.fcall("lockd_acquire", [lock, fence], "a", 7000) == [1, 3]  # no record: no U
+    assert t.fcall("lockd_extend", [lock], "b", 7000, "not b's") == 0  # not the holder: no U
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "newer") == 1  # U (a Proclaim)
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "newer") == 1  # same record: no U
     assert t.fcall("lockd_release", [lock], "a") == 1
     assert t.fcall("lockd_release", [lock], "a") == 0
     assert t.fcall("lockd_fence_advance", [fence], 4) == [1, 4]  # nobody holds it
@@ -1238,6 +1241,7 @@ def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
     events = [m for m in read() if t.prefix.encode() in m]
     parts = [m.split(b":", 3) for m in events]
     assert parts.pop(1) == [b"U", b"3", b"7000", f"{a}:{size}:{lock}new".encode()]
+    assert parts.pop(1) == [b"U", b"3", b"8000", f"{a}:{size}:{lock}newer".encode()]
     assert [p[:2] for p in parts] == [[b"A", b"3"], [b"R", b"3"], [b"A", b"4"], [b"A", b"5"],
                                       [b"F", b"5"]]  # fmt: skip
     assert 4000 < int(parts[0][2]) <= 5000 and int(parts[3][2]) > 4000

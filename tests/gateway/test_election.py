@@ -278,13 +278,14 @@ async def test_observe_at_another_gateway_follows_lock_events(
     engines: list[EngineProcess],
 ) -> None:
     config = GatewayConfig(nodes=urls(engines), max_ttl_ms=10_000)
-    async with client(config) as (_, leading), client(config) as (_, watching):
+    async with client(config) as (_, leading), client(config) as (observing, watching):
+        observing.service.observers.poll_s = 60.0  # only the lock events can tell it
         stream = watching.Observe(pb.ObserveRequest(election="x"))
         changes = aiter(stream)
         first = await leading.Campaign(pb.CampaignRequest(election="x", value=b"a", ttl_ms=5000))
         seen = await asyncio.wait_for(anext(changes), 3)
         assert (seen.term, seen.value) == (first.leader.term, b"a")
-        # A Proclaim elsewhere publishes no lock event: the poll shows it.
+        # A Proclaim elsewhere is an UPDATED lock event (its record changed).
         await leading.Proclaim(pb.ProclaimRequest(leader=first.leader, value=b"a2"))
         seen = await asyncio.wait_for(anext(changes), 3)
         assert (seen.term, seen.value) == (first.leader.term, b"a2")

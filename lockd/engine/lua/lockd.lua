@@ -17,7 +17,7 @@
 -- Lock events for watchers go to channel `lockd:events` as
 --   <kind>:<counter>:<pttl>:<sha1 hex of the holding lease id>:<key length>:<lock key><record>
 -- (kind A: a fencing advance accepted, R: released, F: forced, U: the holder replaced its
--- owner record; lockd/core/messages.py).
+-- owner record, by lockd_acquire or lockd_extend; lockd/core/messages.py).
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
@@ -166,9 +166,19 @@ local function extend(keys, args)
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
+  local n = 0
+  if args[3] then
+    local err
+    n, err = counter(fence_key(keys[1]))
+    if not n then return err end
+  end
   redis.call('PEXPIRE', keys[1], args[2])
   if args[3] then
+    local before = redis.call('GET', meta)
     redis.call('SET', meta, args[3], 'PX', args[2])
+    if before ~= args[3] then
+      publish_event('U', keys[1], n, tonumber(args[2]), args[3])
+    end
   elseif meta then
     redis.call('PEXPIRE', meta, args[2])
   end
