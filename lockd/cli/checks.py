@@ -72,6 +72,16 @@ def jepsen() -> None:
     help="Nodes: `lockd engine` processes, or real redis-servers (redis-server on PATH; "
     "nemeses that do not apply are skipped, with the reason in run.json).",
 )
+@click.option(
+    "--workload",
+    default="fenced-counter",
+    type=click.Choice(["fenced-counter", "election"]),
+    help="fenced-counter: lock, read, write +1 with the token. election: candidates "
+    "campaign and write with their term, observers follow the leaders.",
+)
+@click.option(
+    "--observers", default=2, type=click.IntRange(0, 16), help="Election: observer processes."
+)
 def jepsen_run(
     nodes: int,
     gateways: int,
@@ -91,6 +101,8 @@ def jepsen_run(
     check_time_limit: int,
     test_name: str | None,
     engine: str,
+    workload: str,
+    observers: int,
 ) -> None:
     """Run lockd as real processes under faults and check what the clients saw.
 
@@ -129,6 +141,8 @@ def jepsen_run(
         unsafe_store=unsafe_store,
         unsafe_wall_clock=unsafe_wall_clock,
         unfenced_read=unsafe_unfenced_read,
+        workload=workload,
+        observers=observers,
         test_name=test_name,
         check_time_limit_s=check_time_limit / 1000,
         command="lockd " + " ".join(sys.argv[1:]),

@@ -221,6 +221,18 @@ def engine(
     help="Acquire calls that may wait for one lock at this gateway.",
 )
 @click.option(
+    "--max-watchers",
+    default=10_000,
+    type=click.IntRange(1),
+    help="Watch streams this gateway serves at once.",
+)
+@click.option(
+    "--watch-queue",
+    default=1024,
+    type=click.IntRange(1),
+    help="Events a watcher may fall behind before it is cut off.",
+)
+@click.option(
     "--shutdown-grace",
     default="5s",
     type=DURATION,
@@ -240,6 +252,8 @@ def serve(
     admin_token_file: Path | None,
     admin_cn: tuple[str, ...],
     max_waiters_per_lock: int,
+    max_watchers: int,
+    watch_queue: int,
     shutdown_grace: int,
 ) -> None:
     """Run the gRPC lock service (lockd.v1) on five embedded engines, or on --nodes."""
@@ -262,6 +276,8 @@ def serve(
         admin_token_file=admin_token_file,
         admin_cns=admin_cn,
         max_waiters_per_lock=max_waiters_per_lock,
+        max_watchers=max_watchers,
+        watch_queue=watch_queue,
         shutdown_grace_s=shutdown_grace / 1000,
     )
     if admin_token_file is not None and not admin_token_file.read_bytes().strip():

@@ -255,7 +255,8 @@ class Renew(_Machine):
     leave validity) before the lease is declared lost: a burst that delays answers does
     not cost a lease that the nodes still hold. Validity always counts from the first
     round's start. `unsafe_no_drift` (simulator only) drops the drift term, as in
-    `Acquire`."""
+    `Acquire`. With `meta`, each node that extends also replaces the owner record (an
+    election's Proclaim): renewed means a quorum of holders carry the new record."""
 
     def __init__(
         self,
@@ -267,10 +268,12 @@ class Renew(_Machine):
         *,
         max_rounds: int = RENEW_ROUNDS,
         unsafe_no_drift: bool = False,
+        meta: bytes | None = None,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
         self.ttl_ms = ttl_ms
         self.lease = lease
+        self.meta = meta
         self.max_rounds = max_rounds
         self.unsafe_no_drift = unsafe_no_drift
         self.started_ns = 0
@@ -289,7 +292,7 @@ class Renew(_Machine):
         self.rounds += 1
         self._ok = self._not_ok = self._timed_out = 0
         return self._broadcast(
-            now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms)] * self.nodes
+            now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms, self.meta)] * self.nodes
         )
 
     def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:

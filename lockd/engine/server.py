@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 from lockd.engine import Engine, EngineConfig
 from lockd.engine.group import GroupCommit
@@ -34,7 +35,16 @@ log = logging.getLogger("lockd.resp")
 CRON_INTERVAL = 0.1
 Outgoing = tuple["Connection", bytes | list[bytes], list[int] | None]
 """Replies waiting for a commit: connection, replies, indexes of those that wrote."""
-_SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
+_Link = Callable[[bytes, bool], None]  # (un)subscribe one channel or pattern on the engine
+_SUBSCRIBED_ALLOWED = {
+    b"subscribe",
+    b"unsubscribe",
+    b"psubscribe",
+    b"punsubscribe",
+    b"ping",
+    b"quit",
+    b"reset",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +146,7 @@ class RespServer:
         if not timeout or now - self._last_idle_check < 1.0:
             return
         self._last_idle_check = now
-        idle = [c for c in self.connections if not c.channels and now - c.last_active > timeout]
+        idle = [c for c in self.connections if not c.subscribed and now - c.last_active > timeout]
         for conn in idle:
             conn.close()
         if idle:
@@ -225,6 +235,7 @@ class Connection(asyncio.Protocol):
         self.parser = RequestParser(server.limits.max_bulk)
         self.transport: asyncio.Transport | None = None
         self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
         self.resp3 = False
         self._closing = False
         self.buffered = 0
@@ -256,6 +267,9 @@ class Connection(asyncio.Protocol):
         for channel in self.channels:
             self.engine.unsubscribe(channel, self.deliver)
         self.channels.clear()
+        for pattern in self.patterns:
+            self.engine.punsubscribe(pattern, self.deliver_pattern)
+        self.patterns.clear()
         self._closing = True
 
     def pause_writing(self) -> None:
@@ -307,7 +321,7 @@ class Connection(asyncio.Protocol):
         if not self.authenticated:
             return self._unauthenticated(name, args)
         # Like Redis, a subscribed connection is restricted only in RESP2 (RESP3 has pushes).
-        if self.channels and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
+        if self.subscribed and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
             return encode(
                 CommandError(
                     f"ERR Can't execute '{name.decode(errors='replace')}': only (P|S)SUBSCRIBE"
@@ -320,13 +334,22 @@ class Connection(asyncio.Protocol):
             return self._subscribe(args[1:])
         if name == b"unsubscribe":
             return self._unsubscribe(args[1:])
-        if name == b"ping" and self.channels and not self.resp3 and len(args) <= 2:
+        if name == b"psubscribe":
+            if len(args) < 2:
+                return encode(
+                    CommandError("ERR wrong number of arguments for 'psubscribe' command")
+                )
+            return self._psubscribe(args[1:])
+        if name == b"punsubscribe":
+            return self._punsubscribe(args[1:])
+        if name == b"ping" and self.subscribed and not self.resp3 and len(args) <= 2:
             return encode([b"pong", args[1] if len(args) == 2 else b""])
         if name == b"quit":
             self._closing = True
             return encode(OK)
         if name == b"reset" and len(args) == 1:
             self._unsubscribe([])
+            self._punsubscribe([])
             self.resp3 = False
             return encode(Status("RESET"))
         reply = self.engine.execute(args)
@@ -358,30 +381,66 @@ class Connection(asyncio.Protocol):
             )
         return encode(CommandError("NOAUTH Authentication required."))
 
+    @property
+    def subscribed(self) -> int:
+        """Channels and patterns this connection is subscribed to (Redis's count)."""
+        return len(self.channels) + len(self.patterns)
+
     def _subscribe(self, channels: list[bytes]) -> bytes:
-        replies: list[bytes] = []
-        for channel in channels:
-            if channel not in self.channels:
-                self.channels.add(channel)
-                self.engine.subscribe(channel, self.deliver)
-            replies.append(encode(Push([b"subscribe", channel, len(self.channels)]), self.resp3))
-        return b"".join(replies)
+        return self._join(b"subscribe", channels, self.channels, self._channel_link)
 
     def _unsubscribe(self, channels: list[bytes]) -> bytes:
-        targets = channels or sorted(self.channels)
-        if not targets:
-            return encode(Push([b"unsubscribe", None, 0]), self.resp3)
+        return self._leave(b"unsubscribe", channels, self.channels, self._channel_link)
+
+    def _psubscribe(self, patterns: list[bytes]) -> bytes:
+        return self._join(b"psubscribe", patterns, self.patterns, self._pattern_link)
+
+    def _punsubscribe(self, patterns: list[bytes]) -> bytes:
+        return self._leave(b"punsubscribe", patterns, self.patterns, self._pattern_link)
+
+    def _channel_link(self, channel: bytes, on: bool) -> None:
+        if on:
+            self.engine.subscribe(channel, self.deliver)
+        else:
+            self.engine.unsubscribe(channel, self.deliver)
+
+    def _pattern_link(self, pattern: bytes, on: bool) -> None:
+        if on:
+            self.engine.psubscribe(pattern, self.deliver_pattern)
+        else:
+            self.engine.punsubscribe(pattern, self.deliver_pattern)
+
+    def _join(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)SUBSCRIBE: one confirmation per name, with the connection's count."""
         replies: list[bytes] = []
-        for channel in targets:
-            if channel in self.channels:
-                self.channels.discard(channel)
-                self.engine.unsubscribe(channel, self.deliver)
-            replies.append(encode(Push([b"unsubscribe", channel, len(self.channels)]), self.resp3))
+        for name in names:
+            if name not in mine:
+                mine.add(name)
+                link(name, True)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
+        return b"".join(replies)
+
+    def _leave(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)UNSUBSCRIBE the names given, or all; one confirmation each."""
+        targets = names or sorted(mine)
+        if not targets:
+            return encode(Push([kind, None, self.subscribed]), self.resp3)
+        replies: list[bytes] = []
+        for name in targets:
+            if name in mine:
+                mine.discard(name)
+                link(name, False)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
         return b"".join(replies)
 
     def deliver(self, channel: bytes, message: bytes) -> None:
         """A published message for one of our channels (after the replies queued before it)."""
         data = encode(Push([b"message", channel, message]), self.resp3)
+        self.server.send_after_commit(self, data)
+
+    def deliver_pattern(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        """A published message on a channel one of our patterns matches."""
+        data = encode(Push([b"pmessage", pattern, channel, message]), self.resp3)
         self.server.send_after_commit(self, data)
 
     def write(self, data: bytes) -> None:

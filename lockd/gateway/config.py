@@ -34,6 +34,10 @@ class GatewayConfig:
     max_waiters: int = 65_536
     max_locks: int = 100_000
     """Leases granted by this gateway and not yet released or expired."""
+    watch_queue: int = 1024
+    """Events a watcher may fall behind before it is cut off (WATCHER_TOO_SLOW)."""
+    max_watchers: int = 10_000
+    """Open Watch streams this gateway serves at most (TOO_MANY_WATCHERS)."""
     metrics_listen: str | None = None
     """host:port for the Prometheus /metrics endpoint; None disables it."""
     tls_cert: Path | None = None

@@ -359,9 +359,12 @@ class LockManager:
         self.driver.run_in_background(Release(name, lease, len(self.nodes), self._timeout_ns))
         self._feed(LeaseEnded(name, lease, time.monotonic_ns()))
 
-    def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Now[Renewed]:
+    def renew(
+        self, name: bytes, lease: bytes, ttl_ms: int, meta: bytes | None = None
+    ) -> Now[Renewed]:
         """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST. `ttl_ms` 0
-        renews with the TTL this gateway granted it with."""
+        renews with the TTL this gateway granted it with; `meta` (an encoded owner
+        record) replaces the lock's record on the nodes that extend."""
         if ttl_ms == 0:
             known = self.table.holder_ttl(name, lease)
             if known is None:
@@ -372,7 +375,7 @@ class LockManager:
                 )
             ttl_ms = known
         self.check_ttl(ttl_ms)
-        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns, meta=meta)
         if self.driver.synchronous:
             return self._renewed(name, machine, self.driver.run_now(machine))
         return self._renew_later(name, machine)

@@ -119,6 +119,10 @@ class Metrics:
             "lockd_leases_lost", "Renewals that failed (lease lost).", registry=r
         )
         self.waiters = Gauge("lockd_waiters", "Acquire calls waiting at this gateway.", registry=r)
+        self.watchers = Gauge("lockd_watchers", "Open Watch streams at this gateway.", registry=r)
+        self.watchers_cut_off = Counter(
+            "lockd_watchers_cut_off", "Watchers cut off for reading too slowly.", registry=r
+        )
         self.node_up = Gauge(
             "lockd_node_up", "1 if the node answered its last health check.", ["node"], registry=r
         )

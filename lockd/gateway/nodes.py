@@ -23,6 +23,7 @@ from importlib import resources
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from lockd.core import (
+    EVENTS_CHANNEL,
     AcquireCall,
     AcquireReply,
     Call,
@@ -74,6 +75,8 @@ _RESTART = re.compile(r"RESTARTDELAY (\d+) ms")
 _LUA_DELAY = re.compile(r"^local RESTART_DELAY_MS = (\d+)$", re.MULTILINE)
 _LUA_NAME = b"#!lua name=lockd"
 ReleaseListener = Callable[[bytes], None]
+EventListener = Callable[[bytes], None]
+"""Gets each message a node publishes on `lockd:events` (see `lockd.core.NodeEvent`)."""
 ReplyListener = Callable[[NodeReply], None]
 
 
@@ -194,6 +197,10 @@ class Node:
     async def close(self) -> None:
         """Disconnect (an embedded node also shuts its engine down cleanly)."""
 
+    async def listen_events(self, listener: EventListener) -> None:
+        """From now on, give `listener` the node's lock events (`lockd:events`), also
+        across reconnects; a node that is down now is subscribed when it comes back."""
+
     def call_now(self, call: Call) -> NodeReply:
         """Answer `call` synchronously (only when `synchronous`); the caller must
         `commit()` before anyone is told of the outcome."""
@@ -245,6 +252,7 @@ class EmbeddedNode(Node):
         self.group = group
         self.slot = slot
         self._on_release: ReleaseListener | None = None
+        self._on_event: EventListener | None = None
         self._cron: asyncio.Task[None] | None = None
 
     async def start(self, on_release: ReleaseListener) -> None:
@@ -255,6 +263,19 @@ class EmbeddedNode(Node):
     def _released(self, channel: bytes, message: bytes) -> None:
         if self._on_release is not None:
             self._on_release(message)
+
+    async def listen_events(self, listener: EventListener) -> None:
+        if self._on_event is None:
+            self.engine.subscribe(EVENTS_CHANNEL, self._event)
+        self._on_event = listener
+
+    def _event(self, channel: bytes, message: bytes) -> None:
+        # Called inside the engine's lock function: a listener's failure must not fail it.
+        if self._on_event is not None:
+            try:
+                self._on_event(message)
+            except Exception:
+                log.exception("engine %s: event listener failed", self.address)
 
     async def _run_cron(self) -> None:
         while True:
@@ -272,6 +293,7 @@ class EmbeddedNode(Node):
         if self.group is not None:
             await self.group.drain()
         self.engine.unsubscribe(RELEASE_CHANNEL, self._released)
+        self.engine.unsubscribe(EVENTS_CHANNEL, self._event)
         self.engine.close()
 
     def call_now(self, call: Call) -> NodeReply:
@@ -285,7 +307,10 @@ class EmbeddedNode(Node):
             elif isinstance(call, ReleaseCall):
                 reply = engine.lock_release(call.lock_key, call.lease) == 1
             elif isinstance(call, ExtendCall):
-                reply = engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms) == 1
+                reply = (
+                    engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms, call.meta)
+                    == 1
+                )
             else:
                 accepted, counter = engine.fence_advance(call.fence_key, b"%d" % call.token)
                 reply = FenceReply(accepted == 1, counter)
@@ -474,6 +499,7 @@ class RespNode(Node):
         self._resp3 = resp3
         self._client = self._new_client(on_connect=self._check)
         self._events: RespClient | None = None
+        self._on_event: EventListener | None = None
         self._run_id = ""
         self._restart_until = 0.0  # time.monotonic() before which acquisitions are refused
         self._restart_reason = ""
@@ -503,7 +529,10 @@ class RespNode(Node):
 
     async def start(self, on_release: ReleaseListener) -> None:
         def released(channel: bytes, message: bytes) -> None:
-            on_release(message)
+            if channel == RELEASE_CHANNEL:
+                on_release(message)
+            elif self._on_event is not None:
+                self._on_event(message)
 
         self._events = self._new_client(on_message=released)
         results = await asyncio.gather(
@@ -656,6 +685,15 @@ class RespNode(Node):
     def _restart_left_ms(self) -> int:
         return max(0, int((self._restart_until - time.monotonic()) * 1000))
 
+    async def listen_events(self, listener: EventListener) -> None:
+        self._on_event = listener
+        events = self._events
+        if events is None or EVENTS_CHANNEL in events.channels:
+            return
+        events.channels += (EVENTS_CHANNEL,)  # every reconnect subscribes from now on
+        with contextlib.suppress(TransportError, CommandError):
+            await events.execute(b"SUBSCRIBE", EVENTS_CHANNEL, timeout_s=self._control_s)
+
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -698,9 +736,10 @@ class RespNode(Node):
         if isinstance(call, ReleaseCall):
             data = encode_command(b"FCALL", b"lockd_release", b"1", call.lock_key, call.lease)
         else:
-            data = encode_command(
-                b"FCALL", b"lockd_extend", b"1", call.lock_key, call.lease, b"%d" % call.ttl_ms
-            )
+            args = [call.lock_key, call.lease, b"%d" % call.ttl_ms]
+            if call.meta is not None:
+                args.append(call.meta)
+            data = encode_command(b"FCALL", b"lockd_extend", b"1", *args)
 
         def flagged(reply: RespReply | TransportError) -> None:
             done(_flag(reply))

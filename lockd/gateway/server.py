@@ -131,11 +131,13 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.service.draining.set()
         self.manager.shut_down()
+        await self.service.watch_hub.close()  # watchers move to another gateway now
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        await self.service.observers.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -238,18 +238,22 @@ class WorkerProcess(Service):
                 log.warning("%s: bad event line %r (%s)", self.name, line[:200], exc)
                 continue
             self.last = event
-            if event.f == "acquire" and event.type == "ok":
+            if event.f in ("acquire", "campaign") and event.type == "ok":
                 self.holding = event.key
-            elif event.f == "release" and event.type == "invoke":
+            elif event.f in ("release", "resign") and event.type == "invoke":
                 self.holding = None
             self.sink(event)
 
     @property
     def thinking(self) -> bool:
-        """Holding a lock between its read and its write: the moment a pause hurts most."""
+        """Holding a lock between its read and its write (leading, between two writes):
+        the moment a pause hurts most."""
         last = self.last
         return (
-            self.holding is not None and last is not None and last.f == "read" and last.type == "ok"
+            self.holding is not None
+            and last is not None
+            and last.f in ("read", "elect-write")
+            and last.type == "ok"
         )
 
     def tell_stop(self) -> None:

@@ -271,6 +271,16 @@ def _summary_row(name: str, r: dict[str, Any]) -> str:
         "tokens": ("grants", "duplicates", "order_violations"),
         "mutex": ("grants", "held_overlaps", "held_overlaps_during_pauses", "lease_violations"),
         "availability": ("unhealthy_s", "final_phase_grants"),
+        "election": (
+            "terms",
+            "writes_acknowledged",
+            "deposed_writes_refused",
+            "deposed_writes_acknowledged",
+            "observations",
+            "observed_out_of_order",
+            "unexplained_leaders",
+        ),
+        "terms": ("grants", "duplicates", "order_violations"),
         "stats": ("operations",),
     }.get(name, ())
     facts = [f"{k.replace('_', ' ')}: {_e(r.get(k))}" for k in keys]

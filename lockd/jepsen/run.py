@@ -26,6 +26,7 @@ from typing import Any
 
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.availability import check_availability
+from lockd.jepsen.checkers.election import check_election
 from lockd.jepsen.checkers.mutex import check_mutex
 from lockd.jepsen.checkers.store import check_store
 from lockd.jepsen.checkers.tokens import check_tokens
@@ -35,7 +36,15 @@ from lockd.jepsen.generator import clock_offsets, schedule
 from lockd.jepsen.history import NEMESIS, Event, HistoryError, HistoryWriter, load, pair, validate
 from lockd.jepsen.nemesis import Nemesis
 
-__all__ = ["CHECKERS", "RunConfig", "check_file", "check_history", "malformed", "run"]
+__all__ = [
+    "CHECKERS",
+    "WORKLOADS",
+    "RunConfig",
+    "check_file",
+    "check_history",
+    "malformed",
+    "run",
+]
 
 log = logging.getLogger("lockd.jepsen")
 
@@ -60,6 +69,10 @@ class RunConfig:
     unsafe_store: bool = False
     unsafe_wall_clock: bool = False
     unfenced_read: bool = False
+    workload: str = "fenced-counter"
+    """`fenced-counter` or `election` (WORKLOADS)."""
+    observers: int = 2
+    """Election workload: worker processes that follow the leaders (`observe`)."""
     test_name: str | None = None
     check_time_limit_s: float = 60.0
     check_memory_mb: int = 1024
@@ -72,7 +85,7 @@ class RunConfig:
         """The test's name: workload, unsafe switches and nemeses."""
         if self.test_name:
             return self.test_name
-        parts = ["fenced-counter"]
+        parts = [self.workload]
         if self.engine != "lockd":
             parts.append(self.engine)
         parts += [
@@ -196,11 +209,14 @@ async def _execute(
             await nemesis.scramble(clock_offsets(config.seed, config.nodes))
         endpoints = cluster.gateway_endpoints
         keys = _keys(config)
-        for i in range(config.clients):
+        election = config.workload == "election"
+        workers = config.clients + (config.observers if election else 0)
+        for i in range(workers):
             rotated = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
             args = [
+                "--workload", config.workload,
                 "--index", str(i),
-                "--concurrency", str(config.clients),
+                "--concurrency", str(workers),
                 "--gateways", ",".join(rotated),
                 "--store", cluster.store_endpoint,
                 "--keys", ",".join(keys),
@@ -211,6 +227,8 @@ async def _execute(
             ]  # fmt: skip
             if config.unfenced_read:
                 args.append("--unfenced-read")
+            if i >= config.clients:
+                args.append("--observer")
             await cluster.start_worker(i, args, history.append)
         started = time.monotonic()
         history.append(
@@ -231,13 +249,16 @@ async def _execute(
         await asyncio.sleep(config.heal_time_s)
         log.info("stopping the workers")
         await asyncio.gather(*(w.finish(timeout=2 * config.ttl_s + 6.0) for w in cluster.workers))
-        await _final_reads(cluster, keys, history.append)
+        if not election:
+            await _final_reads(cluster, keys, history.append)
     finally:
         await cluster.stop()
 
 
 CHECKERS = ("store", "tokens", "mutex", "availability", "stats")
-"""The checkers of a well-formed history, in the order results list them."""
+"""The checkers of a well-formed fenced-counter history, in the order results list them."""
+WORKLOADS = {"fenced-counter": CHECKERS, "election": ("election", "terms", "stats")}
+"""Each workload's checkers (the meta record's `workload`; fenced-counter by default)."""
 
 # Configuration the checkers read from the meta record: name -> (default, integers only).
 _CONFIG = {
@@ -263,7 +284,7 @@ def _config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, problems
 
 
-def malformed(problems: Sequence[str]) -> dict[str, Any]:
+def malformed(problems: Sequence[str], checkers: Sequence[str] = CHECKERS) -> dict[str, Any]:
     """The results for a malformed history: unknown, and no checker run (a checker reading
     a history it cannot trust proves nothing, either way)."""
     for problem in problems[:10]:
@@ -272,7 +293,7 @@ def malformed(problems: Sequence[str]) -> dict[str, Any]:
     return {
         "valid": "unknown",
         "history": {"valid": "unknown", "problems": list(problems[:50]), "count": len(problems)},
-        **{name: {"valid": "unknown", "reason": reason} for name in CHECKERS},
+        **{name: {"valid": "unknown", "reason": reason} for name in checkers},
     }
 
 
@@ -287,14 +308,22 @@ def check_history(
     problems, each naming its line; the checkers then do not run. Without a store log
     (None, or no such file) the store's token order is unknown."""
     settings, problems = _config(config)
+    workload = config.get("workload", "fenced-counter")
+    if workload not in WORKLOADS:
+        problems.append(f"meta record: unknown workload {workload!r:.40}")
     problems = validate(events) + problems
     if problems:
-        return malformed(problems)
+        return malformed(problems, WORKLOADS.get(workload, CHECKERS))
     client_events = [e for e in events if not e.is_nemesis]
     nemesis = [e for e in events if e.is_nemesis]
     ops = pair(client_events)
     end = max((e.time for e in events), default=0)
     results: dict[str, Any] = {"history": {"valid": True, "problems": [], "count": 0}}
+    if workload == "election":
+        results["election"] = check_election(ops)
+        results["terms"] = check_tokens(ops, "campaign", "term")
+        results["stats"] = _stats(ops, nemesis)
+        return {"valid": merge(r["valid"] for r in results.values()), **results}
     results["store"] = check_store(
         ops,
         store_log,

@@ -104,6 +104,32 @@ def test_store_without_its_token_check_is_caught(tmp_path: Path) -> None:
     assert _strays(tmp_path) == []
 
 
+@pytest.mark.timeout(200)
+def test_election_workload_under_every_nemesis_is_valid(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--workload", "election", "--nemesis", "all", "--time-limit", "40",
+        "--clients", "4", "--seed", "11",
+    )  # fmt: skip
+    assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
+    assert code == 0
+    election = results["election"]
+    assert results["terms"]["grants"] > 20 and election["observations"] > 10
+    assert election["deposed_writes_acknowledged"] == 0
+    assert _strays(tmp_path) == []
+
+
+@pytest.mark.timeout(200)
+def test_election_workload_with_a_store_that_ignores_terms_is_caught(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--workload", "election", "--unsafe-store", "--nemesis", "pause",
+        "--time-limit", "25", "--heal-time", "3", "--clients", "4", "--seed", "3",
+    )  # fmt: skip
+    assert code == 1 and results["valid"] is False
+    assert results["election"]["deposed_writes_acknowledged"] > 0
+    assert results["terms"]["valid"] is True
+    assert _strays(tmp_path) == []
+
+
 @pytest.mark.timeout(400)
 def test_engines_on_the_wall_clock_are_caught(tmp_path: Path) -> None:
     # Whether a 20 s run lines a clock step up with a held lease depends on timing, not
