@@ -187,6 +187,15 @@ class Engine:
                     fence_floor_hint(reserve_path),
                 )
             legacy_missing = True
+        if found is not None and found[1] and node is not None and "format" in node:
+            # node.json is rewritten in format 2 only after the reservation was: a version
+            # 1 reservation here is damage (one that parses as a smaller number, say).
+            raise CorruptFile(
+                reserve_path,
+                0,
+                "version 1 fencing reservation in a directory already upgraded to format 2",
+                fence_floor_hint(reserve_path),
+            )
         # The longest TTL this node has ever been allowed to grant: lowering --max-ttl
         # across an unclean stop must not shorten the delay below what was granted.
         max_ttl_ever = max(self.config.max_ttl_ms, int((node or {}).get("max_ttl_ms", 0)))
