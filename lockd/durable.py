@@ -35,6 +35,7 @@ from pathlib import Path
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
+    "HEADER_FLIPS",
     "CorruptFile",
     "DiskFaults",
     "FrameReader",
@@ -43,6 +44,7 @@ __all__ = [
     "file_header",
     "fsync_dir",
     "header_seed",
+    "is_damaged_header",
     "private_dir",
     "salvage",
     "write_all",
@@ -86,6 +88,24 @@ def file_header(kind: bytes, version: int = FORMAT_VERSION) -> bytes:
 def header_seed(header: bytes) -> int:
     """The CRC the first frame is chained over."""
     return zlib.crc32(header)
+
+
+HEADER_FLIPS = 3  # differing bytes up to which a file's first line is a damaged header
+
+
+def is_damaged_header(data: bytes, header: bytes) -> bool:
+    """Whether `data`, which does not start with `header`, is a framed file whose header
+    is damaged rather than some other file: a whole frame that checks follows where the
+    header ends, or the first line differs from `header` in at most `HEADER_FLIPS` bytes.
+    (The first frame is chained over the CRC of the correct header, not of the bytes
+    found, so the frames still check.)"""
+    n = len(header)
+    if len(data) < n:
+        return False
+    found = _frame_at(data, n)
+    if found is not None and n + FRAME_OVERHEAD + found[0] <= len(data):
+        return True
+    return sum(a != b for a, b in zip(data[:n], header, strict=True)) <= HEADER_FLIPS
 
 
 def _head_check(length: int, crc: int) -> int:

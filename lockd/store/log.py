@@ -9,9 +9,9 @@ records
 Replay applies the records in order, rebuilding the values and each resource's highest
 token. A torn tail (what a crash during an append leaves) is cut, with a warning:
 nothing in it was acknowledged, because an append is fsynced before any of its writes
-is answered. Any other damage stops the store from starting (`CorruptFile`, naming the
-offset and `lockd repair`): dropping an acknowledged record could lower a resource's
-highest token and let a stale writer in.
+is answered. Any other damage, a damaged file header included, stops the store from
+starting (`CorruptFile`, naming the offset and `lockd repair`): dropping an acknowledged
+record could lower a resource's highest token and let a stale writer in.
 
 Version 1 logs (a CRC per record, no chain) are read as before, except that a bad record
 followed by good ones is damage too, and are rewritten as version 2 at once; the old
@@ -41,6 +41,7 @@ from lockd.durable import (
     file_header,
     fsync_dir,
     header_seed,
+    is_damaged_header,
     keep_copy,
     open_private,
     private_dir,
@@ -205,7 +206,9 @@ def read_log(path: Path, data: bytes) -> Contents:
         sized = [(w, len(encode_write(*w))) for w in old]
         return Contents(sized, good, "torn tail" if good < len(data) else None, version=1)
     if not data.startswith(HEADER):
-        raise ValueError(f"{path} is not a lockd store log (or its header is damaged)")
+        if is_damaged_header(data, HEADER):
+            raise CorruptFile(path, 0, "damaged file header", repair_hint(path))
+        raise ValueError(f"{path} is not a lockd store log")
     reader = FrameReader(data, len(HEADER), SEED)
     writes: list[tuple[Write, int]] = []
     for offset, payload in reader:
@@ -407,14 +410,17 @@ def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
     data = path.read_bytes()
     if data.startswith(V1_HEADER):
         raise RuntimeError(f"{path} is a version 1 store log: start the store to upgrade it")
-    if not data.startswith(HEADER):
-        raise RuntimeError(f"{path} is not a lockd store log (or its header is damaged)")
+    header_ok = data.startswith(HEADER)
+    if not header_ok and not is_damaged_header(data, HEADER):
+        raise RuntimeError(f"{path} is not a lockd store log")
     reader = FrameReader(data, len(HEADER), SEED)
     for _ in reader:
         pass
-    if reader.damage is None:
+    if header_ok and reader.damage is None:
         return None
     result = salvage(data, len(HEADER), SEED, lambda p: _decode_payload(p) is not None)
+    if not header_ok:
+        result.dropped.insert(0, (0, len(HEADER)))  # the header is rewritten, not kept
     if not dry_run:
         keep_copy(path, ".broken")
         tmp = path.with_name(path.name + ".repair")

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lockd.durable import CorruptFile
+from lockd.repair import repair
 from lockd.resp.protocol import encode_command
 from lockd.store.fenced import FencedStore
 from lockd.store.log import (
@@ -24,6 +25,7 @@ from lockd.store.log import (
     MARKER_NAME,
     V1_HEADER,
     StoreLog,
+    read_log,
     repair_store_log,
 )
 from lockd_client.store import StaleToken
@@ -156,6 +158,85 @@ async def test_repair_keeps_intact_records_and_the_damaged_file(store_dir: Path)
     async with client(store_dir) as (_, c):
         with pytest.raises(StaleToken):
             await c.write("a", "k", b"stale", token=acked["a"] - 1)
+
+
+def _writes_of(data: bytes) -> list[tuple[tuple[str, str, bytes, int], int]]:
+    contents = read_log(Path(LOG_NAME), data)
+    assert contents.torn is None
+    return contents.writes
+
+
+def _writes(path: Path) -> list[tuple[tuple[str, str, bytes, int], int]]:
+    return _writes_of(path.read_bytes())
+
+
+def _flip_header(directory: Path, flips: list[tuple[int, int]]) -> bytes:
+    """Flip bytes of the log's file header; returns the damaged bytes."""
+    path = directory / LOG_NAME
+    raw = bytearray(path.read_bytes())
+    for offset, mask in flips:
+        raw[offset % len(HEADER)] ^= mask
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+async def test_a_damaged_header_is_located_and_repaired(store_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from lockd.cli import main
+
+    acked = _write_log(store_dir)
+    path = store_dir / LOG_NAME
+    damaged = _flip_header(store_dir, [(7, 0x01)])  # "LOCKD store" -> "LOCKD rtore"
+    with pytest.raises(CorruptFile) as refused:
+        StoreLog(store_dir).open()
+    message = str(refused.value)
+    assert refused.value.offset == 0 and "damaged file header" in message
+    assert str(path) in message and f"lockd repair {path}" in message
+    assert path.read_bytes() == damaged  # nothing cut
+    fixed = CliRunner().invoke(main, ["repair", str(path)])
+    assert fixed.exit_code == 0, fixed.output
+    assert "kept 50 intact frames" in fixed.output and ".broken" in fixed.output
+    assert (store_dir / (LOG_NAME + ".broken")).read_bytes() == damaged
+    assert _writes(path) == _writes_of(HEADER + damaged[len(HEADER) :])  # every record kept
+    assert _open(store_dir) == acked
+    async with client(store_dir) as (_, c):
+        with pytest.raises(StaleToken):
+            await c.write("a", "k", b"stale", token=acked["a"] - 1)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(HEADER) - 1), st.integers(1, 255)), min_size=1, max_size=3
+    )
+)
+def test_any_flipped_header_bytes_refuse_and_repair_loses_nothing(
+    tmp_path_factory: pytest.TempPathFactory, flips: list[tuple[int, int]]
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    acked = _write_log(directory, tokens=20)
+    path = directory / LOG_NAME
+    whole = path.read_bytes()
+    damaged = _flip_header(directory, flips)
+    if damaged[: len(HEADER)] == HEADER:  # the flips cancelled out
+        return
+    with pytest.raises(CorruptFile) as refused:
+        StoreLog(directory).open()
+    assert refused.value.offset == 0 and "lockd repair" in str(refused.value)
+    assert repair(path).written
+    assert _writes(path) == _writes_of(whole)  # a correct header and every record
+    assert _open(directory) == acked
+
+
+def test_repair_refuses_a_file_that_is_not_a_store_log(tmp_path: Path) -> None:
+    path = tmp_path / LOG_NAME
+    path.write_bytes(b"some other program's data, nothing framed in it\n")
+    with pytest.raises(RuntimeError, match="not a lockd store log"):
+        repair_store_log(path)
+    assert path.read_bytes() == b"some other program's data, nothing framed in it\n"
 
 
 async def test_a_version_1_log_is_upgraded_and_kept(store_dir: Path) -> None:
