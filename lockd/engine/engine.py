@@ -145,7 +145,7 @@ class Engine:
         """True while a disk error stands: writes are refused (MISCONF)."""
         self._settle_now = self.config.appendfsync is FsyncPolicy.ALWAYS
         self._reservation_retry_at = 0.0
-        self._fence_changed: dict[bytes, int] = {}  # fence key -> when created, oldest first
+        self._fence_changed: dict[bytes, int] = {}  # fence key -> last change, oldest first
         self.fences_collected = 0
         self._epoch = clock_epoch().encode()
         self.closed = False
@@ -671,9 +671,11 @@ class Engine:
             except OSError:
                 raise self.misconf() from None
         # No fsync needed even under `always`: the reservation already covers the value.
-        if ks.set(fence_key, value, None, durable=False):  # a new counter
-            self._fence_changed.pop(fence_key, None)
-            self._fence_changed[fence_key] = self.clock.now_ms()
+        ks.set(fence_key, value, None, durable=False)
+        # Idle means unchanged: move the counter to the young end of the collection order.
+        changed = self._fence_changed
+        changed.pop(fence_key, None)
+        changed[fence_key] = self.clock.now_ms()
 
     # -- pub/sub -------------------------------------------------------------------------
 

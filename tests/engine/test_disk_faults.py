@@ -534,6 +534,29 @@ def test_100k_lock_names_keep_a_bounded_number_of_counters() -> None:
     assert engine.fences_collected == 100_000
 
 
+def test_only_counters_unchanged_for_the_idle_time_are_collected() -> None:
+    """Idle counts from a counter's last change, not its creation: one advanced every
+    100 ms is never collected, while an older-changed one behind it in creation order is."""
+    src = FakeSource()
+    engine = Engine(EngineConfig(fence_idle_ms=1000), clock=Clock(src))
+    busy, quiet = b"fence:{busy}", b"fence:{quiet}"
+    assert engine.fence_advance(busy, b"1") == (1, 1)  # created first
+    assert engine.fence_advance(quiet, b"7") == (1, 7)
+    for step in range(2, 32):  # 3 s of advances every 100 ms
+        src.ns += 100 * MS
+        assert engine.fence_advance(busy, b"%d" % step) == (1, step)
+        engine.collect_fences()
+        assert engine.keyspace.get(busy) == step
+    assert engine.keyspace.get(quiet) is None  # unchanged for 3 s: collected
+    assert engine.fences_collected == 1 and engine.fence_floor == 7
+    src.ns += 999 * MS
+    assert engine.collect_fences() == 0  # 999 ms after its last change
+    src.ns += 1 * MS
+    assert engine.collect_fences() == 1
+    assert engine.fence_floor == 31 and engine.counter(busy) == 31  # never goes back
+    assert engine.fence_advance(busy, b"31") == (0, 31)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     steps=st.lists(
