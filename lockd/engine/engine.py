@@ -224,7 +224,7 @@ class Engine:
         """True while a disk error stands: writes are refused (MISCONF)."""
         self._settle_now = self.config.appendfsync is FsyncPolicy.ALWAYS
         self._reservation_retry_at = 0.0
-        self._fence_changed: dict[bytes, int] = {}  # fence key -> when created, oldest first
+        self._fence_changed: dict[bytes, int] = {}  # fence key -> last change, oldest first
         self.fences_collected = 0
         self._epoch = clock_epoch().encode()
         self.closed = False
@@ -266,6 +266,15 @@ class Engine:
                     fence_floor_hint(reserve_path),
                 )
             legacy_missing = True
+        if found is not None and found[1] and node is not None and "format" in node:
+            # node.json is rewritten in format 2 only after the reservation was: a version
+            # 1 reservation here is damage (one that parses as a smaller number, say).
+            raise CorruptFile(
+                reserve_path,
+                0,
+                "version 1 fencing reservation in a directory already upgraded to format 2",
+                fence_floor_hint(reserve_path),
+            )
         # The longest TTL this node has ever been allowed to grant: lowering --max-ttl
         # across an unclean stop must not shorten the delay below what was granted.
         max_ttl_ever = max(self.config.max_ttl_ms, int((node or {}).get("max_ttl_ms", 0)))
@@ -793,9 +802,11 @@ class Engine:
             except OSError:
                 raise self.misconf() from None
         # No fsync needed even under `always`: the reservation already covers the value.
-        if ks.set(fence_key, value, None, durable=False):  # a new counter
-            self._fence_changed.pop(fence_key, None)
-            self._fence_changed[fence_key] = self.clock.now_ms()
+        ks.set(fence_key, value, None, durable=False)
+        # Idle means unchanged: move the counter to the young end of the collection order.
+        changed = self._fence_changed
+        changed.pop(fence_key, None)
+        changed[fence_key] = self.clock.now_ms()
 
     # -- pub/sub -------------------------------------------------------------------------
 

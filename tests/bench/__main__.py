@@ -12,6 +12,7 @@ def main() -> None:
     sections = [
         ("engine, in process", engine_bench.in_process_pairs),
         ("engine, fencing durability", engine_bench.fence_durability),
+        ("engine, checksummed AOF frames vs plain writes", engine_bench.checksum_cost),
         ("engine vs redis-server over RESP", engine_bench.over_resp),
         ("engine memory", engine_bench.memory_per_lock),
         ("gateway vs Redlock peers on five redis-servers", gateway_bench.gateway_vs_peers),

@@ -26,7 +26,7 @@ from lockd.durable import CorruptFile
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.wgl import UNKNOWN, Operation, check
 from lockd.jepsen.history import Op
-from lockd.store.log import HEADER, read_log
+from lockd.store.log import EMPTY_LOG, read_log
 
 __all__ = [
     "STALE",
@@ -138,7 +138,7 @@ def token_order(log_path: Path | None) -> dict[str, Any]:
         where = "" if log_path is None else f" at {log_path}"
         return {"valid": "unknown", "reason": f"no store log{where}: token order not checked"}
     data = log_path.read_bytes()
-    if len(data) < len(HEADER) and HEADER.startswith(data):  # torn while creating it
+    if len(data) < len(EMPTY_LOG) and EMPTY_LOG.startswith(data):  # torn while creating it
         return {"valid": True, "records": 0, "decreases": 0, "examples": []}
     try:
         contents = read_log(log_path, data)
