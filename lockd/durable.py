@@ -6,17 +6,18 @@ loader are the models):
     LOCKD <kind> 2\\n                         (file header)
     <length u32> <crc u32> <check u32> <payload>   (a frame), repeated
 
-A frame holds whatever one append wrote (one or more RESP records). `crc` is the CRC32
-of the payload chained over the previous frame's (the first is chained over the file
-header's CRC), so a flipped, dropped, duplicated or reordered frame is detected;
-`check` mixes the other two header words, so a flipped length is detected before it
-is trusted. Reading stops at the first frame that does not check. What follows it is a
-*torn tail* (cut, with a log line) only when it is what an interrupted append leaves:
-the file ends inside the frame, or the frame runs into zeros from a sector boundary to
-the end of the file, and no whole frame follows. Anything else is damage: `CorruptFile`,
-naming the file, the offset and the repair command; nothing is cut. `salvage` keeps
-every frame that still checks, for `lockd repair`, which writes a new file and keeps
-the damaged one as `<name>.broken`.
+(The store's log, version 3, adds a durable end after the header line: `encode_end`,
+`decode_end`; see `lockd.store.log`.) A frame holds whatever one append wrote (one or
+more RESP records). `crc` is the CRC32 of the payload chained over the previous frame's
+(the first is chained over the file header's CRC), so a flipped, dropped, duplicated or
+reordered frame is detected; `check` mixes the other two header words, so a flipped
+length is detected before it is trusted. Reading stops at the first frame that does not
+check. What follows it is a *torn tail* (cut, with a log line) only when it is what an
+interrupted append leaves: the file ends inside the frame, or the frame runs into zeros
+from a sector boundary to the end of the file, and no whole frame follows. Anything else
+is damage: `CorruptFile`, naming the file, the offset and the repair command; nothing is
+cut. `salvage` keeps every frame that still checks, for `lockd repair`, which writes a
+new file and keeps the damaged one as `<name>.broken`.
 """
 
 from __future__ import annotations
@@ -34,16 +35,23 @@ from pathlib import Path
 
 __all__ = [
     "DIR_MODE",
+    "END_FIELD_SIZE",
     "FILE_MODE",
+    "HEADER_FLIPS",
     "CorruptFile",
     "DiskFaults",
     "FrameReader",
     "Salvage",
+    "decode_end",
+    "encode_end",
     "encode_frame",
+    "fdatasync",
     "file_header",
     "fsync_dir",
     "header_seed",
+    "is_damaged_header",
     "private_dir",
+    "pwrite_all",
     "salvage",
     "write_all",
     "write_durably",
@@ -86,6 +94,44 @@ def file_header(kind: bytes, version: int = FORMAT_VERSION) -> bytes:
 def header_seed(header: bytes) -> int:
     """The CRC the first frame is chained over."""
     return zlib.crc32(header)
+
+
+HEADER_FLIPS = 3  # differing bytes up to which a file's first line is a damaged header
+
+
+def is_damaged_header(data: bytes, header: bytes, frames_at: int | None = None) -> bool:
+    """Whether `data`, which does not start with `header`, is a framed file whose header
+    is damaged rather than some other file: a whole frame that checks starts where the
+    frames do (`frames_at`, default: where the header ends), or the first line differs
+    from `header` in at most `HEADER_FLIPS` bytes.
+    (The first frame is chained over the CRC of the correct header, not of the bytes
+    found, so the frames still check.)"""
+    n = len(header)
+    if len(data) < n:
+        return False
+    at = n if frames_at is None else frames_at
+    found = _frame_at(data, at) if len(data) >= at else None
+    if found is not None and at + FRAME_OVERHEAD + found[0] <= len(data):
+        return True
+    return sum(a != b for a, b in zip(data[:n], header, strict=True)) <= HEADER_FLIPS
+
+
+_END = struct.Struct("<QI")  # a durable end and its CRC32
+END_FIELD_SIZE = _END.size
+_END_SEED = 0x6C6F636B  # keeps an all-zero field from checking
+
+
+def encode_end(end: int) -> bytes:
+    """A header's durable-end field: the byte up to which the file was durable."""
+    return _END.pack(end, zlib.crc32(struct.pack("<Q", end), _END_SEED))
+
+
+def decode_end(data: bytes | memoryview, at: int) -> int | None:
+    """The durable end stored at `at`, or None when the field is missing or damaged."""
+    if len(data) - at < END_FIELD_SIZE:
+        return None
+    end, crc = _END.unpack_from(data, at)
+    return int(end) if crc == zlib.crc32(struct.pack("<Q", end), _END_SEED) else None
 
 
 def _head_check(length: int, crc: int) -> int:
@@ -297,11 +343,27 @@ def write_all(fd: int, data: bytes, faults: DiskFaults = NO_FAULTS) -> None:
             view = view[os.write(fd, view) :]
 
 
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of `data` at `offset` (the fd must not be O_APPEND: Linux appends then)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def fsync(fd: int, faults: DiskFaults = NO_FAULTS) -> None:
     """fsync, with fault injection."""
     if faults.armed:
         faults.check("fsync")
     os.fsync(fd)
+
+
+def fdatasync(fd: int, faults: DiskFaults = NO_FAULTS) -> None:
+    """fdatasync (the data and the size, not the times: what an append-only log needs;
+    Redis and etcd sync their logs this way), with fault injection (as "fsync")."""
+    if faults.armed:
+        faults.check("fsync")
+    os.fdatasync(fd)
 
 
 def fsync_dir(path: Path) -> None:

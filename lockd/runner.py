@@ -1,12 +1,14 @@
-"""`lockd run NAME -- CMD`: run a command while holding a lock.
+"""`lockd run NAME -- CMD`: run a command while holding a lock; `lockd elect NAME VALUE
+-- CMD`: run it while leading an election.
 
-The lease is renewed by the client library's watchdog. If it is lost, CMD gets SIGTERM
-at once and SIGKILL when the lease's deadline arrives (never later), and `lockd run`
-exits with `exits.LEASE_LOST` after at most `RELEASE_AFTER_LOSS_S` more spent trying to
-release it (a courtesy: its TTL frees the lock anyway; a gateway that cannot be reached
-must not keep `lockd run` waiting out the client timeout). SIGINT and SIGTERM sent to
-`lockd run` are forwarded to CMD. The lock is released when CMD exits. CMD sees
-`LOCKD_FENCING_TOKEN` and `LOCKD_LOCK_NAME` in its environment.
+The lease (the leadership) is renewed by the client library's watchdog. If it is lost,
+CMD gets SIGTERM at once and SIGKILL when the lease's deadline arrives (never later),
+and the command exits with `exits.LEASE_LOST` after at most `RELEASE_AFTER_LOSS_S` more
+spent trying to release it (a courtesy: its TTL frees the lock anyway; a gateway that
+cannot be reached must not keep it waiting out the client timeout). SIGINT and SIGTERM
+are forwarded to CMD. The lock is released (the leader resigns) when CMD exits. CMD
+sees `LOCKD_FENCING_TOKEN` and `LOCKD_LOCK_NAME` in its environment; under `lockd elect`
+also `LOCKD_TERM` (the same number) and `LOCKD_ELECTION`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from lockd import exits
 from lockd_client import AsyncClient, AsyncLease, LockError
 
-__all__ = ["RELEASE_AFTER_LOSS_S", "run_under_lock"]
+__all__ = ["RELEASE_AFTER_LOSS_S", "run_as_leader", "run_under_lock"]
 
 RELEASE_AFTER_LOSS_S = 1.0
 """The longest a release of a lease no longer held may take."""
@@ -66,7 +68,46 @@ async def run_under_lock(
     except LockError as exc:
         print(f"lockd run: {exc}", file=sys.stderr)
         return exits.for_error(exc)
-    env = dict(os.environ, LOCKD_FENCING_TOKEN=str(lease.token), LOCKD_LOCK_NAME=name)
+    env = {"LOCKD_FENCING_TOKEN": str(lease.token), "LOCKD_LOCK_NAME": name}
+    return await _run_holding(lease, lost, argv, env, "lockd run")
+
+
+async def run_as_leader(
+    client: AsyncClient,
+    election: str,
+    value: bytes,
+    ttl: float,
+    wait: float | None,
+    argv: Sequence[str],
+) -> int:
+    """Lead `election` (waiting up to `wait` seconds, None: no limit) while `argv` runs;
+    returns the exit status as `run_under_lock`."""
+    lost = asyncio.Event()
+    try:
+        leader = await client.election(election).lead(
+            value, ttl, wait=wait, on_lost=lambda _: lost.set()
+        )
+    except LockError as exc:
+        print(f"lockd elect: {exc}", file=sys.stderr)
+        return exits.for_error(exc)
+    env = {
+        "LOCKD_TERM": str(leader.term),
+        "LOCKD_FENCING_TOKEN": str(leader.term),
+        "LOCKD_ELECTION": election,
+        "LOCKD_LOCK_NAME": leader.name,
+    }
+    return await _run_holding(leader, lost, argv, env, "lockd elect")
+
+
+async def _run_holding(
+    lease: AsyncLease,
+    lost: asyncio.Event,
+    argv: Sequence[str],
+    extra_env: dict[str, str],
+    prog: str,
+) -> int:
+    """Run `argv` while `lease` is held; release it at the end."""
+    env = dict(os.environ, **extra_env)
     loop = asyncio.get_running_loop()
     # Signals are caught before CMD starts (and passed on once it has), so none can
     # kill `lockd run` and leave CMD running without anyone holding its lock.
@@ -85,11 +126,11 @@ async def run_under_lock(
         try:
             proc = await asyncio.create_subprocess_exec(*argv, env=env)
         except OSError as exc:
-            print(f"lockd run: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
+            print(f"{prog}: cannot run {argv[0]!r}: {exc}", file=sys.stderr)
             return exits.CANNOT_RUN
         for pending in received:
             _forward(proc, pending)
-        return await _supervise(proc, lease, lost)
+        return await _supervise(proc, lease, lost, prog)
     finally:
         for sig in _FORWARDED:
             loop.remove_signal_handler(sig)
@@ -100,7 +141,7 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process, lease: AsyncLease, lost: asyncio.Event
+    proc: asyncio.subprocess.Process, lease: AsyncLease, lost: asyncio.Event, prog: str
 ) -> int:
     """Wait for CMD; stop it if the lease is lost (by `on_lost`, or, should the watchdog
     ever fail silently, by the lease no longer being held)."""
@@ -115,7 +156,7 @@ async def _supervise(
         await asyncio.wait({exited, *watchers}, return_when=asyncio.FIRST_COMPLETED)
         if exited.done():
             return _status(exited.result())
-        print(f"lockd run: lease on {lease.name!r} lost; stopping the command", file=sys.stderr)
+        print(f"{prog}: lease on {lease.name!r} lost; stopping the command", file=sys.stderr)
         _forward(proc, signal.SIGTERM)
         grace = max(0.0, lease.deadline - time.monotonic())
         try:

@@ -10,7 +10,7 @@ import click
 
 from lockd import __version__
 from lockd.cli.checks import jepsen, sim
-from lockd.cli.locks import acquire, list_locks, release, renew, run, status
+from lockd.cli.locks import acquire, elect, list_locks, release, renew, run, status, watch
 from lockd.cli.servers import cluster, engine, repair, serve, store, store_reset
 
 __all__ = ["main"]
@@ -43,7 +43,9 @@ for command in (
     renew,
     status,
     list_locks,
+    watch,
     run,
+    elect,
     jepsen,
     sim,
 ):

@@ -64,6 +64,24 @@ def jepsen() -> None:
     "--check-time-limit", default="60s", type=DURATION, help="Linearizability search limit."
 )
 @click.option("--test-name", default=None, help="Name of the test directory [from the flags].")
+@click.option(
+    "--engine",
+    default="lockd",
+    type=click.Choice(["lockd", "redis"]),
+    show_default=True,
+    help="Nodes: `lockd engine` processes, or real redis-servers (redis-server on PATH; "
+    "nemeses that do not apply are skipped, with the reason in run.json).",
+)
+@click.option(
+    "--workload",
+    default="fenced-counter",
+    type=click.Choice(["fenced-counter", "election"]),
+    help="fenced-counter: lock, read, write +1 with the token. election: candidates "
+    "campaign and write with their term, observers follow the leaders.",
+)
+@click.option(
+    "--observers", default=2, type=click.IntRange(0, 16), help="Election: observer processes."
+)
 def jepsen_run(
     nodes: int,
     gateways: int,
@@ -82,6 +100,9 @@ def jepsen_run(
     unsafe_unfenced_read: bool,
     check_time_limit: int,
     test_name: str | None,
+    engine: str,
+    workload: str,
+    observers: int,
 ) -> None:
     """Run lockd as real processes under faults and check what the clients saw.
 
@@ -98,6 +119,12 @@ def jepsen_run(
         raise click.BadParameter(str(exc), param_hint="--nemesis") from None
     if ttl > max_ttl:
         raise click.BadParameter("--ttl must not exceed --max-ttl")
+    if engine == "redis" and unsafe_wall_clock:
+        raise click.BadParameter(
+            "--unsafe-wall-clock is a `lockd engine` flag; Redis always measures TTLs on "
+            "its wall clock",
+            param_hint="--engine",
+        )
     config = RunConfig(
         out=out,
         seed=seed if seed is not None else secrets.randbelow(2**31),
@@ -114,9 +141,12 @@ def jepsen_run(
         unsafe_store=unsafe_store,
         unsafe_wall_clock=unsafe_wall_clock,
         unfenced_read=unsafe_unfenced_read,
+        workload=workload,
+        observers=observers,
         test_name=test_name,
         check_time_limit_s=check_time_limit / 1000,
         command="lockd " + " ".join(sys.argv[1:]),
+        engine=engine,
     )
     click.echo(f"lockd jepsen: {config.name}, seed {config.seed}", err=True)
     try:

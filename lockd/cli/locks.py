@@ -1,4 +1,5 @@
-"""Lock commands: `lockd acquire`, `release`, `renew`, `status` and `run`."""
+"""Lock commands: `lockd acquire`, `release`, `renew`, `status`, `list`, `watch`, `run`
+and `elect`."""
 
 from __future__ import annotations
 
@@ -17,9 +18,20 @@ from lockd.cli.client import client_options, lease_id, run_client, table
 from lockd.cli.params import DURATION
 
 if TYPE_CHECKING:
-    from lockd_client import AsyncClient
+    from lockd_client import AsyncClient, WatchEvent
 
-__all__ = ["acquire", "list_locks", "release", "renew", "run", "status", "text", "when"]
+__all__ = [
+    "acquire",
+    "elect",
+    "list_locks",
+    "release",
+    "renew",
+    "run",
+    "status",
+    "text",
+    "watch",
+    "when",
+]
 
 
 def text(value: bytes) -> str:
@@ -168,6 +180,61 @@ def list_locks(prefix: str, as_json: bool, page_size: int, **conn: Any) -> None:
 
 @click.command()
 @click.argument("name")
+@click.option("--prefix", is_flag=True, help="Watch every lock whose name starts with NAME.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per event.")
+@click.option(
+    "--count",
+    default=0,
+    type=click.IntRange(0),
+    help="Exit after this many changes (0: until interrupted).",
+)
+@client_options
+def watch(name: str, prefix: bool, as_json: bool, count: int, **conn: Any) -> None:
+    """Print NAME's current state, then every change from any gateway: acquired (token,
+    owner), updated, released, expired, force_released. With --prefix, every lock under NAME.
+
+    If the gateway goes away, the watch moves to another endpoint and prints the current
+    state again. Exit status 4 when cut off for reading too slowly, 130 on Ctrl-C."""
+
+    async def go(client: AsyncClient) -> int:
+        changes = 0
+        async for event in client.watch(name, prefix=prefix):
+            if as_json:
+                entry = dataclasses.asdict(event) | {"value": text(event.value), "at": time.time()}
+                click.echo(json.dumps(entry))
+            else:
+                click.echo(_watch_line(event))
+            if event.type not in ("state", "synced"):
+                changes += 1
+                if changes == count:
+                    return 0
+        return 0
+
+    try:
+        run_client(go, **conn)
+    except KeyboardInterrupt:
+        raise SystemExit(exits.INTERRUPTED) from None
+
+
+def _watch_line(event: WatchEvent) -> str:
+    """One event for people: time, type, lock, then what is known about the grant."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+    if event.type == "synced":
+        return f"{stamp} synced {event.name}"
+    parts = [stamp, event.type, event.name]
+    if event.type == "state" and not event.held:
+        parts.append("not held")
+    elif event.token:
+        parts.append(f"token={event.token}")
+    if event.held:  # state of a held lock, acquired, updated
+        parts += [f"owner={event.owner or '-'}", f"ttl={event.ttl_remaining * 1000:.0f}ms"]
+        if event.value:
+            parts.append(f"value={text(event.value)}")
+    return " ".join(parts)
+
+
+@click.command()
+@click.argument("name")
 @click.option("--lease", "lease", required=True, help="Lease id printed by `lockd acquire`.")
 @click.option("--ttl", default="30s", type=DURATION, help="New time to live.")
 @client_options
@@ -255,5 +322,76 @@ def run(name: str, command: tuple[str, ...], ttl: int, wait: int, **conn: Any) -
 
     async def go(client: AsyncClient) -> int:
         return await run_under_lock(client, name, ttl / 1000, wait / 1000, command)
+
+    run_client(go, **conn)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("value", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--observe", is_flag=True, help="Print leader changes of NAME instead.")
+@click.option("--json", "as_json", is_flag=True, help="With --observe: one JSON object a line.")
+@click.option("--ttl", default="30s", type=DURATION, help="Lease TTL (renewed while CMD runs).")
+@click.option(
+    "--wait",
+    default=None,
+    type=DURATION,
+    help="How long to campaign before giving up  [default: no limit]",
+)
+@click.option("--owner", default=None, help="Who campaigns, shown by Leader  [default: host/pid]")
+@client_options
+def elect(
+    name: str,
+    value: str | None,
+    command: tuple[str, ...],
+    observe: bool,
+    as_json: bool,
+    ttl: int,
+    wait: int | None,
+    owner: str | None,
+    **conn: Any,
+) -> None:
+    """Run COMMAND while leading election NAME with VALUE:  lockd elect NAME VALUE -- CMD
+
+    Campaigns (FIFO with the other candidates) until this one leads, then runs CMD with
+    LOCKD_TERM and LOCKD_FENCING_TOKEN (the term), LOCKD_ELECTION and LOCKD_LOCK_NAME.
+    Loss, signals and exit status as `lockd run` (3: not leading within --wait).
+    With --observe, prints the leader (term, value, owner) now and at every change."""
+    if observe:
+        if value is not None or command:
+            raise click.UsageError("--observe takes only the election NAME")
+        _observe(name, as_json, **conn)
+        return
+    if value is None or not command:
+        raise click.UsageError("usage: lockd elect NAME VALUE -- CMD [ARGS...]")
+    from lockd.runner import run_as_leader
+
+    async def go(client: AsyncClient) -> int:
+        if owner is not None:
+            client.owner = owner
+        return await run_as_leader(
+            client,
+            name,
+            value.encode(),
+            ttl / 1000,
+            None if wait is None else wait / 1000,
+            command,
+        )
+
+    run_client(go, **conn)
+
+
+def _observe(name: str, as_json: bool, **conn: Any) -> None:
+    async def go(client: AsyncClient) -> int:
+        async for leader in client.election(name).observe():
+            if as_json:
+                line = json.dumps(dataclasses.asdict(leader) | {"value": text(leader.value)})
+            else:
+                line = (
+                    f"term {leader.term}  value {text(leader.value)!r}  owner {leader.owner or '-'}"
+                )
+            click.echo(line)
+        return 0
 
     run_client(go, **conn)

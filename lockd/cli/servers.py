@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from lockd.cli.params import DURATION, SIZE
+from lockd.cli.params import DURATION, SIZE, server_tls_options
 
 __all__ = ["cluster", "engine", "repair", "serve", "store"]
 
@@ -95,19 +95,7 @@ def check_admin_options(
     help="File holding the password clients must AUTH with (Redis's requirepass); "
     "LOCKD_ENGINE_PASSWORD gives it too. Without either, no authentication.",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve RESP over TLS (gateways use rediss:// URLs).",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("RESP")
 @click.option(
     "--max-client-input",
     default="128mb",
@@ -293,7 +281,8 @@ def store_reset(
     "--appendfsync",
     default="everysec",
     type=click.Choice(["always", "everysec", "no"]),
-    help="fsync policy of the embedded engines.",
+    help="fsync policy of the embedded engines (always: every write fsynced before it is "
+    "answered; concurrent calls share fsyncs, the five engines fsync in parallel).",
 )
 @click.option(
     "--metrics-listen",
@@ -301,19 +290,7 @@ def store_reset(
     metavar="HOST:PORT",
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (off when empty).",
 )
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve gRPC over TLS.",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("gRPC")
 @admin_options("ForceRelease (`lockd release --force`)")
 @click.option(
     "--max-waiters-per-lock",
@@ -334,6 +311,18 @@ def store_reset(
     type=click.IntRange(1),
     help="Unanswered Session requests over all streams; past it a stream is read only "
     "while it has none.",
+)
+@click.option(
+    "--max-watchers",
+    default=10_000,
+    type=click.IntRange(1),
+    help="Watch streams this gateway serves at once.",
+)
+@click.option(
+    "--watch-queue",
+    default=1024,
+    type=click.IntRange(1),
+    help="Events a watcher may fall behind before it is cut off.",
 )
 @click.option(
     "--shutdown-grace",
@@ -357,6 +346,8 @@ def serve(
     max_waiters_per_lock: int,
     session_window: int,
     session_backlog: int,
+    max_watchers: int,
+    watch_queue: int,
     shutdown_grace: int,
 ) -> None:
     """Run the gRPC lock service (lockd.v1) on five embedded engines, or on --nodes."""
@@ -381,6 +372,8 @@ def serve(
         max_waiters_per_lock=max_waiters_per_lock,
         session_window=session_window,
         session_backlog=session_backlog,
+        max_watchers=max_watchers,
+        watch_queue=watch_queue,
         shutdown_grace_s=shutdown_grace / 1000,
     )
     check_admin_options(admin_token_file, admin_cn, tls_client_ca)
@@ -405,19 +398,7 @@ def serve(
     help="Data directory (an append-only log, fsynced before each answer).",
 )
 @click.option("--max-value", default="1mb", type=SIZE, help="Largest value accepted.")
-@click.option(
-    "--tls-cert",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM certificate chain: serve gRPC over TLS.",
-)
-@click.option(
-    "--tls-key", type=click.Path(exists=True, path_type=Path), help="PEM private key of --tls-cert."
-)
-@click.option(
-    "--tls-client-ca",
-    type=click.Path(exists=True, path_type=Path),
-    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-)
+@server_tls_options("gRPC")
 @admin_options("ResetFence (`lockd store-reset`)")
 @click.option(
     "--unsafe-no-token-check",

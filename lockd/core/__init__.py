@@ -6,6 +6,7 @@ same `LockTable` (table.py): a gateway's waiting, holders, limits and retries.""
 
 from lockd.core.machines import Acquire, Release, Renew
 from lockd.core.messages import (
+    EVENTS_CHANNEL,
     AcquireCall,
     AcquireReply,
     Call,
@@ -14,6 +15,7 @@ from lockd.core.messages import (
     FenceReply,
     Granted,
     Meta,
+    NodeEvent,
     NodeFailure,
     NodeReply,
     NotGranted,
@@ -23,7 +25,9 @@ from lockd.core.messages import (
     Renewed,
     RenewFailed,
     Send,
+    decode_event,
     decode_meta,
+    encode_event,
     encode_meta,
     fence_key,
     lock_key,
@@ -40,6 +44,7 @@ from lockd.core.quorum import (
 from lockd.core.table import LockTable
 
 __all__ = [
+    "EVENTS_CHANNEL",
     "RENEW_ROUNDS",
     "Acquire",
     "AcquireCall",
@@ -51,6 +56,7 @@ __all__ = [
     "Granted",
     "LockTable",
     "Meta",
+    "NodeEvent",
     "NodeFailure",
     "NodeReply",
     "NotGranted",
@@ -62,8 +68,10 @@ __all__ = [
     "RenewFailed",
     "Renewed",
     "Send",
+    "decode_event",
     "decode_meta",
     "drift_ns",
+    "encode_event",
     "encode_meta",
     "fence_key",
     "lock_key",

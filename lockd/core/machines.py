@@ -255,7 +255,8 @@ class Renew(_Machine):
     leave validity) before the lease is declared lost: a burst that delays answers does
     not cost a lease that the nodes still hold. Validity always counts from the first
     round's start. `unsafe_no_drift` (simulator only) drops the drift term, as in
-    `Acquire`."""
+    `Acquire`. With `meta`, each node that extends also replaces the owner record (an
+    election's Proclaim): renewed means a quorum of holders carry the new record."""
 
     def __init__(
         self,
@@ -267,10 +268,12 @@ class Renew(_Machine):
         *,
         max_rounds: int = RENEW_ROUNDS,
         unsafe_no_drift: bool = False,
+        meta: bytes | None = None,
     ) -> None:
         super().__init__(nodes, node_timeout_ns)
         self.ttl_ms = ttl_ms
         self.lease = lease
+        self.meta = meta
         self.max_rounds = max_rounds
         self.unsafe_no_drift = unsafe_no_drift
         self.started_ns = 0
@@ -279,6 +282,7 @@ class Renew(_Machine):
         self._ok = 0
         self._not_ok = 0
         self._timed_out = 0
+        self._errors: list[str] = []  # this round's error answers (a node's MISCONF, say)
 
     def start(self, now: int) -> list[Send]:
         """`lockd_extend` on every node."""
@@ -288,8 +292,9 @@ class Renew(_Machine):
     def _round(self, now: int) -> list[Send]:
         self.rounds += 1
         self._ok = self._not_ok = self._timed_out = 0
+        self._errors = []
         return self._broadcast(
-            now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms)] * self.nodes
+            now, [ExtendCall(self._lock_key, self.lease, self.ttl_ms, self.meta)] * self.nodes
         )
 
     def _on_reply(self, node: int, reply: NodeReply, now: int) -> list[Send]:
@@ -297,7 +302,11 @@ class Renew(_Machine):
             self._ok += 1
         else:
             self._not_ok += 1
-            self._timed_out += isinstance(reply, NodeFailure) and reply.timed_out
+            if isinstance(reply, NodeFailure):
+                if reply.timed_out:
+                    self._timed_out += 1
+                else:
+                    self._errors.append(reply.message)
         validity = validity_ns(self.ttl_ms, self.started_ns, now, self.unsafe_no_drift)
         if self._ok >= self.quorum:
             if validity > 0:
@@ -316,13 +325,24 @@ class Renew(_Machine):
                 self.node_timeout_ns,
             ):
                 return self._round(now)
-            tries = f" (in {self.rounds} rounds)" if self.rounds > 1 else ""
-            return self._lost(
-                now,
-                f"extended on only {self._ok} of {self.nodes} nodes{tries}; "
-                f"the lease expired or was taken over",
-            )
+            return self._lost(now, self._shortfall())
         return []
+
+    def _shortfall(self) -> str:
+        """Why the last round missed its quorum, node by node."""
+        tries = f" (in {self.rounds} rounds)" if self.rounds > 1 else ""
+        errors = self._errors
+        gone = self._not_ok - self._timed_out - len(errors)
+        unanswered = self._timed_out + len(self._waiting)
+        parts = [f"{gone} no longer held it"] if gone else []
+        if errors:
+            parts.append(f"{len(errors)} failed (first: {errors[0]})")
+        if unanswered:
+            parts.append(f"{unanswered} did not answer before the quorum was out of reach")
+        cause = "too few nodes could extend it" if errors else "the lease expired or was taken over"
+        return (
+            f"extended on only {self._ok} of {self.nodes} nodes{tries}: {', '.join(parts)}; {cause}"
+        )
 
     def _lost(self, now: int, detail: str) -> list[Send]:
         self.outcome = RenewFailed(detail)

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 
 __all__ = [
+    "EVENTS_CHANNEL",
     "AcquireCall",
     "AcquireReply",
     "Call",
@@ -14,6 +15,7 @@ __all__ = [
     "FenceReply",
     "Granted",
     "Meta",
+    "NodeEvent",
     "NodeFailure",
     "NodeReply",
     "NotGranted",
@@ -23,7 +25,9 @@ __all__ = [
     "RenewFailed",
     "Renewed",
     "Send",
+    "decode_event",
     "decode_meta",
+    "encode_event",
     "encode_meta",
     "fence_key",
     "lock_key",
@@ -79,6 +83,61 @@ def decode_meta(raw: bytes) -> Meta | None:
     return Meta(parts[3][:size], parts[3][size:], int(parts[1]))
 
 
+# -- lock events the nodes publish -----------------------------------------------------
+
+EVENTS_CHANNEL = b"lockd:events"
+"""Pub/sub channel on which nodes publish lock events (`encode_event`) for watchers."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """One node's lock event, as published on `EVENTS_CHANNEL`.
+
+    `kind` is b"A" (a fencing advance was accepted while a lease holds the lock: the
+    grant's token is `counter`), b"R" (the holder released it), b"F" (an admin forced
+    it) or b"U" (the holder, acquiring again with its lease, replaced the owner record).
+    `digest` is the SHA-1 hex of the lease id holding the lock on that node (never the
+    lease id itself; empty when none held it), `pttl_ms` its PTTL then (-2: not held;
+    for U the TTL asked for), `record` the owner record (A and U)."""
+
+    kind: bytes
+    counter: int
+    pttl_ms: int
+    digest: bytes
+    lock_key: bytes
+    record: bytes
+
+
+def encode_event(event: NodeEvent) -> bytes:
+    """`<kind>:<counter>:<pttl>:<digest>:<key length>:<lock key><record>` (the Lua
+    library builds the same bytes)."""
+    e = event
+    return b"%b:%d:%d:%b:%d:%b%b" % (
+        e.kind,
+        e.counter,
+        e.pttl_ms,
+        e.digest,
+        len(e.lock_key),
+        e.lock_key,
+        e.record,
+    )
+
+
+def decode_event(raw: bytes) -> NodeEvent | None:
+    """The event `encode_event` wrote, or None if `raw` is not one."""
+    parts = raw.split(b":", 5)
+    if len(parts) != 6 or parts[0] not in (b"A", b"R", b"F", b"U"):
+        return None
+    kind, counter, pttl, digest, size, rest = parts
+    try:
+        n, ms, length = int(counter), int(pttl), int(size)
+    except ValueError:
+        return None
+    if not 0 <= length <= len(rest):
+        return None
+    return NodeEvent(kind, n, ms, digest, rest[:length], rest[length:])
+
+
 # -- calls to one node -------------------------------------------------------------------
 
 
@@ -104,11 +163,13 @@ class ReleaseCall:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExtendCall:
-    """`lockd_extend`: compare-and-PEXPIRE."""
+    """`lockd_extend`: compare-and-PEXPIRE; with `meta`, the owner record is replaced
+    (an election's Proclaim)."""
 
     lock_key: bytes
     lease: bytes
     ttl_ms: int
+    meta: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

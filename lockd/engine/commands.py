@@ -467,7 +467,11 @@ FUNCTIONS: dict[bytes, tuple[Arity, Arity, Callable[[Engine, list[bytes], list[b
         lambda e, k, a: list(e.lock_acquire(k[0], k[1], a[0], a[1], a[2] if len(a) > 2 else None)),
     ),
     b"lockd_release": ((1, 1), (1, 1), lambda e, k, a: e.lock_release(k[0], a[0])),
-    b"lockd_extend": ((1, 1), (2, 2), lambda e, k, a: e.lock_extend(k[0], a[0], a[1])),
+    b"lockd_extend": (
+        (1, 1),
+        (2, 3),
+        lambda e, k, a: e.lock_extend(k[0], a[0], a[1], a[2] if len(a) > 2 else None),
+    ),
     b"lockd_fence_advance": ((1, 1), (1, 1), lambda e, k, a: list(e.fence_advance(k[0], a[0]))),
     b"lockd_describe": ((2, 2), (0, 0), lambda e, k, a: list(e.lock_describe(k[0], k[1]))),
     b"lockd_force_release": ((1, 1), (0, 0), lambda e, k, a: list(e.lock_force_release(k[0]))),

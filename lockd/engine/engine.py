@@ -8,7 +8,9 @@ replies, and `cron()` every 100 ms. Nothing here opens sockets or sleeps.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import hashlib
 import itertools
 import logging
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lockd import __version__
+from lockd.core.messages import EVENTS_CHANNEL, NodeEvent, encode_event
 from lockd.core.quorum import restart_delay_ms
 from lockd.durable import CorruptFile, DiskFaults, errno_name, private_dir
 from lockd.engine.clock import Clock, WallClock
@@ -32,6 +35,7 @@ from lockd.engine.persistence import (
     SHUTDOWN_NAME,
     AppendOnlyFile,
     FenceReservation,
+    FsyncJob,
     FsyncPolicy,
     clock_epoch,
     fence_floor_hint,
@@ -42,7 +46,14 @@ from lockd.engine.persistence import (
 )
 from lockd.resp.replies import CommandError, Reply
 
-__all__ = ["RELEASE_CHANNEL", "Engine", "EngineConfig", "meta_key_of"]
+__all__ = [
+    "EVENTS_CHANNEL",
+    "RELEASE_CHANNEL",
+    "Engine",
+    "EngineConfig",
+    "glob_match",
+    "meta_key_of",
+]
 
 log = logging.getLogger("lockd.engine")
 
@@ -76,6 +87,73 @@ def fence_key_of(lock_key: bytes) -> bytes:
 
 
 Subscriber = Callable[[bytes, bytes], None]
+PatternSubscriber = Callable[[bytes, bytes, bytes], None]
+"""Called with (pattern, channel, message) for a message on a channel the pattern matches."""
+
+
+def glob_match(pattern: bytes, string: bytes) -> bool:
+    """Whether `string` matches Redis's glob `pattern` (PSUBSCRIBE, KEYS): `*`, `?`,
+    `[abc]`, `[^a-z]`, and `\\` escaping the next byte; a port of Redis's
+    `stringmatchlen`, so edge cases (an unclosed `[`, a reversed range) agree."""
+    return _glob(pattern, 0, string, 0, [False])
+
+
+def _glob(p: bytes, i: int, s: bytes, j: int, give_up: list[bool]) -> bool:
+    plen, slen = len(p), len(s)
+    while i < plen and j < slen:
+        c = p[i]
+        if c == 0x2A:  # *
+            while i + 1 < plen and p[i + 1] == 0x2A:
+                i += 1
+            if i + 1 == plen:
+                return True
+            while j < slen:
+                if _glob(p, i + 1, s, j, give_up):
+                    return True
+                if give_up[0]:
+                    return False
+                j += 1
+            give_up[0] = True  # no later start can match either
+            return False
+        if c == 0x3F:  # ?
+            j += 1
+        elif c == 0x5B:  # [
+            i += 1
+            negate = i < plen and p[i] == 0x5E
+            if negate:
+                i += 1
+            match = False
+            while True:
+                if i < plen and p[i] == 0x5C and plen - i >= 2:
+                    i += 1
+                    match |= p[i] == s[j]
+                elif i < plen and p[i] == 0x5D:
+                    break
+                elif i >= plen:
+                    i -= 1
+                    break
+                elif plen - i >= 3 and p[i + 1] == 0x2D:
+                    lo, hi = sorted((p[i], p[i + 2]))
+                    match |= lo <= s[j] <= hi
+                    i += 2
+                else:
+                    match |= p[i] == s[j]
+                i += 1
+            if match == negate:
+                return False
+            j += 1
+        else:
+            if c == 0x5C and plen - i >= 2:
+                i += 1
+            if p[i] != s[j]:
+                return False
+            j += 1
+        i += 1
+        if j == slen:
+            while i < plen and p[i] == 0x2A:
+                i += 1
+            break
+    return i == plen and j == slen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +209,7 @@ class Engine:
         self._started_wall = time.time()
         self.keyspace = Keyspace(self.clock, self.config.maxmemory, self._journal)
         self._subscribers: dict[bytes, set[Subscriber]] = {}
+        self._patterns: dict[bytes, set[PatternSubscriber]] = {}
         self._list_snapshots: dict[bytes, list[bytes]] = {}
         self.restart_until_ms = self.started_ms
         self.restart_reason = "fresh data directory"
@@ -145,7 +224,7 @@ class Engine:
         """True while a disk error stands: writes are refused (MISCONF)."""
         self._settle_now = self.config.appendfsync is FsyncPolicy.ALWAYS
         self._reservation_retry_at = 0.0
-        self._fence_changed: dict[bytes, int] = {}  # fence key -> when created, oldest first
+        self._fence_changed: dict[bytes, int] = {}  # fence key -> last change, oldest first
         self.fences_collected = 0
         self._epoch = clock_epoch().encode()
         self.closed = False
@@ -187,6 +266,15 @@ class Engine:
                     fence_floor_hint(reserve_path),
                 )
             legacy_missing = True
+        if found is not None and found[1] and node is not None and "format" in node:
+            # node.json is rewritten in format 2 only after the reservation was: a version
+            # 1 reservation here is damage (one that parses as a smaller number, say).
+            raise CorruptFile(
+                reserve_path,
+                0,
+                "version 1 fencing reservation in a directory already upgraded to format 2",
+                fence_floor_hint(reserve_path),
+            )
         # The longest TTL this node has ever been allowed to grant: lowering --max-ttl
         # across an unclean stop must not shorten the delay below what was granted.
         max_ttl_ever = max(self.config.max_ttl_ms, int((node or {}).get("max_ttl_ms", 0)))
@@ -338,6 +426,17 @@ class Engine:
         with `misconf()`, not success."""
         return self.aof is None or self.aof.commit()
 
+    def commit_write(self) -> bool | FsyncJob:
+        """The first half of `commit()` (group commit, `lockd.engine.group`): a bool is
+        the commit's result; a job is an fsync to run off the event loop, whose outcome
+        goes to `commit_synced()`."""
+        return True if self.aof is None else self.aof.commit_write()
+
+    def commit_synced(self, error: OSError | None) -> bool:
+        """The second half of `commit()`: the fsync job raised `error` (or nothing)."""
+        assert self.aof is not None
+        return self.aof.commit_synced(error)
+
     @property
     def commit_pending(self) -> bool:
         """True when `commit()` has records to write: worth batching replies first."""
@@ -370,8 +469,9 @@ class Engine:
     @property
     def settle_calls(self) -> bool:
         """Whether the typed lock functions fsync their own writes under `always` before
-        returning (the embedded gateway counts their answers at once). The RESP server
-        turns this off: it commits once per event-loop turn and answers after that."""
+        returning (for hosts that count their answers at once). Hosts that group-commit
+        (the RESP server, the embedded gateway under `always`: `lockd.engine.group`) turn
+        this off and hold every answer until the commit that covers it."""
         return self._settle_now
 
     @settle_calls.setter
@@ -518,7 +618,10 @@ class Engine:
             ks.set_deadline(lock_key, deadline)
             if meta is not None and meta_key is not None:
                 ks.check_new_key(meta_key, len(meta))
+                before = self._string(meta_key)
                 ks.set(meta_key, meta, deadline)
+                if before != meta and self._events_wanted():
+                    self._publish_event(b"U", lock_key, counter, ms, meta)
             elif meta_key is not None and ks.get(meta_key) is not None:
                 ks.set_deadline(meta_key, deadline)
         else:
@@ -540,9 +643,13 @@ class Engine:
         self._remove_lock(lock_key)
         return 1
 
-    def _remove_lock(self, lock_key: bytes) -> None:
+    def _remove_lock(self, lock_key: bytes, kind: bytes = b"R") -> None:
         """Delete a live lock key and its owner record, settle (under `always`), and
-        publish the release."""
+        publish the release (on `lockd:released`, and as event `kind` for watchers)."""
+        if self._events_wanted() and lock_key.startswith(LOCK_KEY_PREFIX):
+            with contextlib.suppress(CommandError):  # a damaged counter: no event (as Lua)
+                counter = self.counter(fence_key_of(lock_key))
+                self._publish_event(kind, lock_key, counter, -2, b"")
         self.keyspace.remove(lock_key)
         meta_key = meta_key_of(lock_key)
         if meta_key is not None:
@@ -558,21 +665,35 @@ class Engine:
         counter = self.counter(fence_key_of(lock_key))
         if self.keyspace.get(lock_key) is None:
             return 0, counter
-        self._remove_lock(lock_key)
+        self._remove_lock(lock_key, b"F")
         return 1, counter
 
-    def lock_extend(self, lock_key: bytes, lease: bytes, ttl: bytes) -> int:
+    def lock_extend(
+        self, lock_key: bytes, lease: bytes, ttl: bytes, meta: bytes | None = None
+    ) -> int:
         """Compare-and-PEXPIRE (the owner record too): 1 if `lease` holds the lock, whose
-        TTL is now `ttl`."""
+        TTL is now `ttl`. With `meta`, the owner record is replaced (same deadline), and
+        a changed record is published as a `U` lock event (an election's Proclaim)."""
         if self.refusing:
             raise self.misconf()
         ms = self._check_ttl(ttl, "lockd_extend")
+        meta_key = meta_key_of(lock_key)
+        if meta is not None and meta_key is None:
+            raise CommandError("ERR lockd_extend: an owner record needs a lock key 'lock:...'")
         if self._string(lock_key) != lease:
             return 0
+        counter = 0
+        if meta is not None and meta_key is not None:
+            counter = self.counter(fence_key_of(lock_key))
+            self.keyspace.check_new_key(meta_key, len(meta))
         deadline = self.clock.now_ms() + ms
         self.keyspace.set_deadline(lock_key, deadline)
-        meta_key = meta_key_of(lock_key)
-        if meta_key is not None and self.keyspace.get(meta_key) is not None:
+        if meta is not None and meta_key is not None:
+            before = self._string(meta_key)
+            self.keyspace.set(meta_key, meta, deadline)
+            if before != meta and self._events_wanted():
+                self._publish_event(b"U", lock_key, counter, ms, meta)
+        elif meta_key is not None and self.keyspace.get(meta_key) is not None:
             self.keyspace.set_deadline(meta_key, deadline)
         if self._settle_now:
             self._settle()
@@ -644,7 +765,26 @@ class Engine:
         if current >= target:
             return 0, current
         self._set_counter(fence_key, target)
+        if self._events_wanted() and fence_key.startswith(FENCE_PREFIX):
+            lock_key = LOCK_KEY_PREFIX + fence_key[len(FENCE_PREFIX) :]
+            meta_key = meta_key_of(lock_key)
+            record = self._string(meta_key) if meta_key is not None else None
+            self._publish_event(b"A", lock_key, target, self.pttl(lock_key), record or b"")
         return 1, target
+
+    def _events_wanted(self) -> bool:
+        """Whether anyone may receive `lockd:events` (as in Redis, a publish nobody
+        receives does nothing observable, so the engine skips building it)."""
+        return EVENTS_CHANNEL in self._subscribers or bool(self._patterns)
+
+    def _publish_event(
+        self, kind: bytes, lock_key: bytes, counter: int, pttl_ms: int, record: bytes
+    ) -> None:
+        """Publish a lock event for watchers (`NodeEvent`) on `lockd:events`."""
+        lease = self._string(lock_key)
+        digest = hashlib.sha1(lease).hexdigest().encode() if lease is not None else b""
+        event = NodeEvent(kind, counter, pttl_ms, digest, lock_key, record)
+        self.publish(EVENTS_CHANNEL, encode_event(event))
 
     def _set_counter(self, fence_key: bytes, value: int) -> None:
         ks = self.keyspace
@@ -662,9 +802,11 @@ class Engine:
             except OSError:
                 raise self.misconf() from None
         # No fsync needed even under `always`: the reservation already covers the value.
-        if ks.set(fence_key, value, None, durable=False):  # a new counter
-            self._fence_changed.pop(fence_key, None)
-            self._fence_changed[fence_key] = self.clock.now_ms()
+        ks.set(fence_key, value, None, durable=False)
+        # Idle means unchanged: move the counter to the young end of the collection order.
+        changed = self._fence_changed
+        changed.pop(fence_key, None)
+        changed[fence_key] = self.clock.now_ms()
 
     # -- pub/sub -------------------------------------------------------------------------
 
@@ -680,14 +822,35 @@ class Engine:
             if not subs:
                 del self._subscribers[channel]
 
+    def psubscribe(self, pattern: bytes, subscriber: PatternSubscriber) -> None:
+        """Call `subscriber(pattern, channel, message)` for every message published on a
+        channel matching the glob `pattern` (`glob_match`)."""
+        self._patterns.setdefault(pattern, set()).add(subscriber)
+
+    def punsubscribe(self, pattern: bytes, subscriber: PatternSubscriber) -> None:
+        """Stop delivering `pattern`'s channels to `subscriber`."""
+        subs = self._patterns.get(pattern)
+        if subs is not None:
+            subs.discard(subscriber)
+            if not subs:
+                del self._patterns[pattern]
+
     def publish(self, channel: bytes, message: bytes) -> int:
-        """Deliver `message` to the channel's subscribers; how many received it."""
+        """Deliver `message` to the channel's subscribers and to those of every matching
+        pattern; how many received it (as Redis counts: one per subscription)."""
         subs = self._subscribers.get(channel)
-        if not subs:
-            return 0
-        for subscriber in list(subs):
-            subscriber(channel, message)
-        return len(subs)
+        count = 0
+        if subs:
+            for subscriber in list(subs):
+                subscriber(channel, message)
+            count = len(subs)
+        if self._patterns:
+            for pattern, psubs in list(self._patterns.items()):
+                if glob_match(pattern, channel):
+                    for psubscriber in list(psubs):
+                        psubscriber(pattern, channel, message)
+                    count += len(psubs)
+        return count
 
     # -- commands ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from lockd.durable import (
     Salvage,
     encode_frame,
     errno_name,
+    fdatasync,
     file_header,
     fsync,
     fsync_dir,
@@ -64,7 +66,9 @@ from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 __all__ = [
     "AppendOnlyFile",
     "FenceReservation",
+    "FsyncJob",
     "FsyncPolicy",
+    "attempt",
     "clock_epoch",
     "read_aof",
     "read_json",
@@ -292,6 +296,19 @@ def _chunks(records: Iterable[bytes], size: int = _REWRITE_FRAME) -> Iterator[by
         yield b"".join(chunk)
 
 
+FsyncJob = Callable[[], None]
+"""An fsync to run (on any thread) between `commit_write()` and `commit_synced()`."""
+
+
+def attempt(job: FsyncJob) -> OSError | None:
+    """Run an fsync job; what it raised, or None."""
+    try:
+        job()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def _write_frames(path: Path, payloads: Iterable[bytes], faults: DiskFaults = NO_FAULTS) -> int:
     """Write a whole AOF (header, one frame per payload) to `path` and fsync it; returns
     the chain's CRC."""
@@ -342,7 +359,9 @@ class AppendOnlyFile:
         # the file's size through its last whole write.
         self._kept: list[bytes] = []
         self._good_size = 0
-        self._dirty = False  # written since the last fsync
+        self._written = 0  # writes to the file so far
+        self._synced = 0  # ... of which the last fsync covered this many
+        self._jobs: list[int] = []  # fsync jobs out (the writes each covers)
         self.needs_rewrite = False
         """An fsync failed: only a rewrite from memory makes the file trustworthy again."""
         self._last_fsync = time.monotonic()
@@ -486,6 +505,17 @@ class AppendOnlyFile:
     def commit(self) -> bool:
         """Frame the queued records and hand them to the OS; fsync now if the policy says
         so. False when records that needed an fsync are not durable (`error` says why)."""
+        step = self.commit_write()
+        if isinstance(step, bool):
+            return step
+        return self.commit_synced(attempt(step))
+
+    def commit_write(self) -> bool | FsyncJob:
+        """The first half of `commit()`, on the caller's thread: frame the queued records
+        and hand them to the OS. A bool is the commit's result when no fsync is due;
+        otherwise run the returned job (an fsync: any thread, it releases the GIL) and
+        pass what it raised, or None, to `commit_synced()` on the caller's thread. While
+        the job runs the file stays open: `tick()` and rewrites wait for it."""
         pending = self._pending
         if not pending:
             return True
@@ -501,7 +531,7 @@ class AppendOnlyFile:
             self._kept.append(frame)
             if self.error is not None:
                 return not sync  # kept for the retry
-            return self._sync() if sync else True
+            return self._write_kept() if sync else True
         try:
             write_all(self._fd, frame, self.faults)
         except OSError as exc:
@@ -509,11 +539,42 @@ class AppendOnlyFile:
             self._fail(exc, "write")
             return not sync
         self._good_size = self.size
-        self._dirty = True
-        return self._fsync_now() if sync else True
+        self._written += 1
+        return self._fsync_job() if sync else True
 
-    def _sync(self) -> bool:
-        """Write the kept frames and fsync; False (error state) on failure."""
+    def commit_synced(self, error: OSError | None) -> bool:
+        """The second half of `commit()`: the fsync job's outcome. False (error state)
+        when it failed."""
+        # Jobs may finish out of order (a synchronous commit during an outstanding job):
+        # crediting the oldest's coverage is never more than what is on disk.
+        written = self._jobs.pop(0)
+        if error is not None:
+            # The kernel may have dropped the pages it failed to write and will not say
+            # so again (fsyncgate): only rewriting the file from memory is safe now.
+            self.needs_rewrite = True
+            self._fail(error, "fsync")
+            return False
+        self.fsyncs += 1
+        self._last_fsync = time.monotonic()
+        self._synced = max(self._synced, written)
+        return True
+
+    @property
+    def syncing(self) -> bool:
+        """True while an fsync job from `commit_write()` has not been reported back."""
+        return bool(self._jobs)
+
+    @property
+    def _dirty(self) -> bool:
+        """Written since the last fsync."""
+        return self._written != self._synced
+
+    def _fsync_job(self) -> FsyncJob:
+        self._jobs.append(self._written)
+        return functools.partial(fdatasync, self._fd, self.faults)
+
+    def _write_kept(self) -> bool | FsyncJob:
+        """Write the kept frames; the fsync job, or False (error state) on failure."""
         if self._kept:
             try:
                 write_all(self._fd, b"".join(self._kept), self.faults)
@@ -522,22 +583,13 @@ class AppendOnlyFile:
                 return False
             self._kept.clear()
             self._good_size = self.size
-            self._dirty = True
-        return self._fsync_now()
+            self._written += 1
+        return self._fsync_job()
 
-    def _fsync_now(self) -> bool:
-        try:
-            fsync(self._fd, self.faults)
-        except OSError as exc:
-            # The kernel may have dropped the pages it failed to write and will not say
-            # so again (fsyncgate): only rewriting the file from memory is safe now.
-            self.needs_rewrite = True
-            self._fail(exc, "fsync")
-            return False
-        self.fsyncs += 1
-        self._last_fsync = time.monotonic()
-        self._dirty = False
-        return True
+    def _sync(self) -> bool:
+        """Write the kept frames and fsync; False (error state) on failure."""
+        step = self._write_kept()
+        return step if isinstance(step, bool) else self.commit_synced(attempt(step))
 
     def _fail(self, exc: OSError, op: str) -> None:
         """Enter (or stay in) the error state: writes are refused until a retry works.
@@ -585,7 +637,7 @@ class AppendOnlyFile:
         self._good_size = self.size
         self.fsyncs += 1
         self._last_fsync = time.monotonic()
-        self._dirty = False
+        self._synced = self._written
         self._healed("")
         return True
 
@@ -602,6 +654,8 @@ class AppendOnlyFile:
     def tick(self) -> None:
         """Periodic duties: retrying after a disk error, `everysec` fsync, finishing a
         background rewrite."""
+        if self._jobs:
+            return  # the file is being fsynced: nothing may truncate or replace it now
         now = time.monotonic()
         if self._rewrite is not None and self._rewrite.done.is_set():
             self._finish_rewrite()
@@ -618,9 +672,12 @@ class AppendOnlyFile:
             self._sync()
 
     def close(self) -> bool:
-        """Write and fsync everything (clean shutdown); False if that failed."""
+        """Write and fsync everything (clean shutdown); False if that failed. The host
+        must not have an fsync job out (`syncing`)."""
         if self._fd < 0:
             return True
+        if self._jobs:
+            raise RuntimeError(f"AOF {self.path}: closed while an fsync job is out")
         if self._rewrite is not None:
             self._rewrite.done.wait()
             self._finish_rewrite()
@@ -699,7 +756,7 @@ class AppendOnlyFile:
         self.size = self.base_size = os.fstat(self._fd).st_size
         self._kept.clear()  # everything kept is in the new, fsynced file
         self._good_size = self.size
-        self._dirty = False
+        self._synced = self._written
         self.last_rewrite_ok = True
         if self.rewrite_failures:
             log.info(

@@ -1,9 +1,11 @@
 """asyncio RESP2 server in front of one engine (`lockd engine`).
 
 Pipelined commands are answered in order; replies wait for the engine's commit (one
-write, and one fsync under `appendfsync always`, per event-loop turn for all
-connections: group commit). A write whose commit failed is answered with the MISCONF
-error instead of its reply: no +OK for a write that is not durable. A malformed frame
+write per event-loop turn for all connections). Under `appendfsync always` the fsync
+runs in a thread (`lockd.engine.group`) while the loop keeps serving: the replies of
+every command received meanwhile wait for the next batch, whose one fsync covers them
+all (group commit). A write whose commit failed is answered with the MISCONF error
+instead of its reply: no +OK for a write that is not durable. A malformed frame
 gets `-ERR Protocol error: ...` and only that connection is closed. Per-connection
 limits bound memory: query buffer, bulk length, and the output buffer of a subscriber
 that does not read.
@@ -18,8 +20,10 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 from lockd.engine import Engine, EngineConfig
+from lockd.engine.group import GroupCommit
 from lockd.resp.protocol import ProtocolError, RequestParser, encode
 from lockd.resp.replies import OK, CommandError, Push, Status
 from lockd.serving import is_loopback, run_until_signal
@@ -29,7 +33,18 @@ __all__ = ["RespServer", "ServerLimits"]
 log = logging.getLogger("lockd.resp")
 
 CRON_INTERVAL = 0.1
-_SUBSCRIBED_ALLOWED = {b"subscribe", b"unsubscribe", b"ping", b"quit", b"reset"}
+Outgoing = tuple["Connection", bytes | list[bytes], list[int] | None]
+"""Replies waiting for a commit: connection, replies, indexes of those that wrote."""
+_Link = Callable[[bytes, bool], None]  # (un)subscribe one channel or pattern on the engine
+_SUBSCRIBED_ALLOWED = {
+    b"subscribe",
+    b"unsubscribe",
+    b"psubscribe",
+    b"punsubscribe",
+    b"ping",
+    b"quit",
+    b"reset",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +84,7 @@ class RespServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._cron: asyncio.Task[None] | None = None
-        self._outbox: list[tuple[Connection, bytes | list[bytes], list[int] | None]] = []
+        self._outbox: list[Outgoing] = []
         self._flush_scheduled = False
         self.protocol_errors = 0
         self.query_buffered = 0
@@ -78,6 +93,10 @@ class RespServer:
         """Connections closed for the total query-buffer bound."""
         self._last_idle_check = 0.0
         engine.settle_calls = False  # we commit once per loop turn, before replying
+        aof = engine.aof
+        self.group = GroupCommit([engine]) if aof is not None and aof.always else None
+        """Under `always`: fsyncs off the event loop, one per batch of replies."""
+        self._committing = False  # a batch of replies waits for its fsync
 
     async def start(self) -> int:
         """Listen; returns the bound port."""
@@ -101,7 +120,9 @@ class RespServer:
             self._cron.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cron
-        self.flush()
+        if self.group is not None:
+            await self.group.drain()
+        self.flush(at_once=True)
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
@@ -125,7 +146,7 @@ class RespServer:
         if not timeout or now - self._last_idle_check < 1.0:
             return
         self._last_idle_check = now
-        idle = [c for c in self.connections if not c.channels and now - c.last_active > timeout]
+        idle = [c for c in self.connections if not c.subscribed and now - c.last_active > timeout]
         for conn in idle:
             conn.close()
         if idle:
@@ -160,23 +181,41 @@ class RespServer:
         covers every connection's commands (group commit); read-only replies go at once.
         `writes` indexes the replies (in a list `data`) of commands that wrote: if the
         commit fails they are replaced by the MISCONF error."""
-        if not self.engine.commit_pending and not self._outbox:
+        if not self.engine.commit_pending and not self._outbox and not self._committing:
             self.engine.commit()
             conn.write(data if isinstance(data, bytes) else b"".join(data))
             return
         self._outbox.append((conn, data, writes))
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._committing:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self, at_once: bool = False) -> None:
         """Commit the engine, then write every queued reply (writes that did not become
-        durable get the MISCONF error)."""
+        durable get the MISCONF error). Under `always` (unless `at_once`) the replies
+        wait for a group-commit batch instead, and the next batch starts when it ends."""
         self._flush_scheduled = False
-        durable = self.engine.commit() and self.engine.disk_error is None
-        if not self._outbox:
+        group = self.group
+        if group is not None and not at_once:
+            if not self._committing and (self._outbox or self.engine.commit_pending):
+                self._committing = True
+                outbox, self._outbox = self._outbox, []
+                group.durable().add_done_callback(lambda done: self._committed(outbox, done))
             return
-        outbox, self._outbox = self._outbox, []
+        self._reply(self._outbox, self.engine.commit() and self.engine.disk_error is None)
+        self._outbox = []
+
+    def _committed(self, outbox: list[Outgoing], done: asyncio.Future[tuple[bool, ...]]) -> None:
+        """A batch's fsync ended: answer its replies, start the next batch."""
+        self._committing = False
+        durable = not done.cancelled() and done.exception() is None and done.result()[0]
+        self._reply(outbox, durable)
+        if self._outbox:
+            self.flush()
+
+    def _reply(self, outbox: list[Outgoing], durable: bool) -> None:
+        if not outbox:
+            return
         error = None if durable else encode(self.engine.misconf())
         for conn, data, writes in outbox:
             if isinstance(data, list):
@@ -196,6 +235,7 @@ class Connection(asyncio.Protocol):
         self.parser = RequestParser(server.limits.max_bulk)
         self.transport: asyncio.Transport | None = None
         self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
         self.resp3 = False
         self._closing = False
         self.buffered = 0
@@ -227,6 +267,9 @@ class Connection(asyncio.Protocol):
         for channel in self.channels:
             self.engine.unsubscribe(channel, self.deliver)
         self.channels.clear()
+        for pattern in self.patterns:
+            self.engine.punsubscribe(pattern, self.deliver_pattern)
+        self.patterns.clear()
         self._closing = True
 
     def pause_writing(self) -> None:
@@ -278,7 +321,7 @@ class Connection(asyncio.Protocol):
         if not self.authenticated:
             return self._unauthenticated(name, args)
         # Like Redis, a subscribed connection is restricted only in RESP2 (RESP3 has pushes).
-        if self.channels and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
+        if self.subscribed and not self.resp3 and name not in _SUBSCRIBED_ALLOWED:
             return encode(
                 CommandError(
                     f"ERR Can't execute '{name.decode(errors='replace')}': only (P|S)SUBSCRIBE"
@@ -291,13 +334,22 @@ class Connection(asyncio.Protocol):
             return self._subscribe(args[1:])
         if name == b"unsubscribe":
             return self._unsubscribe(args[1:])
-        if name == b"ping" and self.channels and not self.resp3 and len(args) <= 2:
+        if name == b"psubscribe":
+            if len(args) < 2:
+                return encode(
+                    CommandError("ERR wrong number of arguments for 'psubscribe' command")
+                )
+            return self._psubscribe(args[1:])
+        if name == b"punsubscribe":
+            return self._punsubscribe(args[1:])
+        if name == b"ping" and self.subscribed and not self.resp3 and len(args) <= 2:
             return encode([b"pong", args[1] if len(args) == 2 else b""])
         if name == b"quit":
             self._closing = True
             return encode(OK)
         if name == b"reset" and len(args) == 1:
             self._unsubscribe([])
+            self._punsubscribe([])
             self.resp3 = False
             return encode(Status("RESET"))
         reply = self.engine.execute(args)
@@ -329,30 +381,66 @@ class Connection(asyncio.Protocol):
             )
         return encode(CommandError("NOAUTH Authentication required."))
 
+    @property
+    def subscribed(self) -> int:
+        """Channels and patterns this connection is subscribed to (Redis's count)."""
+        return len(self.channels) + len(self.patterns)
+
     def _subscribe(self, channels: list[bytes]) -> bytes:
-        replies: list[bytes] = []
-        for channel in channels:
-            if channel not in self.channels:
-                self.channels.add(channel)
-                self.engine.subscribe(channel, self.deliver)
-            replies.append(encode(Push([b"subscribe", channel, len(self.channels)]), self.resp3))
-        return b"".join(replies)
+        return self._join(b"subscribe", channels, self.channels, self._channel_link)
 
     def _unsubscribe(self, channels: list[bytes]) -> bytes:
-        targets = channels or sorted(self.channels)
-        if not targets:
-            return encode(Push([b"unsubscribe", None, 0]), self.resp3)
+        return self._leave(b"unsubscribe", channels, self.channels, self._channel_link)
+
+    def _psubscribe(self, patterns: list[bytes]) -> bytes:
+        return self._join(b"psubscribe", patterns, self.patterns, self._pattern_link)
+
+    def _punsubscribe(self, patterns: list[bytes]) -> bytes:
+        return self._leave(b"punsubscribe", patterns, self.patterns, self._pattern_link)
+
+    def _channel_link(self, channel: bytes, on: bool) -> None:
+        if on:
+            self.engine.subscribe(channel, self.deliver)
+        else:
+            self.engine.unsubscribe(channel, self.deliver)
+
+    def _pattern_link(self, pattern: bytes, on: bool) -> None:
+        if on:
+            self.engine.psubscribe(pattern, self.deliver_pattern)
+        else:
+            self.engine.punsubscribe(pattern, self.deliver_pattern)
+
+    def _join(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)SUBSCRIBE: one confirmation per name, with the connection's count."""
         replies: list[bytes] = []
-        for channel in targets:
-            if channel in self.channels:
-                self.channels.discard(channel)
-                self.engine.unsubscribe(channel, self.deliver)
-            replies.append(encode(Push([b"unsubscribe", channel, len(self.channels)]), self.resp3))
+        for name in names:
+            if name not in mine:
+                mine.add(name)
+                link(name, True)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
+        return b"".join(replies)
+
+    def _leave(self, kind: bytes, names: list[bytes], mine: set[bytes], link: _Link) -> bytes:
+        """(P)UNSUBSCRIBE the names given, or all; one confirmation each."""
+        targets = names or sorted(mine)
+        if not targets:
+            return encode(Push([kind, None, self.subscribed]), self.resp3)
+        replies: list[bytes] = []
+        for name in targets:
+            if name in mine:
+                mine.discard(name)
+                link(name, False)
+            replies.append(encode(Push([kind, name, self.subscribed]), self.resp3))
         return b"".join(replies)
 
     def deliver(self, channel: bytes, message: bytes) -> None:
         """A published message for one of our channels (after the replies queued before it)."""
         data = encode(Push([b"message", channel, message]), self.resp3)
+        self.server.send_after_commit(self, data)
+
+    def deliver_pattern(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        """A published message on a channel one of our patterns matches."""
+        data = encode(Push([b"pmessage", pattern, channel, message]), self.resp3)
         self.server.send_after_commit(self, data)
 
     def write(self, data: bytes) -> None:

@@ -40,6 +40,10 @@ class GatewayConfig:
     session_backlog: int = 65_536
     """The same, summed over every Session stream of the gateway; past it a stream is read
     only while it has nothing unanswered."""
+    watch_queue: int = 1024
+    """Events a watcher may fall behind before it is cut off (WATCHER_TOO_SLOW)."""
+    max_watchers: int = 10_000
+    """Open Watch streams this gateway serves at most (TOO_MANY_WATCHERS)."""
     metrics_listen: str | None = None
     """host:port for the Prometheus /metrics endpoint; None disables it."""
     tls_cert: Path | None = None

@@ -60,11 +60,12 @@ from lockd.core.table import (
     WakeAt,
     held_for_ns,
 )
+from lockd.engine.group import GroupCommit
 from lockd.errors import ErrorReason
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.driver import Driver
 from lockd.gateway.metrics import Metrics
-from lockd.gateway.nodes import LockView, Node, NodeHealth
+from lockd.gateway.nodes import EmbeddedNode, LockView, Node, NodeHealth
 from lockd.units import MS
 
 __all__ = ["Description", "LockManager", "Now"]
@@ -124,6 +125,11 @@ class LockManager:
         )
         self.table = LockTable(len(self.nodes), policy, random.Random())
         self.metrics.waiters.set_function(lambda: self.table.waiting)
+        groups = [n.group for n in self.nodes if isinstance(n, EmbeddedNode) and n.group]
+        if groups:
+            group: GroupCommit = groups[0]  # one for all the embedded engines
+            self.metrics.fsync_batches.set_function(lambda: group.batches)
+            self.metrics.fsync_waits.set_function(lambda: group.waits)
         self._timeout_ns = config.node_timeout_ms * MS
         self._ids = itertools.count()
         self._futures: dict[int, asyncio.Future[Granted]] = {}
@@ -353,12 +359,16 @@ class LockManager:
         self.driver.run_in_background(Release(name, lease, len(self.nodes), self._timeout_ns))
         self._feed(LeaseEnded(name, lease, time.monotonic_ns()))
 
-    def renew(self, name: bytes, lease: bytes, ttl_ms: int) -> Now[Renewed]:
+    def renew(
+        self, name: bytes, lease: bytes, ttl_ms: int, meta: bytes | None = None
+    ) -> Now[Renewed]:
         """Extend the lease on a quorum, or FAILED_PRECONDITION LEASE_LOST whatever the
         cause (expired, released, taken back, never granted: the nodes cannot tell these
         apart, and the holder must stop either way). `ttl_ms` 0 renews with the TTL this
         gateway granted the lease with, even when it has since expired (the nodes then
-        answer LEASE_LOST); a lease granted elsewhere needs an explicit TTL (BAD_TTL)."""
+        answer LEASE_LOST); a lease granted elsewhere needs an explicit TTL (BAD_TTL).
+        `meta` (an encoded owner record) replaces the lock's record on the nodes that
+        extend."""
         if ttl_ms == 0:
             known = self.table.granted_ttl(name, lease)
             if known is None:
@@ -369,7 +379,7 @@ class LockManager:
                 )
             ttl_ms = known
         self.check_ttl(ttl_ms)
-        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns)
+        machine = Renew(name, lease, ttl_ms, len(self.nodes), self._timeout_ns, meta=meta)
         if self.driver.synchronous:
             return self._renewed(name, machine, self.driver.run_now(machine))
         return self._renew_later(name, machine)

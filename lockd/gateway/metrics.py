@@ -119,6 +119,10 @@ class Metrics:
             "lockd_leases_lost", "Renewals that failed (lease lost).", registry=r
         )
         self.waiters = Gauge("lockd_waiters", "Acquire calls waiting at this gateway.", registry=r)
+        self.watchers = Gauge("lockd_watchers", "Open Watch streams at this gateway.", registry=r)
+        self.watchers_cut_off = Counter(
+            "lockd_watchers_cut_off", "Watchers cut off for reading too slowly.", registry=r
+        )
         self.node_up = Gauge(
             "lockd_node_up", "1 if the node answered its last health check.", ["node"], registry=r
         )
@@ -132,5 +136,17 @@ class Metrics:
             "lockd_node_latency_seconds",
             "PING round trip at the last health check.",
             ["node"],
+            registry=r,
+        )
+        self.fsync_batches = Gauge(
+            "lockd_fsync_batches",
+            "Group-commit batches of the embedded engines under --appendfsync always since "
+            "start (each fsyncs every engine at most once).",
+            registry=r,
+        )
+        self.fsync_waits = Gauge(
+            "lockd_fsync_waits",
+            "Node calls that waited for durability under --appendfsync always since start "
+            "(divided by lockd_fsync_batches: how many share a batch).",
             registry=r,
         )

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import re
 import ssl
 import time
@@ -22,6 +23,7 @@ from importlib import resources
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from lockd.core import (
+    EVENTS_CHANNEL,
     AcquireCall,
     AcquireReply,
     Call,
@@ -36,6 +38,7 @@ from lockd.core import (
 )
 from lockd.core.quorum import restart_delay_ms
 from lockd.engine import RELEASE_CHANNEL, Engine
+from lockd.engine.group import GroupCommit
 from lockd.gateway.resp_client import (
     BULK,
     NORMAL,
@@ -61,13 +64,19 @@ __all__ = [
     "RawReply",
     "RespNode",
     "UnsafeNodeError",
+    "UnusableNodeError",
     "lua_library",
+    "redis_settings_args",
 ]
 
 log = logging.getLogger("lockd.gateway")
 
 _RESTART = re.compile(r"RESTARTDELAY (\d+) ms")
+_LUA_DELAY = re.compile(r"^local RESTART_DELAY_MS = (\d+)$", re.MULTILINE)
+_LUA_NAME = b"#!lua name=lockd"
 ReleaseListener = Callable[[bytes], None]
+EventListener = Callable[[bytes], None]
+"""Gets each message a node publishes on `lockd:events` (see `lockd.core.NodeEvent`)."""
 ReplyListener = Callable[[NodeReply], None]
 
 
@@ -104,6 +113,10 @@ class UnsafeNodeError(Exception):
     """A node's settings would break lockd's guarantees; the message names the setting."""
 
 
+class UnusableNodeError(Exception):
+    """A node answers but cannot serve lock calls (lockd's Lua library cannot be loaded)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class NodeHealth:
     """A node's health as last measured."""
@@ -126,9 +139,40 @@ class LockView:
     counter: int
 
 
-def lua_library() -> str:
-    """lockd's Lua function library for real Redis / Valkey."""
-    return resources.files("lockd.engine").joinpath("lua/lockd.lua").read_text()
+REDIS_SETTINGS = {"appendonly": "yes", "appendfsync": "always", "maxmemory-policy": "noeviction"}
+"""The real-Redis settings lockd requires (checked on every connect and while running)."""
+
+
+def redis_settings_args() -> list[str]:
+    """`REDIS_SETTINGS` as redis-server command-line flags."""
+    return [arg for name, value in REDIS_SETTINGS.items() for arg in (f"--{name}", value)]
+
+
+def lua_library(restart_delay_ms: int = 0) -> str:
+    """lockd's Lua function library for real Redis / Valkey. With `restart_delay_ms`,
+    its `lockd_acquire` refuses (RESTARTDELAY) until the server process has been up that
+    long; 0 leaves the guard off (a library loaded by hand)."""
+    text = resources.files("lockd.engine").joinpath("lua/lockd.lua").read_text()
+    out, count = _LUA_DELAY.subn(f"local RESTART_DELAY_MS = {restart_delay_ms}", text)
+    if count != 1:
+        raise RuntimeError("lockd.lua must set RESTART_DELAY_MS exactly once")
+    return out
+
+
+def _loaded_library(reply: RespReply) -> bytes | None:
+    """lockd's library code in a `FUNCTION LIST ... WITHCODE` reply, or None."""
+    if isinstance(reply, bytes):
+        return reply if reply.startswith(_LUA_NAME) else None
+    items: list[RespReply] = []
+    if isinstance(reply, dict):
+        items = [*reply.keys(), *reply.values()]
+    elif isinstance(reply, list):
+        items = reply
+    for item in items:
+        found = _loaded_library(item)
+        if found is not None:
+            return found
+    return None
 
 
 def _failure(exc: BaseException) -> NodeFailure:
@@ -152,6 +196,10 @@ class Node:
 
     async def close(self) -> None:
         """Disconnect (an embedded node also shuts its engine down cleanly)."""
+
+    async def listen_events(self, listener: EventListener) -> None:
+        """From now on, give `listener` the node's lock events (`lockd:events`), also
+        across reconnects; a node that is down now is subscribed when it comes back."""
 
     def call_now(self, call: Call) -> NodeReply:
         """Answer `call` synchronously (only when `synchronous`); the caller must
@@ -187,15 +235,24 @@ class Node:
 
 
 class EmbeddedNode(Node):
-    """An engine in this process: calls are plain method calls."""
+    """An engine in this process: calls are plain method calls.
+
+    With a `group` (engines under `appendfsync always`), answers are not durable when
+    `call_now` returns: the caller awaits `group.durable()` and counts an answer only
+    if the entry at `slot` is True (`settled`); `call` and `fcall` do that themselves."""
 
     synchronous = True
 
-    def __init__(self, engine: Engine, index: int) -> None:
+    def __init__(
+        self, engine: Engine, index: int, group: GroupCommit | None = None, slot: int = 0
+    ) -> None:
         self.engine = engine
         self.address = f"embedded:{index}"
         self.mode = Mode.EMBEDDED
+        self.group = group
+        self.slot = slot
         self._on_release: ReleaseListener | None = None
+        self._on_event: EventListener | None = None
         self._cron: asyncio.Task[None] | None = None
 
     async def start(self, on_release: ReleaseListener) -> None:
@@ -206,6 +263,19 @@ class EmbeddedNode(Node):
     def _released(self, channel: bytes, message: bytes) -> None:
         if self._on_release is not None:
             self._on_release(message)
+
+    async def listen_events(self, listener: EventListener) -> None:
+        if self._on_event is None:
+            self.engine.subscribe(EVENTS_CHANNEL, self._event)
+        self._on_event = listener
+
+    def _event(self, channel: bytes, message: bytes) -> None:
+        # Called inside the engine's lock function: a listener's failure must not fail it.
+        if self._on_event is not None:
+            try:
+                self._on_event(message)
+            except Exception:
+                log.exception("engine %s: event listener failed", self.address)
 
     async def _run_cron(self) -> None:
         while True:
@@ -220,7 +290,10 @@ class EmbeddedNode(Node):
             self._cron.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cron
+        if self.group is not None:
+            await self.group.drain()
         self.engine.unsubscribe(RELEASE_CHANNEL, self._released)
+        self.engine.unsubscribe(EVENTS_CHANNEL, self._event)
         self.engine.close()
 
     def call_now(self, call: Call) -> NodeReply:
@@ -234,7 +307,10 @@ class EmbeddedNode(Node):
             elif isinstance(call, ReleaseCall):
                 reply = engine.lock_release(call.lock_key, call.lease) == 1
             elif isinstance(call, ExtendCall):
-                reply = engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms) == 1
+                reply = (
+                    engine.lock_extend(call.lock_key, call.lease, b"%d" % call.ttl_ms, call.meta)
+                    == 1
+                )
             else:
                 accepted, counter = engine.fence_advance(call.fence_key, b"%d" % call.token)
                 reply = FenceReply(accepted == 1, counter)
@@ -245,8 +321,17 @@ class EmbeddedNode(Node):
     def commit(self) -> None:
         self.engine.commit()
 
+    def settled(self, reply: NodeReply, durable: tuple[bool, ...]) -> NodeReply:
+        """`reply` as it may be counted once the group commit answered `durable`: the
+        MISCONF failure instead when this engine's writes did not become durable."""
+        if durable[self.slot] or isinstance(reply, NodeFailure):
+            return reply
+        return NodeFailure(str(self.engine.misconf()))
+
     async def call(self, call: Call) -> NodeReply:
         reply = self.call_now(call)
+        if self.group is not None:
+            return self.settled(reply, await self.group.durable())
         self.engine.commit()
         return reply
 
@@ -256,7 +341,11 @@ class EmbeddedNode(Node):
     async def fcall(self, function: bytes, keys: list[bytes], args: list[bytes]) -> RawReply:
         engine = self.engine
         reply = engine.execute([b"FCALL", function, b"%d" % len(keys), *keys, *args])
-        if not engine.commit():
+        if self.group is not None:
+            durable = (await self.group.durable())[self.slot]
+        else:
+            durable = engine.commit()
+        if not durable:
             raise NodeError(str(engine.misconf()))
         return _plain(reply)
 
@@ -366,10 +455,15 @@ class RespNode(Node):
     Calls go through one pipelined connection (`RespClient`); release notifications
     through a second one, subscribed to `lockd:released`. Every (re)connect checks the
     node before any call uses it: a node with unsafe settings is refused, Redis gets
-    lockd's Lua library, and its run id is noted. For real Redis the gateway enforces
-    the delayed restart itself: a node whose run id changed, or whose uptime is below
-    max-TTL + drift, is treated as restarting. `username`, `password` and `ssl_context`
-    apply to both connections (`rediss://` without a context uses the system's CAs).
+    lockd's Lua library (with the restart guard: `lua_library`), and its run id is
+    noted. While connected, a Redis node's settings and library are checked again every
+    `check_interval_s` (and at once when a call found the library missing): a node that
+    drifted into an unsafe setting is dropped and stays unusable, the reason logged once
+    and shown by `info()`, until a reconnect finds it safe again. The gateway also
+    enforces the delayed restart itself: a node whose run id changed, or whose uptime is
+    below max-TTL + drift, is treated as restarting. `username`, `password` and
+    `ssl_context` apply to both connections (`rediss://` without a context uses the
+    system's CAs).
     """
 
     def __init__(
@@ -382,6 +476,7 @@ class RespNode(Node):
         password: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         resp3: bool = False,
+        check_interval_s: float = 1.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
@@ -404,10 +499,14 @@ class RespNode(Node):
         self._resp3 = resp3
         self._client = self._new_client(on_connect=self._check)
         self._events: RespClient | None = None
+        self._on_event: EventListener | None = None
         self._run_id = ""
         self._restart_until = 0.0  # time.monotonic() before which acquisitions are refused
         self._restart_reason = ""
-        self._unsafe = ""
+        self._unsafe = ""  # why the node cannot be used now ("" when it can)
+        self.check_interval_s = check_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._recheck = asyncio.Event()
 
     def _new_client(
         self,
@@ -430,7 +529,10 @@ class RespNode(Node):
 
     async def start(self, on_release: ReleaseListener) -> None:
         def released(channel: bytes, message: bytes) -> None:
-            on_release(message)
+            if channel == RELEASE_CHANNEL:
+                on_release(message)
+            elif self._on_event is not None:
+                self._on_event(message)
 
         self._events = self._new_client(on_message=released)
         results = await asyncio.gather(
@@ -438,6 +540,7 @@ class RespNode(Node):
         )
         if isinstance(results[0], UnsafeNodeError):
             raise results[0]
+        self._watcher = asyncio.create_task(self._watch(), name=f"lockd check {self.address}")
         if isinstance(results[0], BaseException):
             # A minority of nodes may be down: this one is checked when it first answers.
             log.warning(
@@ -448,6 +551,7 @@ class RespNode(Node):
 
     async def _check(self, conn: RespConnection) -> None:
         """Refuse an unsafe node, load the Lua library into Redis, note the run id."""
+        loaded = False
         try:
             info = _info(await conn.execute(b"INFO", b"server", timeout_s=self._control_s))
             if "lockd_version" in info:
@@ -467,48 +571,86 @@ class RespNode(Node):
             else:
                 self.mode = Mode.REDIS
                 await self._check_redis(conn)
-                await self._load_library(conn)
-        except UnsafeNodeError as exc:
-            if str(exc) != self._unsafe:
-                log.error("%s", exc)
-            self._unsafe = str(exc)
+                loaded = await self._load_library(conn)
+        except (UnsafeNodeError, UnusableNodeError) as exc:
+            self._unusable(str(exc))
             raise
-        self._unsafe = ""
         self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
+        if loaded:
+            log.info("node %s had no lockd library (new, or restarted empty): loaded", self.address)
+        if self._unsafe:
+            log.warning("node %s is usable again", self.address)
+            self._unsafe = ""
+
+    def _unusable(self, reason: str) -> None:
+        """Note why the node cannot be used; log it when that changed."""
+        if reason != self._unsafe:
+            log.error("node %s is not usable: %s", self.address, reason)
+        self._unsafe = reason
+
+    async def _load_library(self, conn: RespConnection) -> bool:
+        """Load lockd's library with this gateway's restart delay (or a larger one some
+        other gateway loaded) unless that exact code is loaded; True if none was."""
+        delay = restart_delay_ms(self.max_ttl_ms)
+        try:
+            listed = await conn.execute(
+                b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", b"WITHCODE",
+                timeout_s=self._control_s,
+            )  # fmt: skip
+            current = _loaded_library(listed)
+            if current is not None:
+                found = _LUA_DELAY.search(current.decode("utf-8", "replace"))
+                delay = max(delay, int(found.group(1)) if found else 0)
+            code = lua_library(delay).encode()
+            if current != code:
+                await conn.execute(
+                    b"FUNCTION", b"LOAD", b"REPLACE", code, timeout_s=self._control_s
+                )
+        except CommandError as exc:
+            raise UnusableNodeError(
+                f"{self.address}: cannot load lockd's Lua library ({exc}), so it cannot "
+                "serve lock calls; it needs Redis 7+ / Valkey and a user allowed FUNCTION "
+                "and FCALL"
+            ) from exc
+        return current is None
+
+    async def _watch(self) -> None:
+        """Check a connected Redis node's settings and library again every check
+        interval, or at once when a call found the library missing. A node that drifted
+        into an unsafe setting is dropped: while the reconnect check refuses it, calls
+        fail at once and it counts towards no quorum."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.check_interval_s):
+                    await self._recheck.wait()
+            self._recheck.clear()
+            conn = self._client.connection
+            if conn is None or self.mode is not Mode.REDIS:
+                continue
+            try:
+                await self._check_redis(conn)
+                listed = await conn.execute(
+                    b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", timeout_s=self._control_s
+                )
+                if listed == [] and await self._load_library(conn):
+                    log.warning(
+                        "node %s lost lockd's library while connected (FUNCTION FLUSH or "
+                        "DELETE?): loaded it again",
+                        self.address,
+                    )
+            except (UnsafeNodeError, UnusableNodeError) as exc:
+                self._unusable(str(exc))
+                conn.abort(str(exc))
+            except (TransportError, CommandError):
+                continue  # a node that went away: the connection's own timeouts see to it
 
     @property
     def _control_s(self) -> float:
         return max(self.timeout_s, 1.0)
 
-    async def _load_library(self, conn: RespConnection | RespClient) -> None:
-        await conn.execute(
-            b"FUNCTION", b"LOAD", b"REPLACE", lua_library().encode(), timeout_s=self._control_s
-        )
-
-    async def _library_error(self) -> str:
-        """For Redis: load lockd's library again if the node lost it (FUNCTION FLUSH, or
-        a restart without its data on the same connection); why it cannot serve lock
-        calls when that fails, else ""."""
-        listed = await self._client.execute(
-            b"FUNCTION", b"LIST", b"LIBRARYNAME", b"lockd", timeout_s=self._control_s
-        )
-        if listed:
-            return ""
-        try:
-            await self._load_library(self._client)
-        except (TransportError, CommandError) as exc:
-            error = f"lockd's Lua library is missing and could not be loaded: {exc}"
-            log.error("node %s: %s", self.address, error)
-            return error
-        log.warning(
-            "node %s had lost lockd's Lua library (FUNCTION FLUSH, or restarted without "
-            "its data): loaded it again",
-            self.address,
-        )
-        return ""
-
     async def _check_redis(self, conn: RespConnection) -> None:
-        config = _config(await conn.execute(b"CONFIG", b"GET", b"*", timeout_s=self._control_s))
+        names = [name.encode() for name in REDIS_SETTINGS]
+        config = _config(await conn.execute(b"CONFIG", b"GET", *names, timeout_s=self._control_s))
         policy = config.get("maxmemory-policy", "")
         if policy != "noeviction":
             raise UnsafeNodeError(
@@ -527,12 +669,13 @@ class RespNode(Node):
         if self.mode is not Mode.REDIS:
             self._run_id = run_id
             return
-        delay_s = restart_delay_ms(self.max_ttl_ms) / 1000
+        # Whole seconds, as the library's guard counts uptime (rounded down).
+        delay_s = math.ceil(restart_delay_ms(self.max_ttl_ms) / 1000)
         if self._run_id and run_id != self._run_id:
             self._restart_until = time.monotonic() + delay_s
             self._restart_reason = "run id changed (restarted)"
             log.warning(
-                "node %s restarted; refusing acquisitions on it for %.1f s", self.address, delay_s
+                "node %s restarted; refusing acquisitions on it for %d s", self.address, delay_s
             )
         elif not self._run_id and uptime_s < delay_s:
             self._restart_until = time.monotonic() + delay_s - uptime_s
@@ -542,13 +685,28 @@ class RespNode(Node):
     def _restart_left_ms(self) -> int:
         return max(0, int((self._restart_until - time.monotonic()) * 1000))
 
+    async def listen_events(self, listener: EventListener) -> None:
+        self._on_event = listener
+        events = self._events
+        if events is None or EVENTS_CHANNEL in events.channels:
+            return
+        events.channels += (EVENTS_CHANNEL,)  # every reconnect subscribes from now on
+        with contextlib.suppress(TransportError, CommandError):
+            await events.execute(b"SUBSCRIBE", EVENTS_CHANNEL, timeout_s=self._control_s)
+
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         closing = [self._client.close(drain_s=self.timeout_s)]
         if self._events is not None:
             closing.append(self._events.close())
         await asyncio.gather(*closing)
 
     def send(self, call: Call, timeout_s: float, done: ReplyListener) -> Request | None:
+        if self.mode is Mode.REDIS:
+            done = self._watching(done)
         if isinstance(call, AcquireCall):
             left = self._restart_left_ms()
             if left:
@@ -578,14 +736,25 @@ class RespNode(Node):
         if isinstance(call, ReleaseCall):
             data = encode_command(b"FCALL", b"lockd_release", b"1", call.lock_key, call.lease)
         else:
-            data = encode_command(
-                b"FCALL", b"lockd_extend", b"1", call.lock_key, call.lease, b"%d" % call.ttl_ms
-            )
+            args = [call.lock_key, call.lease, b"%d" % call.ttl_ms]
+            if call.meta is not None:
+                args.append(call.meta)
+            data = encode_command(b"FCALL", b"lockd_extend", b"1", *args)
 
         def flagged(reply: RespReply | TransportError) -> None:
             done(_flag(reply))
 
         return self._client.send(data, flagged, URGENT, timeout_s)
+
+    def _watching(self, done: ReplyListener) -> ReplyListener:
+        """`done`, after asking for a check at once if the node lost lockd's library."""
+
+        def checked(reply: NodeReply) -> None:
+            if isinstance(reply, NodeFailure) and "function not found" in reply.message.lower():
+                self._recheck.set()
+            done(reply)
+
+        return checked
 
     async def call(self, call: Call) -> NodeReply:
         future: asyncio.Future[NodeReply] = asyncio.get_running_loop().create_future()
@@ -624,7 +793,8 @@ class RespNode(Node):
     async def info(self) -> NodeHealth:
         await self._client.try_now(self.timeout_s)
         if not self._client.connected:
-            error = self._unsafe or self._client.last_error or "not connected yet"
+            error = f"not usable: {self._unsafe}" if self._unsafe else ""
+            error = error or self._client.last_error or "not connected yet"
             return NodeHealth(self.address, self.mode, False, error=error)
         try:
             start = time.perf_counter()
@@ -632,11 +802,8 @@ class RespNode(Node):
             latency = (time.perf_counter() - start) * 1000
             section = b"lockd" if self.mode is Mode.LOCKD_ENGINE else b"server"
             info = _info(await self._client.execute(b"INFO", section, timeout_s=self._control_s))
-            unusable = "" if self.mode is Mode.LOCKD_ENGINE else await self._library_error()
         except (TransportError, CommandError) as exc:
             return NodeHealth(self.address, self.mode, False, error=str(exc))
-        if unusable:
-            return NodeHealth(self.address, self.mode, False, error=unusable)
         self._note_run_id(info.get("run_id", ""), int(info.get("uptime_in_seconds") or 0))
         if self.mode is Mode.LOCKD_ENGINE:
             left = int(info.get("restart_delay_remaining_ms") or 0)

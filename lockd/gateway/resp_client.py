@@ -396,6 +396,11 @@ class RespClient:
         """True while calls go to a checked, open connection."""
         return self._conn is not None and self._conn.error is None
 
+    @property
+    def connection(self) -> RespConnection | None:
+        """The checked, open connection calls go to, if any."""
+        return self._conn if self.connected else None
+
     async def start(self) -> None:
         """Connect in the background from now on; wait for the first attempt and raise
         what made it fail (the client keeps trying)."""

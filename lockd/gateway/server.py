@@ -14,7 +14,8 @@ import logging
 
 import grpc
 
-from lockd.engine import Engine, EngineConfig
+from lockd.engine import Engine, EngineConfig, FsyncPolicy
+from lockd.engine.group import GroupCommit
 from lockd.gateway.config import GatewayConfig
 from lockd.gateway.locks import LockManager
 from lockd.gateway.metrics import Metrics, MetricsServer
@@ -62,14 +63,19 @@ def build_nodes(config: GatewayConfig) -> list[Node]:
             nodes.append(FailedNode(i, str(exc)))
             continue
         nodes.append(EmbeddedNode(engine, i))
+    embedded = [node for node in nodes if isinstance(node, EmbeddedNode)]
     if len(failed) > len(nodes) // 2:
-        for node in nodes:
-            if isinstance(node, EmbeddedNode):
-                node.engine.close()
+        for node in embedded:
+            node.engine.close()
         raise RuntimeError(
             f"{len(failed)} of {len(nodes)} embedded engines failed to start, too many for a "
             "quorum: " + "; ".join(failed)
         )
+    if config.appendfsync is FsyncPolicy.ALWAYS:
+        # One batch fsyncs the engines in parallel for every call made meanwhile.
+        group = GroupCommit([node.engine for node in embedded])
+        for slot, node in enumerate(embedded):
+            node.group, node.slot = group, slot
     return nodes
 
 
@@ -131,11 +137,13 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.service.draining.set()
         self.manager.shut_down()
+        await self.service.watch_hub.close()  # watchers move to another gateway now
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.server.stop(self.config.shutdown_grace_s if grace is None else grace)
+        await self.service.observers.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -22,7 +22,7 @@ from lockd import __version__
 from lockd.admin import admin_identity
 from lockd.core import Granted, Released, Renewed
 from lockd.errors import ErrorReason, LockdError, abort
-from lockd.gateway import admin, listing, records
+from lockd.gateway import admin, election, listing, records, watch
 from lockd.gateway.locks import LockManager, Now
 from lockd.gateway.nodes import Mode
 from lockd.units import MS
@@ -66,6 +66,47 @@ async def _ready(answer: Now[Message]) -> Message:
     if isinstance(answer, Coroutine):
         return await answer
     return answer
+
+
+def _owner(owner: str) -> bytes:
+    """A candidate's owner, or INVALID_ARGUMENT BAD_OWNER (the lock owner rule)."""
+    meta = records.requested(owner, b"")
+    return meta.owner if meta is not None else b""
+
+
+def _leader(name: str, found: election.Leader) -> pb.LeaderResponse:
+    return pb.LeaderResponse(
+        election=name,
+        term=found.term,
+        value=found.value,
+        owner=found.owner.decode(errors="replace"),
+        ttl_remaining_ms=found.ttl_remaining_ms,
+    )
+
+
+_WATCH_TYPES = {
+    watch.EventType.STATE: pb.WatchEvent.STATE,
+    watch.EventType.SYNCED: pb.WatchEvent.SYNCED,
+    watch.EventType.ACQUIRED: pb.WatchEvent.ACQUIRED,
+    watch.EventType.UPDATED: pb.WatchEvent.UPDATED,
+    watch.EventType.RELEASED: pb.WatchEvent.RELEASED,
+    watch.EventType.EXPIRED: pb.WatchEvent.EXPIRED,
+    watch.EventType.FORCE_RELEASED: pb.WatchEvent.FORCE_RELEASED,
+}
+
+
+def _watch_event(event: watch.WatchEvent) -> pb.WatchEvent:
+    meta = event.meta
+    return pb.WatchEvent(
+        type=_WATCH_TYPES[event.type],
+        name=event.name.decode(errors="replace"),
+        held=event.held,
+        fencing_token=event.token,
+        owner=meta.owner.decode(errors="replace") if meta else "",
+        value=meta.value if meta else b"",
+        ttl_remaining_ms=event.ttl_remaining_ms,
+        acquired_at_ms=meta.acquired_at_ms if meta else 0,
+    )
 
 
 def _deadline_ns(context: Context) -> int | None:
@@ -115,8 +156,10 @@ class LockService(pb_grpc.LockServiceServicer):
         self.manager = manager
         config = manager.config
         self.backlog = Backlog(config.session_window, config.session_backlog)
+        self.watch_hub = watch.WatchHub(manager)
         self.draining = asyncio.Event()
         """Set at graceful shutdown: sessions end once their calls in flight finish."""
+        self.observers = election.Observers(manager, self.watch_hub)
 
     # -- the calls, once -------------------------------------------------------------------
 
@@ -127,7 +170,7 @@ class LockService(pb_grpc.LockServiceServicer):
         start = time.perf_counter()
         m = self.manager
         try:
-            name = m.check_name(request.name)
+            name = election.check_not_reserved(m.check_name(request.name))
             ttl = m.check_ttl(request.ttl_ms)
             meta = records.requested(request.owner, request.value)
             granted = m.acquire(name, ttl, request.wait_ms, deadline_ns, meta)
@@ -306,6 +349,110 @@ class LockService(pb_grpc.LockServiceServicer):
             nodes_released=done.released,
             fencing_counter=done.counter,
         )
+
+    # -- elections -------------------------------------------------------------------------
+
+    async def Campaign(self, request: pb.CampaignRequest, context: Context) -> pb.CampaignResponse:
+        received = time.monotonic_ns()
+        m = self.manager
+        try:
+            name = election.check_election(m, request.election)
+            ttl = m.check_ttl(request.ttl_ms)
+            value = election.check_value(request.value)
+            owner = _owner(request.owner)
+            granted = await election.campaign(
+                m, name, value, owner, ttl, request.wait_ms, _deadline_ns(context)
+            )
+        except LockdError as exc:
+            await abort(context, exc)
+        self.observers.poke(name)
+        return pb.CampaignResponse(
+            leader=pb.LeaderKey(
+                election=request.election, lease_id=granted.lease, term=granted.token
+            ),
+            validity_ms=(granted.deadline_ns - received) // MS,
+            ttl_ms=ttl,
+            lock_name=election.lock_name(name).decode(),
+        )
+
+    async def Proclaim(self, request: pb.ProclaimRequest, context: Context) -> pb.ProclaimResponse:
+        received = time.monotonic_ns()
+        m = self.manager
+        key = request.leader
+        try:
+            name = election.check_election(m, key.election)
+            lease = m.check_lease(key.lease_id)
+            term = election.check_term(key.term)
+            value = election.check_value(request.value)
+            owner = _owner(request.owner)
+            renewed = await election.proclaim(m, name, lease, term, value, owner, request.ttl_ms)
+        except LockdError as exc:
+            await abort(context, exc)
+        self.observers.poke(name)
+        return pb.ProclaimResponse(validity_ms=(renewed.deadline_ns - received) // MS)
+
+    async def Resign(self, request: pb.ResignRequest, context: Context) -> pb.ResignResponse:
+        m = self.manager
+        try:
+            name = election.check_election(m, request.leader.election)
+            await election.resign(m, name, m.check_lease(request.leader.lease_id))
+        except LockdError as exc:
+            await abort(context, exc)
+        self.observers.poke(name)
+        return pb.ResignResponse()
+
+    async def Leader(self, request: pb.LeaderRequest, context: Context) -> pb.LeaderResponse:
+        try:
+            name = election.check_election(self.manager, request.election)
+            found = await election.leader(self.manager, name)
+        except LockdError as exc:
+            await abort(context, exc)
+        return _leader(request.election, found)
+
+    async def Observe(
+        self, request: pb.ObserveRequest, context: Context
+    ) -> AsyncIterator[pb.LeaderResponse]:
+        """The leader now and at each change; ends when the gateway drains."""
+        try:
+            name = election.check_election(self.manager, request.election)
+        except LockdError as exc:
+            await abort(context, exc)
+        changes = self.observers.observe(name)
+        draining = asyncio.create_task(self.draining.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(changes))
+                await asyncio.wait({following, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    return
+                yield _leader(request.election, following.result())
+        finally:
+            draining.cancel()
+            await changes.aclose()
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> None:
+        """Stream the watch's events with `context.write` (see `lockd.gateway.watch`)."""
+        key = request.name.encode("utf-8", "surrogatepass")
+        try:
+            sub = await self.watch_hub.subscribe(key, prefix=request.prefix)
+        except LockdError as exc:
+            await abort(context, exc)
+        try:
+            async with sub:
+                async for event in sub:
+                    # A client that does not read blocks the write: stop it when cut off.
+                    write = asyncio.ensure_future(context.write(_watch_event(event)))
+                    await asyncio.wait({write, sub.failed}, return_when=asyncio.FIRST_COMPLETED)
+                    if not write.done():
+                        write.cancel()
+                        assert sub.error is not None
+                        raise sub.error
+                    write.result()
+        except LockdError as exc:
+            await abort(context, exc)
 
     async def ClusterStatus(
         self, request: pb.ClusterStatusRequest, context: Context

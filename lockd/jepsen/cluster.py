@@ -1,6 +1,8 @@
 """The cluster under test, as real processes on loopback, and everything that stops them.
 
-Five `lockd engine`s, each behind one fault-proxy `Link` per gateway; one or two
+Five `lockd engine`s (or, with `engine="redis"`, five real redis-servers with the
+settings lockd requires, each with its wall clock behind the LD_PRELOAD shim
+`clockshim.c` when it could be built), each behind one fault-proxy `Link` per gateway; one or two
 `lockd serve` gateways whose `--nodes` are their links; one `lockd store`; client worker
 processes (`python -m lockd.jepsen.worker`). Every child runs in its own process group,
 is told by the kernel to die with the harness (PR_SET_PDEATHSIG, so even a SIGKILLed
@@ -15,9 +17,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
+import shutil
 import signal
 import socket
+import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +33,7 @@ from typing import IO, Any
 from lockd.jepsen.history import Event
 from lockd.jepsen.proxy import Link
 
-__all__ = ["Cluster", "ClusterConfig", "Service", "WorkerProcess", "free_port"]
+__all__ = ["Cluster", "ClusterConfig", "Service", "WorkerProcess", "build_clock_shim", "free_port"]
 
 log = logging.getLogger("lockd.jepsen")
 
@@ -39,6 +45,14 @@ _CHILD = (
     "if os.getppid() != int(os.environ['LOCKD_JEPSEN_HARNESS']): sys.exit(70)\n"
     "sys.argv.pop(0)\n"
     "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+# The same for a program (redis-server): the death signal survives exec. LD_PRELOAD is
+# set for the program only, from LOCKD_JEPSEN_PRELOAD.
+_PROGRAM = _CHILD.replace(
+    "sys.argv.pop(0)\nrunpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n",
+    "env = dict(os.environ)\n"
+    "if env.get('LOCKD_JEPSEN_PRELOAD'): env['LD_PRELOAD'] = env['LOCKD_JEPSEN_PRELOAD']\n"
+    "os.execve(sys.argv[1], sys.argv[1:], env)\n",
 )
 STOP_TIMEOUT_S = 5.0
 
@@ -64,15 +78,46 @@ async def wait_for_port(port: int, alive: Callable[[], bool], timeout: float = 2
     raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
 
 
-class Service:
-    """One child process: started, killed, restarted, stopped; output to a log file."""
+def build_clock_shim(directory: Path) -> tuple[Path | None, str]:
+    """Compile `clockshim.c` into `directory` with the system's C compiler: (the shared
+    object, "") or (None, why it could not be built)."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None, "no C compiler (cc, gcc or clang) to build the wall-clock shim"
+    source = Path(__file__).with_name("clockshim.c")
+    target = directory / "clockshim.so"
+    directory.mkdir(parents=True, exist_ok=True)
+    built = directory / f".clockshim-{os.getpid()}.so"
+    cmd = [compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(source), "-ldl"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        return None, f"building the wall-clock shim failed: {done.stderr.strip()[:300]}"
+    built.replace(target)  # atomically: a running redis-server keeps the file it mapped
+    return target, ""
 
-    def __init__(self, name: str, module: str, args: list[str], log_path: Path, port: int = 0):
+
+class Service:
+    """One child process: started, killed, restarted, stopped; output to a log file.
+    `module` is a Python module run with `args`, or, with `program`, the executable."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        log_path: Path,
+        port: int = 0,
+        *,
+        program: bool = False,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
         self.module = module
         self.args = args
         self.log_path = log_path
         self.port = port
+        self.program = program
+        self.env = dict(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.paused = False
         self.starts = 0
@@ -100,10 +145,11 @@ class Service:
         env["PYTHONUNBUFFERED"] = "1"  # the children's flags are exactly those given here
         env["LOCKD_JEPSEN_HARNESS"] = str(os.getpid())
         env["LOCKD_JEPSEN_RUN"] = str(self.log_path.parent.parent)  # marks the run's processes
+        env.update(self.env)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            _CHILD,
+            _PROGRAM if self.program else _CHILD,
             self.module,
             *self.args,
             stderr=self._log,
@@ -116,6 +162,8 @@ class Service:
 
     async def start(self) -> None:
         """Start and wait until it listens on its port (if it has one)."""
+        if self._log is None:
+            self._log = self.log_path.open("ab")
         await self._spawn(stdout=self._log, stdin=asyncio.subprocess.DEVNULL)
         if self.port:
             await wait_for_port(self.port, lambda: self.running)
@@ -190,18 +238,22 @@ class WorkerProcess(Service):
                 log.warning("%s: bad event line %r (%s)", self.name, line[:200], exc)
                 continue
             self.last = event
-            if event.f == "acquire" and event.type == "ok":
+            if event.f in ("acquire", "campaign") and event.type == "ok":
                 self.holding = event.key
-            elif event.f == "release" and event.type == "invoke":
+            elif event.f in ("release", "resign") and event.type == "invoke":
                 self.holding = None
             self.sink(event)
 
     @property
     def thinking(self) -> bool:
-        """Holding a lock between its read and its write: the moment a pause hurts most."""
+        """Holding a lock between its read and its write (leading, between two writes):
+        the moment a pause hurts most."""
         last = self.last
         return (
-            self.holding is not None and last is not None and last.f == "read" and last.type == "ok"
+            self.holding is not None
+            and last is not None
+            and last.f in ("read", "elect-write")
+            and last.type == "ok"
         )
 
     def tell_stop(self) -> None:
@@ -242,6 +294,10 @@ class ClusterConfig:
     """Engines accept LOCKD.DISK (and, without power loss, run `--appendfsync always`, so
     every acknowledged write had to reach the disk)."""
     seed: int = 0
+    engine: str = "lockd"
+    """`lockd` (`lockd engine` processes) or `redis` (real redis-servers)."""
+    clock_shim: Path | None = None
+    """With `redis`: the built `clockshim.so` to preload (None: clocks left alone)."""
 
 
 class Cluster:
@@ -252,14 +308,18 @@ class Cluster:
         c = config
         self.logs = c.directory / "logs"
         self.engines: list[Service] = []
+        self.clock_offsets_ms = [0.0] * c.nodes
         for n in range(c.nodes):
             port = free_port()
+            if c.engine == "redis":
+                self.engines.append(self._redis(n, port))
+                continue
             args = [
                 "engine",
                 "--port",
                 str(port),
                 "--dir",
-                str(c.directory / "data" / f"engine-{n}"),
+                str(self.node_dir(n)),
                 "--max-ttl",
                 f"{c.max_ttl_ms}ms",
                 "--enable-clock-control",
@@ -294,6 +354,42 @@ class Cluster:
         self.store = Service("store", "lockd", store_args, self.logs / "store.log", self.store_port)
         self.workers: list[WorkerProcess] = []
 
+    def node_dir(self, node: int) -> Path:
+        """Node `node`'s data directory."""
+        return self.config.directory / "data" / f"engine-{node}"
+
+    def clock_file(self, node: int) -> Path:
+        """The file whose first 8 bytes are redis-server `node`'s wall-clock offset (ns)."""
+        return self.config.directory / "data" / f"clock-{node}"
+
+    def _redis(self, n: int, port: int) -> Service:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("--engine redis needs redis-server on PATH")
+        from lockd.gateway.nodes import redis_settings_args
+
+        args = [
+            "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.node_dir(n)),
+            "--save", "", "--daemonize", "no", "--logfile", "", *redis_settings_args(),
+        ]  # fmt: skip
+        env = {}
+        if self.config.clock_shim is not None:
+            env = {
+                "LOCKD_JEPSEN_PRELOAD": str(self.config.clock_shim),
+                "LOCKD_CLOCK_FILE": str(self.clock_file(n)),
+            }
+        log_path = self.logs / f"redis-{n}.log"
+        return Service(f"redis-{n}", binary, args, log_path, port, program=True, env=env)
+
+    def set_clock_offset(self, node: int, offset_ms: float) -> None:
+        """Set redis-server `node`'s wall-clock offset (through the shim's file)."""
+        self.clock_offsets_ms[node] = offset_ms
+        fd = os.open(self.clock_file(node), os.O_WRONLY)
+        try:
+            os.pwrite(fd, struct.pack("<q", round(offset_ms * 1e6)), 0)
+        finally:
+            os.close(fd)
+
     @property
     def store_dir(self) -> Path:
         """The store's data directory (its log is read by the checkers)."""
@@ -316,10 +412,15 @@ class Cluster:
     async def start(self) -> None:
         """Start engines, links, store and gateways; returns when all listen."""
         self.logs.mkdir(parents=True, exist_ok=True)
+        c = self.config
+        if c.engine == "redis":
+            for n in range(c.nodes):
+                self.node_dir(n).mkdir(parents=True, exist_ok=True)
+                self.clock_file(n).write_bytes(bytes(8))
+        started = time.monotonic()
         await asyncio.gather(*(e.start() for e in self.engines), self.store.start())
         for link in self.links.values():
             await link.start()
-        c = self.config
         for g in range(c.gateways):
             port = free_port()
             nodes = ",".join(f"redis://127.0.0.1:{self.links[(g, n)].port}" for n in range(c.nodes))
@@ -340,6 +441,13 @@ class Cluster:
                 Service(f"gateway-{g}", "lockd", args, self.logs / f"gateway-{g}.log", port)
             )
         await asyncio.gather(*(g.start() for g in self.gateways))
+        if c.engine == "redis":
+            # Brand-new redis-servers refuse grants for the restart delay, counted in whole
+            # seconds of uptime (lockd.lua's guard): start the clients after it.
+            from lockd.core.quorum import restart_delay_ms
+
+            ready = started + math.ceil(restart_delay_ms(c.max_ttl_ms) / 1000) + 0.2
+            await asyncio.sleep(max(0.0, ready - time.monotonic()))
 
     async def start_worker(
         self, index: int, args: list[str], sink: Callable[[Event], None]

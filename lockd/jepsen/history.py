@@ -42,8 +42,20 @@ TYPES = ("invoke", *COMPLETIONS)
 
 Process = int | str
 
-OPERATIONS = ("acquire", "release", "claim", "read", "write")
-"""The client operations (`f`) the checkers understand; any other makes a history malformed."""
+OPERATIONS = (
+    "acquire",
+    "release",
+    "claim",
+    "read",
+    "write",
+    "campaign",
+    "elect-write",
+    "resign",
+    "observe",
+)
+"""The client operations (`f`) the checkers understand; any other makes a history
+malformed. The first five are the fenced-counter workload's, the rest the election
+workload's."""
 
 
 def _is_int(v: object) -> bool:
@@ -61,6 +73,7 @@ _INT: Kind = ("an integer", _is_int)
 _COUNT: Kind = ("a non-negative integer", lambda v: _is_int(v) and v >= 0)
 _INT_OR_NULL: Kind = ("an integer or null", lambda v: v is None or _is_int(v))
 _SECONDS: Kind = ("a non-negative number", lambda v: _is_number(v) and v >= 0)
+_TEXT: Kind = ("a string", lambda v: isinstance(v, str))
 
 VALUES: dict[tuple[str, str], dict[str, tuple[bool, Kind]]] = {
     ("acquire", "invoke"): {"ttl_s": (False, _SECONDS), "wait_s": (False, _SECONDS)},
@@ -69,6 +82,11 @@ VALUES: dict[tuple[str, str], dict[str, tuple[bool, Kind]]] = {
     ("claim", "invoke"): {"token": (True, _TOKEN)},
     ("read", "ok"): {"value": (True, _INT_OR_NULL), "highest": (True, _COUNT)},
     ("write", "invoke"): {"value": (True, _INT), "token": (True, _TOKEN)},
+    ("campaign", "invoke"): {"value": (True, _TEXT), "ttl_s": (False, _SECONDS)},
+    ("campaign", "ok"): {"term": (True, _TOKEN), "deadline": (True, _INT)},
+    ("elect-write", "invoke"): {"term": (True, _TOKEN)},
+    ("resign", "invoke"): {"term": (True, _TOKEN)},
+    ("observe", "ok"): {"term": (True, _TOKEN), "value": (True, _TEXT)},
 }
 """(f, event type) -> the `value` fields the checkers read: name -> (required, kind).
 `value` must then be an object (or null when no field is required); where nothing is

@@ -12,6 +12,14 @@
 - disk: through `LOCKD.DISK` on a minority of engines, make every disk write fail with
   ENOSPC, EIO or EPERM; those nodes turn read-only (MISCONF) until healed.
 Every fault heals at its end; `heal_all` undoes everything before the final phase.
+
+With real redis-servers as nodes (`--engine redis`), kill, pause and partition are the
+same; `clock` moves the servers' wall clocks through the LD_PRELOAD shim's file instead
+(offsets and steps; rates are not modelled: Redis measures TTLs on the wall clock, so a
+step is the fault that matters); `power-loss` becomes a lost disk: SIGKILL a minority
+and restart them with an empty directory (with `appendfsync always` a power cut loses
+nothing Redis acknowledged, so the worst case is the node that lost its data: lockd.lua's
+restart guard must keep it out of every grant for its delay). `disk` does not apply.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,8 +56,26 @@ class Nemesis:
         self._clock_task: asyncio.Task[list[str]] | None = None
         self._paused: list[WorkerProcess] = []
 
+    @property
+    def _redis(self) -> bool:
+        return self.cluster.config.engine == "redis"
+
     async def _clock(self, node: int, *command: str) -> str:
+        if self._redis:
+            return self._redis_clock(node, command[0], float(command[1]))
         return await self._engine_command(node, "LOCKD.CLOCK", *command)
+
+    def _redis_clock(self, node: int, op: str, value: float) -> str:
+        """OFFSET/JUMP of a redis-server's wall clock through the shim; RATE is skipped."""
+        c = self.cluster
+        if op == "RATE" or c.config.clock_shim is None:
+            return ""
+        offset = value if op == "OFFSET" else c.clock_offsets_ms[node] + value
+        try:
+            c.set_clock_offset(node, offset)
+        except OSError as exc:
+            return f"node {node}: clock {op} {value}: {exc}"
+        return ""
 
     async def _disk(self, node: int, *command: str) -> str:
         return await self._engine_command(node, "LOCKD.DISK", *command)
@@ -93,7 +120,16 @@ class Nemesis:
         """Break what `fault` says; records a `start` event."""
         c = self.cluster
         info: dict[str, Any] = {**fault.describe(), "id": fid}
-        if fault.kind in ("kill", "power-loss"):
+        if fault.kind == "power-loss" and self._redis:
+            # A lost disk, on a minority only: a majority that lost its fencing counters
+            # could hand out a token again (Lua cannot reserve ahead as the engine does).
+            lost = fault.nodes[: len(c.engines) - (len(c.engines) // 2 + 1)] or fault.nodes[:1]
+            await asyncio.gather(*(c.engines[n].kill() for n in lost))
+            for n in lost:
+                shutil.rmtree(c.node_dir(n), ignore_errors=True)
+                c.node_dir(n).mkdir(parents=True)
+            info["lost_data"] = list(lost)
+        elif fault.kind in ("kill", "power-loss"):
             await asyncio.gather(
                 *(c.engines[n].kill() for n in fault.nodes),
                 *(c.gateways[g].kill() for g in fault.gateways if g < len(c.gateways)),
@@ -133,7 +169,7 @@ class Nemesis:
         info: dict[str, Any] = {"fault": fault.kind, "id": fid}
         if fault.kind in ("kill", "power-loss"):
             errors = await asyncio.gather(
-                *(c.engines[n].start() for n in fault.nodes),
+                *(c.engines[n].start() for n in fault.nodes if not c.engines[n].running),
                 *(c.gateways[g].start() for g in fault.gateways if g < len(c.gateways)),
                 return_exceptions=True,
             )

@@ -271,9 +271,25 @@ def _summary_row(name: str, r: dict[str, Any]) -> str:
         "tokens": ("grants", "duplicates", "order_violations"),
         "mutex": ("grants", "held_overlaps", "held_overlaps_during_pauses", "lease_violations"),
         "availability": ("unhealthy_s", "final_phase_grants"),
+        "election": (
+            "terms",
+            "writes_acknowledged",
+            "deposed_writes_refused",
+            "deposed_writes_acknowledged",
+            "observations",
+            "observed_out_of_order",
+            "unexplained_leaders",
+        ),
+        "terms": ("grants", "duplicates", "order_violations"),
         "stats": ("operations",),
     }.get(name, ())
     facts = [f"{k.replace('_', ' ')}: {_e(r.get(k))}" for k in keys]
+    if name == "mutex" and "lease_overlaps_under_clock_steps" in r:
+        facts.append(
+            "lease overlaps under clock steps (expected on real Redis): "
+            f"{_e(r['lease_overlaps_under_clock_steps'])} "
+            f"({_e(r.get('lease_overlap_under_clock_steps_ms'))} ms); {_e(r.get('note'))}"
+        )
     rec = r.get("recovery_ms", {})
     if name == "store":
         lin = r.get("linearizable", {})
@@ -313,6 +329,8 @@ def write_report(
         k: meta.get(k)
         for k in (
             "seed",
+            "engine",
+            "skipped_nemeses",
             "nodes",
             "gateways",
             "clients",

@@ -26,16 +26,25 @@ from typing import Any
 
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.availability import check_availability
+from lockd.jepsen.checkers.election import check_election
 from lockd.jepsen.checkers.mutex import check_mutex
 from lockd.jepsen.checkers.store import check_store
 from lockd.jepsen.checkers.tokens import check_tokens
 from lockd.jepsen.client import COUNTER
-from lockd.jepsen.cluster import Cluster, ClusterConfig
+from lockd.jepsen.cluster import Cluster, ClusterConfig, build_clock_shim
 from lockd.jepsen.generator import clock_offsets, schedule
 from lockd.jepsen.history import NEMESIS, Event, HistoryError, HistoryWriter, load, pair, validate
 from lockd.jepsen.nemesis import Nemesis
 
-__all__ = ["CHECKERS", "RunConfig", "check_file", "check_history", "malformed", "run"]
+__all__ = [
+    "CHECKERS",
+    "WORKLOADS",
+    "RunConfig",
+    "check_file",
+    "check_history",
+    "malformed",
+    "run",
+]
 
 log = logging.getLogger("lockd.jepsen")
 
@@ -60,17 +69,25 @@ class RunConfig:
     unsafe_store: bool = False
     unsafe_wall_clock: bool = False
     unfenced_read: bool = False
+    workload: str = "fenced-counter"
+    """`fenced-counter` or `election` (WORKLOADS)."""
+    observers: int = 2
+    """Election workload: worker processes that follow the leaders (`observe`)."""
     test_name: str | None = None
     check_time_limit_s: float = 60.0
     check_memory_mb: int = 1024
     command: str = ""
+    engine: str = "lockd"
+    """The nodes: `lockd` (`lockd engine` processes) or `redis` (real redis-servers)."""
 
     @property
     def name(self) -> str:
         """The test's name: workload, unsafe switches and nemeses."""
         if self.test_name:
             return self.test_name
-        parts = ["fenced-counter"]
+        parts = [self.workload]
+        if self.engine != "lockd":
+            parts.append(self.engine)
         parts += [
             flag
             for flag, on in (
@@ -123,7 +140,32 @@ async def _final_reads(cluster: Cluster, keys: Sequence[str], record: Any) -> No
             record(Event("ok", "final", "read", time.monotonic_ns(), key, value))
 
 
-async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+REDIS_SKIPS = {
+    "disk": "Redis has no disk fault injection (lockd engine's LOCKD.DISK); not run",
+}
+"""Nemeses that do not apply to real Redis nodes, and why."""
+
+
+def _applicable(config: RunConfig) -> tuple[RunConfig, Path | None, dict[str, str]]:
+    """The configuration with the nemeses that apply to its engine, the clock shim to
+    preload (real Redis with the clock nemesis), and why each left-out nemesis was."""
+    if config.engine != "redis":
+        return config, None, {}
+    skipped = {k: why for k, why in REDIS_SKIPS.items() if k in config.nemeses}
+    shim = None
+    if "clock" in config.nemeses:
+        shim, why = build_clock_shim(config.out / ".clockshim")
+        if shim is None:
+            skipped["clock"] = f"{why}; clock faults on Redis need it, so not run"
+    for kind, why in skipped.items():
+        log.warning("nemesis %s skipped on real Redis: %s", kind, why)
+    nemeses = tuple(k for k in config.nemeses if k not in skipped)
+    return dataclasses.replace(config, nemeses=nemeses), shim, skipped
+
+
+async def _execute(
+    config: RunConfig, directory: Path, history: HistoryWriter, shim: Path | None
+) -> None:
     """Start everything, run the schedule and the healed phase, stop everything."""
     cluster = Cluster(
         ClusterConfig(
@@ -137,6 +179,8 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
             power_loss="power-loss" in config.nemeses,
             disk_faults="disk" in config.nemeses,
             seed=config.seed,
+            engine=config.engine,
+            clock_shim=shim,
         )
     )
 
@@ -154,17 +198,25 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
         ttl_s=config.ttl_s,
     )
     try:
-        log.info("starting %d engines, %d gateways, the store", config.nodes, config.gateways)
+        log.info(
+            "starting %d %s nodes, %d gateways, the store",
+            config.nodes,
+            "redis-server" if config.engine == "redis" else "engine",
+            config.gateways,
+        )
         await cluster.start()
         if "clock" in config.nemeses:
             await nemesis.scramble(clock_offsets(config.seed, config.nodes))
         endpoints = cluster.gateway_endpoints
         keys = _keys(config)
-        for i in range(config.clients):
+        election = config.workload == "election"
+        workers = config.clients + (config.observers if election else 0)
+        for i in range(workers):
             rotated = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
             args = [
+                "--workload", config.workload,
                 "--index", str(i),
-                "--concurrency", str(config.clients),
+                "--concurrency", str(workers),
                 "--gateways", ",".join(rotated),
                 "--store", cluster.store_endpoint,
                 "--keys", ",".join(keys),
@@ -175,6 +227,8 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
             ]  # fmt: skip
             if config.unfenced_read:
                 args.append("--unfenced-read")
+            if i >= config.clients:
+                args.append("--observer")
             await cluster.start_worker(i, args, history.append)
         started = time.monotonic()
         history.append(
@@ -195,13 +249,16 @@ async def _execute(config: RunConfig, directory: Path, history: HistoryWriter) -
         await asyncio.sleep(config.heal_time_s)
         log.info("stopping the workers")
         await asyncio.gather(*(w.finish(timeout=2 * config.ttl_s + 6.0) for w in cluster.workers))
-        await _final_reads(cluster, keys, history.append)
+        if not election:
+            await _final_reads(cluster, keys, history.append)
     finally:
         await cluster.stop()
 
 
 CHECKERS = ("store", "tokens", "mutex", "availability", "stats")
-"""The checkers of a well-formed history, in the order results list them."""
+"""The checkers of a well-formed fenced-counter history, in the order results list them."""
+WORKLOADS = {"fenced-counter": CHECKERS, "election": ("election", "terms", "stats")}
+"""Each workload's checkers (the meta record's `workload`; fenced-counter by default)."""
 
 # Configuration the checkers read from the meta record: name -> (default, integers only).
 _CONFIG = {
@@ -227,7 +284,7 @@ def _config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, problems
 
 
-def malformed(problems: Sequence[str]) -> dict[str, Any]:
+def malformed(problems: Sequence[str], checkers: Sequence[str] = CHECKERS) -> dict[str, Any]:
     """The results for a malformed history: unknown, and no checker run (a checker reading
     a history it cannot trust proves nothing, either way)."""
     for problem in problems[:10]:
@@ -236,7 +293,7 @@ def malformed(problems: Sequence[str]) -> dict[str, Any]:
     return {
         "valid": "unknown",
         "history": {"valid": "unknown", "problems": list(problems[:50]), "count": len(problems)},
-        **{name: {"valid": "unknown", "reason": reason} for name in CHECKERS},
+        **{name: {"valid": "unknown", "reason": reason} for name in checkers},
     }
 
 
@@ -251,14 +308,22 @@ def check_history(
     problems, each naming its line; the checkers then do not run. Without a store log
     (None, or no such file) the store's token order is unknown."""
     settings, problems = _config(config)
+    workload = config.get("workload", "fenced-counter")
+    if workload not in WORKLOADS:
+        problems.append(f"meta record: unknown workload {workload!r:.40}")
     problems = validate(events) + problems
     if problems:
-        return malformed(problems)
+        return malformed(problems, WORKLOADS.get(workload, CHECKERS))
     client_events = [e for e in events if not e.is_nemesis]
     nemesis = [e for e in events if e.is_nemesis]
     ops = pair(client_events)
     end = max((e.time for e in events), default=0)
     results: dict[str, Any] = {"history": {"valid": True, "problems": [], "count": 0}}
+    if workload == "election":
+        results["election"] = check_election(ops)
+        results["terms"] = check_tokens(ops, "campaign", "term")
+        results["stats"] = _stats(ops, nemesis)
+        return {"valid": merge(r["valid"] for r in results.values()), **results}
     results["store"] = check_store(
         ops,
         store_log,
@@ -266,7 +331,9 @@ def check_history(
         memory_limit_bytes=int(settings["check_memory_mb"]) << 20,
     )
     results["tokens"] = check_tokens(ops)
-    results["mutex"] = check_mutex(ops, nemesis, end)
+    results["mutex"] = check_mutex(
+        ops, nemesis, end, wall_clock_ttls=config.get("engine", "lockd") == "redis"
+    )
     results["availability"] = check_availability(
         ops,
         nemesis,
@@ -312,19 +379,22 @@ def _link_latest(test_dir: Path, run_dir: Path) -> None:
     tmp.replace(latest)
 
 
-async def _main(config: RunConfig, directory: Path, history: HistoryWriter) -> None:
+async def _main(
+    config: RunConfig, directory: Path, history: HistoryWriter, shim: Path | None
+) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        await _execute(config, directory, history)
+        await _execute(config, directory, history, shim)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Run one test; returns its directory and results (also written there)."""
+    config, shim, skipped = _applicable(config)
     test_dir = config.out / config.name
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S.%f")[:-3]
     directory = test_dir / stamp
@@ -332,6 +402,7 @@ def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     _link_latest(test_dir, directory)
     meta = {
         **config.describe(),
+        "skipped_nemeses": skipped,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "t0": time.monotonic_ns(),
         "command": config.command or shlex.join(sys.argv),
@@ -339,7 +410,7 @@ def run(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     (directory / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     history = HistoryWriter(directory / "history.jsonl", meta)
     try:
-        asyncio.run(_main(config, directory, history))
+        asyncio.run(_main(config, directory, history, shim))
     except asyncio.CancelledError:  # SIGTERM: everything is stopped by now
         raise KeyboardInterrupt from None
     finally:

@@ -1,13 +1,19 @@
 """A client worker process: `python -m lockd.jepsen.worker --index I ...`.
 
-Loops the fenced-counter cycle its `Workload` generator dictates: acquire, claim (write
-its token to the resource so the read below is fenced), read the counter, think, write
-value+1 with the token, release. Every invocation and completion is one JSON line on
-stdout, timed with `time.monotonic_ns()`. After an `info` the process id is retired and
-the worker goes on as process id + concurrency (the lease, if any, is released first).
-It stops after its time or cycle limit, or when the harness writes `stop` (or closes
-stdin), at the end of the current cycle. Running as its own process is the point: the
-nemesis pauses it with SIGSTOP while it believes it holds a lock.
+`--workload fenced-counter` (default) loops the fenced-counter cycle its `Workload`
+generator dictates: acquire, claim (write its token to the resource so the read below is
+fenced), read the counter, think, write value+1 with the token, release.
+`--workload election` loops a candidate's life: campaign (the client library keeps the
+leadership with its watchdog), write to the store with the term at once and after each
+think while it still believes it leads, resign. `--observer` instead follows the
+election's leaders (`observe`), recording each change.
+
+Every invocation and completion is one JSON line on stdout, timed with
+`time.monotonic_ns()`. After an `info` the process id is retired and the worker goes on
+as process id + concurrency (the lease, if any, is released first). It stops after its
+time or cycle limit, or when the harness writes `stop` (or closes stdin), at the end of
+the current cycle. Running as its own process is the point: the nemesis pauses it with
+SIGSTOP while it believes it holds a lock or leads.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ import sys
 import time
 from typing import Any
 
-from lockd.jepsen.client import Completion, FencedCounterClient
+from lockd.jepsen.client import Completion, ElectionClient, FencedCounterClient
 from lockd.jepsen.generator import Workload
+from lockd_client import LockError
 
-__all__ = ["main"]
+__all__ = ["ELECTION_WRITES", "main"]
+
+ELECTION_WRITES = 5
+"""Writes a leader makes per term (the first at once, each later one after a think)."""
 
 
 class Worker:
@@ -32,8 +42,11 @@ class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.process = args.index
-        self.client = FencedCounterClient(
-            args.gateways.split(","), args.store, timeout_s=args.timeout
+        gateways = args.gateways.split(",")
+        self.client: FencedCounterClient | ElectionClient = (
+            ElectionClient(gateways, args.store, timeout_s=args.timeout)
+            if args.workload == "election"
+            else FencedCounterClient(gateways, args.store, timeout_s=args.timeout)
         )
         self.workload = Workload(
             args.seed, args.index, args.keys.split(","), ttl_s=args.ttl, think_max_s=args.think_max
@@ -62,6 +75,66 @@ class Worker:
         return done
 
     async def cycle(self) -> None:
+        if self.args.observer:
+            await self.observe()
+        elif isinstance(self.client, ElectionClient):
+            await self.lead(self.client)
+        else:
+            await self.count(self.client)
+
+    async def lead(self, client: ElectionClient) -> None:
+        """Campaign; while leading, write the term now and after each think; resign."""
+        plan = self.workload.next()
+        await asyncio.sleep(plan.idle_s)
+        key, me = plan.key, f"w{self.args.index}"
+        ask = {"value": me, "ttl_s": self.args.ttl, "wait_s": plan.wait_s}
+        got = await self.op("campaign", key, ask)
+        if got.type != "ok":
+            if got.type == "fail":
+                await asyncio.sleep(0.01)
+            return
+        term = got.value["term"]
+        try:
+            for seq in range(ELECTION_WRITES):
+                if seq:
+                    leader = client.leader
+                    if leader is None or not leader.held:
+                        return  # it knows it was deposed: no write
+                    await asyncio.sleep(plan.think_s)  # where a pause makes a late write
+                value = f"{me} term {term} #{seq}"
+                wrote = await self.op("elect-write", key, {"term": term, "value": value})
+                if wrote.type != "ok":
+                    return
+        finally:
+            if client.leader is not None:
+                await self.op("resign", key, {"term": term})
+
+    async def observe(self) -> None:
+        """Follow the leaders of the first key until stopped; one `observe` per change."""
+        assert isinstance(self.client, ElectionClient)
+        key = self.args.keys.split(",")[0]
+        changes = self.client.client.election(key).observe()
+        stopping = asyncio.create_task(self.stopping.wait())
+        try:
+            while True:
+                change = asyncio.ensure_future(anext(changes))
+                await asyncio.wait({change, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not change.done():
+                    change.cancel()
+                    return
+                leader = change.result()
+                now = time.monotonic_ns()
+                value = {"term": leader.term, "value": leader.value.decode(errors="replace")}
+                self.emit("invoke", "observe", key, None, now)
+                self.emit("ok", "observe", key, value, now)
+        except LockError:
+            await asyncio.sleep(0.1)  # its gateways are down: follow again
+        finally:
+            stopping.cancel()
+            await asyncio.gather(changes.aclose(), return_exceptions=True)
+
+    async def count(self, client: FencedCounterClient) -> None:
+        """One fenced-counter cycle."""
         plan = self.workload.next()
         await asyncio.sleep(plan.idle_s)
         key = plan.key
@@ -83,7 +156,7 @@ class Worker:
             current = read.value["value"] or 0
             await self.op("write", key, {"value": current + 1, "token": token})
         finally:
-            if self.client.lease is not None:
+            if client.lease is not None:
                 await self.op("release", key, {"token": token})
 
     async def run(self) -> int:
@@ -126,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds to run at most")
     p.add_argument("--max-cycles", type=int, default=1_000_000)
     p.add_argument("--unfenced-read", action="store_true", help="skip the claim (unsafe)")
+    p.add_argument("--workload", choices=["fenced-counter", "election"], default="fenced-counter")
+    p.add_argument("--observer", action="store_true", help="election: follow the leaders")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(Worker(args).run())

@@ -349,9 +349,11 @@ class Network:
 
 
 class StoreModel:
-    """The protected resource: per lock name a value under a fencing token, as
-    `lockd store` keeps it. Reads and writes present the holder's token; one below the
-    highest the store has seen is refused, and an accepted one raises the highest.
+    """The protected resource: per lock name a value under a fencing token. Reads and
+    writes present the holder's token; one below the highest the store has seen is
+    refused, and an accepted one raises the highest. (`lockd store` differs: its Read
+    takes no token, and a read-modify-write is made safe by CompareAndSet instead; the
+    model fences reads so that a lost write can only come from the lock service.)
 
     Each write's value is the id of that write and remembers the value it was based on
     (the read before it), so the chain from the final value lists every write that was

@@ -1,11 +1,17 @@
 """The store's durable state: an append-only log of accepted writes, replayed on start.
 
-`store.log` is a framed file (`lockd.durable`): the header `LOCKD store 2`, then one
-checksummed frame per append (a batch of writes fsynced together), each holding RESP
-records
+`store.log` is a framed file (`lockd.durable`): the header `LOCKD store 3`, its
+*durable end* (a u64 byte offset and its CRC32), then one checksummed frame per append
+(a batch of writes fsynced together), each holding RESP records
 
     W <resource> <key> <value> <token>
     R <resource>
+
+Each append rewrites the durable end in place (pwrite) in the same fsync as its frame,
+to the end of the previous append, already acknowledged (not its own: the two writes
+reach the disk in either order, so a crash may keep the field and tear the frame); a
+clean close, compaction and repair set it to the end of the file. Frames ending before
+it mean acknowledged frames were cut off (a truncated file, not a crash): `CorruptFile`.
 
 Replay applies the records in order, rebuilding the values and each resource's highest
 token. `R` is an admin's fence reset (`lockd store-reset`): the resource's highest token
@@ -13,17 +19,18 @@ goes back to 0 and its keys keep their values with token 0 (a compacted log writ
 so, and a `W` record with token 0 exists only that way), so any writer's token is
 accepted again. A torn tail (what a crash during an append leaves) is cut, with a warning:
 nothing in it was acknowledged, because an append is fsynced before any of its writes
-is answered. Any other damage stops the store from starting (`CorruptFile`, naming the
-offset and `lockd repair`): dropping an acknowledged record could lower a resource's
-highest token and let a stale writer in.
+is answered. Any other damage, a damaged file header included, stops the store from
+starting (`CorruptFile`, naming the offset and `lockd repair`): dropping an acknowledged
+record could lower a resource's highest token and let a stale writer in.
 
-Version 1 logs (a CRC per record, no chain) are read as before, except that a bad record
-followed by good ones is damage too, and are rewritten as version 2 at once; the old
-file is kept as `store.log.v1`. Compaction writes the live state (one record per key,
-with the token of its last write, so the highest tokens survive) to a new file and
-renames it over the log. `store.lock` is flock()ed while a process uses the directory;
-`store.json` is written once the log exists, so a log deleted or emptied later is
-noticed (the store refuses to start) instead of starting afresh with every token lost.
+Version 1 logs (a CRC per record, no chain: a bad record followed by good ones is damage
+too) and version 2 logs (frames, no durable end) are read and rewritten as version 3 at
+once; the old file is kept as `store.log.v1` / `.v2`. Compaction writes the live state
+(one record per key, with the token of its last write, so the highest tokens survive) to
+a new file and renames it over the log. `store.lock` is flock()ed while a process uses
+the directory; `store.json` is written once the log exists, so a log deleted or emptied
+later is noticed (the store refuses to start) instead of starting afresh with every
+token lost.
 """
 
 from __future__ import annotations
@@ -38,16 +45,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lockd.durable import (
+    END_FIELD_SIZE,
     CorruptFile,
     FrameReader,
     Salvage,
+    decode_end,
+    encode_end,
     encode_frame,
     file_header,
     fsync_dir,
     header_seed,
+    is_damaged_header,
     keep_copy,
     open_private,
     private_dir,
+    pwrite_all,
     repair_hint,
     salvage,
     write_all,
@@ -57,6 +69,7 @@ from lockd.resp.protocol import ProtocolError, RequestParser, encode_command
 
 __all__ = [
     "SEED",
+    "Contents",
     "Entry",
     "Record",
     "State",
@@ -64,7 +77,7 @@ __all__ = [
     "decode_frame",
     "encode_reset",
     "encode_write",
-    "read_writes",
+    "read_log",
     "repair_store_log",
 ]
 
@@ -73,8 +86,11 @@ log = logging.getLogger("lockd.store")
 LOG_NAME = "store.log"
 LOCK_NAME = "store.lock"
 MARKER_NAME = "store.json"
-HEADER = file_header(b"store")
+HEADER = file_header(b"store", 3)
 SEED = header_seed(HEADER)
+FRAMES = len(HEADER) + END_FIELD_SIZE  # where the frames start, after the durable end
+EMPTY_LOG = HEADER + encode_end(FRAMES)
+V2_HEADER = file_header(b"store", 2)
 V1_HEADER = encode_command(b"LOCKDSTORE", b"1")
 _WRITE = b"W"
 _RESET = b"R"
@@ -99,7 +115,7 @@ class State:
 
     values: dict[tuple[str, str], Entry] = dataclasses.field(default_factory=dict)
     highest: dict[str, int] = dataclasses.field(default_factory=dict)
-    live_bytes: int = len(HEADER)  # the size of a compacted log
+    live_bytes: int = FRAMES  # the size of a compacted log
 
     def apply(self, resource: str, key: str, value: bytes, token: int, size: int) -> None:
         """Apply one accepted write (`size`: its record's length)."""
@@ -221,26 +237,61 @@ def _v1_record_after(data: bytes, start: int) -> bool:
     return False
 
 
-def read_writes(path: Path) -> Iterator[Write]:
-    """(resource, key, value, token) of every intact write in a store log, in log order
-    (fence resets are left out: the Jepsen harness never makes them).
+@dataclasses.dataclass
+class Contents:
+    """What a store log holds: its intact records (writes and fence resets, with their
+    sizes) in log order, where they end, why the rest is a torn tail (None if there is no
+    rest), and the chained CRC after the last frame."""
 
-    Read-only (a torn tail or damage just ends the iteration); the Jepsen harness checks
-    the order in which the store accepted tokens with it."""
-    data = path.read_bytes()
+    records: list[tuple[Record, int]]
+    end: int
+    torn: str | None
+    crc: int = SEED
+    version: int = 3
+
+
+def read_log(path: Path, data: bytes) -> Contents:
+    """The contents of a store log's bytes (`data`, read from `path`). The one rule for
+    what a log holds, shared by the store's replay and the Jepsen token-order check:
+    damage other than a torn tail raises `CorruptFile`, and so do frames that end before
+    the header's durable end (acknowledged frames cut off); bytes that are not a store
+    log raise `ValueError`."""
     if data.startswith(V1_HEADER):
-        with contextlib.suppress(CorruptFile):
-            yield from _read_v1(path, data)[0]
-        return
+        old, good = _read_v1(path, data)
+        sized: list[tuple[Record, int]] = [(w, len(encode_write(*w))) for w in old]
+        return Contents(sized, good, "torn tail" if good < len(data) else None, version=1)
+    if data.startswith(V2_HEADER):
+        return _read_frames(path, data, len(V2_HEADER), header_seed(V2_HEADER), 2)
     if not data.startswith(HEADER):
+        if is_damaged_header(data, HEADER, FRAMES) or is_damaged_header(data, V2_HEADER):
+            raise CorruptFile(path, 0, "damaged file header", repair_hint(path))
         raise ValueError(f"{path} is not a lockd store log")
-    for _, payload in FrameReader(data, len(HEADER), SEED):
-        writes = decode_frame(payload)
-        if writes is None:
-            return
-        for record, _ in writes:
-            if not isinstance(record, str):
-                yield record
+    durable = decode_end(data, len(HEADER))
+    if durable is None:
+        raise CorruptFile(path, len(HEADER), "damaged durable-end field", repair_hint(path))
+    contents = _read_frames(path, data, FRAMES, SEED, 3)
+    if contents.end < durable:
+        raise CorruptFile(
+            path,
+            contents.end,
+            f"the frames end before byte {durable}, which was acknowledged durable: the "
+            "log was cut short (a crash tears at most the last append)",
+            repair_hint(path),
+        )
+    return contents
+
+
+def _read_frames(path: Path, data: bytes, start: int, seed: int, version: int) -> Contents:
+    reader = FrameReader(data, start, seed)
+    records: list[tuple[Record, int]] = []
+    for offset, payload in reader:
+        frame = decode_frame(payload)
+        if frame is None:
+            raise CorruptFile(path, offset, "unreadable records in a frame", repair_hint(path))
+        records += frame
+    if reader.damage is not None:
+        raise CorruptFile(path, reader.end, reader.damage, repair_hint(path))
+    return Contents(records, reader.end, reader.torn, reader.crc, version)
 
 
 class StoreLog:
@@ -268,23 +319,27 @@ class StoreLog:
             self._lock_fd = -1
             raise RuntimeError(f"{self.directory} is in use by another lockd store") from None
         try:
-            state, upgrade = self._replay()
-            if upgrade:
-                keep_copy(self.path, ".v1")
+            state, version = self._replay()
+            if version < 3:
+                keep_copy(self.path, f".v{version}")
                 self.compact(list(state.values.items()), fresh=True)
                 log.warning(
-                    "store log %s: upgraded to format 2 (the old file is kept as %s.v1)",
+                    "store log %s: upgraded to format 3 (the old file is kept as %s.v%d)",
                     self.path,
                     LOG_NAME,
+                    version,
                 )
             else:
-                self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                # Not O_APPEND: the durable end is rewritten in place (pwrite).
+                self._fd = open_private(self.path, os.O_WRONLY | os.O_CREAT)
                 self.size = os.fstat(self._fd).st_size
                 if self.size == 0:
-                    write_all(self._fd, HEADER)
-                    os.fsync(self._fd)
-                    self.size = len(HEADER)
+                    pwrite_all(self._fd, EMPTY_LOG, 0)
+                    self.size = FRAMES
                     self._crc = SEED
+                else:  # all of it was replayed: durable from now on
+                    pwrite_all(self._fd, encode_end(self.size), len(HEADER))
+                os.fsync(self._fd)
             fsync_dir(self.directory)
             marker = self.directory / MARKER_NAME
             if not marker.exists():
@@ -294,14 +349,14 @@ class StoreLog:
             raise
         return state
 
-    def _replay(self) -> tuple[State, bool]:
-        """The state the log holds, and whether it is a version 1 log to upgrade."""
+    def _replay(self) -> tuple[State, int]:
+        """The state the log holds, and its format version (below 3: to upgrade)."""
         state = State()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             data = b""
-        if len(data) < len(HEADER) and (self.directory / MARKER_NAME).exists():
+        if len(data) < FRAMES and (self.directory / MARKER_NAME).exists():
             raise RuntimeError(
                 f"{self.path} is missing or shorter than its header, but {MARKER_NAME} says "
                 "this directory held a store log: every highest token would be forgotten "
@@ -309,43 +364,33 @@ class StoreLog:
                 f"{self.directory / MARKER_NAME} to start an empty store knowingly"
             )
         if not data:
-            return state, False
-        if len(data) < len(HEADER) and HEADER.startswith(data):
+            return state, 3
+        if len(data) < FRAMES and EMPTY_LOG.startswith(data):
             self._cut(data, 0, "torn file header")  # crashed while creating the log
-            return state, False
-        if data.startswith(V1_HEADER):
-            old, good = _read_v1(self.path, data)
-            for write in old:
-                state.apply(*write, size=len(encode_write(*write)))
-            if good < len(data):
+            return state, 3
+        try:
+            contents = read_log(self.path, data)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+        for record, size in contents.records:
+            state.replay(record, size)
+        count = len(contents.records)
+        if contents.version < 3:
+            if contents.torn is not None:
                 log.warning(
-                    "store log %s: torn tail of a version 1 log (%d bytes at byte %d) ignored",
+                    "store log %s: torn tail of a version %d log (%d bytes at byte %d) ignored",
                     self.path,
-                    len(data) - good,
-                    good,
+                    contents.version,
+                    len(data) - contents.end,
+                    contents.end,
                 )
-            return state, True
-        if not data.startswith(HEADER):
-            raise RuntimeError(f"{self.path} is not a lockd store log (or its header is damaged)")
-        reader = FrameReader(data, len(HEADER), SEED)
-        count = 0
-        for offset, payload in reader:
-            frame = decode_frame(payload)
-            if frame is None:
-                raise CorruptFile(
-                    self.path, offset, "unreadable records in a frame", repair_hint(self.path)
-                )
-            for record, size in frame:
-                state.replay(record, size)
-            count += len(frame)
-        if reader.damage is not None:
-            raise CorruptFile(self.path, reader.end, reader.damage, repair_hint(self.path))
-        self._crc = reader.crc
-        if reader.torn is not None:
-            self._cut(data, reader.end, f"torn tail ({reader.torn}): kept {count} writes")
+            return state, contents.version
+        self._crc = contents.crc
+        if contents.torn is not None:
+            self._cut(data, contents.end, f"torn tail ({contents.torn}): kept {count} writes")
         elif count:
             log.info("store log %s: replayed %d writes", self.path, count)
-        return state, False
+        return state, 3
 
     def _cut(self, data: bytes, good: int, what: str) -> None:
         log.warning(
@@ -360,9 +405,12 @@ class StoreLog:
             os.fsync(f.fileno())
 
     def append(self, records: Sequence[bytes]) -> None:
-        """Write `records` as one frame and fsync it: durable when this returns."""
+        """Write `records` as one frame and fsync it: durable when this returns. The
+        same fsync makes the header's durable end the end of the previous append (not
+        this one: a crash may keep the header's write and tear the frame)."""
         frame, crc = encode_frame(b"".join(records), self._crc)
-        write_all(self._fd, frame)
+        pwrite_all(self._fd, frame, self.size)
+        pwrite_all(self._fd, encode_end(self.size), len(HEADER))
         os.fsync(self._fd)
         self._crc = crc
         self.size += len(frame)
@@ -389,7 +437,7 @@ class StoreLog:
             os.close(self._fd)
             self._fd = -1
         fsync_dir(self.directory)
-        self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = open_private(self.path, os.O_WRONLY)
         self._crc = crc
         self.size = os.fstat(self._fd).st_size
         if not fresh:
@@ -402,7 +450,12 @@ class StoreLog:
         return self._fd >= 0
 
     def close(self) -> None:
-        """Close the log and release the directory."""
+        """Close the log (its durable end moved to the end: a clean stop tears nothing)
+        and release the directory."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):  # a failed store: the field stays behind
+                pwrite_all(self._fd, encode_end(self.size), len(HEADER))
+                os.fsync(self._fd)
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)
@@ -414,7 +467,8 @@ def _write_log(path: Path, records: Iterable[bytes]) -> int:
     fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         crc = SEED
-        out = [HEADER]
+        out = [EMPTY_LOG]
+        written = 0
         chunk: list[bytes] = []
         size = 0
         for record in records:
@@ -424,33 +478,58 @@ def _write_log(path: Path, records: Iterable[bytes]) -> int:
                 frame, crc = encode_frame(b"".join(chunk), crc)
                 out.append(frame)
                 chunk, size = [], 0
-                write_all(fd, b"".join(out))
-                out.clear()
+                written += _write_out(fd, out)
         if chunk:
             frame, crc = encode_frame(b"".join(chunk), crc)
             out.append(frame)
-        write_all(fd, b"".join(out))
+        written += _write_out(fd, out)
+        pwrite_all(fd, encode_end(written), len(HEADER))  # durable with the rest
         os.fsync(fd)
     finally:
         os.close(fd)
     return crc
 
 
+def _write_out(fd: int, out: list[bytes]) -> int:
+    """Write and clear `out`; how many bytes that was."""
+    data = b"".join(out)
+    write_all(fd, data)
+    out.clear()
+    return len(data)
+
+
 def repair_store_log(path: Path, dry_run: bool = False) -> Salvage | None:
-    """Check a store log; if it is damaged, write a repaired one that keeps every intact
-    record and keep the damaged file as `store.log.broken`. Returns what was dropped, or
+    """Check a store log; if it is damaged (or cut short of its durable end), write a
+    repaired one that keeps every intact record and keep the damaged file as
+    `store.log.broken`. Returns what was dropped, or
     None when the log needs no repair. With `dry_run` nothing is written."""
     data = path.read_bytes()
     if data.startswith(V1_HEADER):
         raise RuntimeError(f"{path} is a version 1 store log: start the store to upgrade it")
-    if not data.startswith(HEADER):
-        raise RuntimeError(f"{path} is not a lockd store log (or its header is damaged)")
-    reader = FrameReader(data, len(HEADER), SEED)
-    for _ in reader:
+    if not data.startswith((HEADER, V2_HEADER)) and not (
+        is_damaged_header(data, HEADER, FRAMES) or is_damaged_header(data, V2_HEADER)
+    ):
+        raise RuntimeError(f"{path} is not a lockd store log")
+    start, seed = FRAMES, SEED
+    if data.startswith(V2_HEADER) or (
+        not data.startswith(HEADER) and decode_end(data, len(HEADER)) is None
+    ):
+        start, seed = len(V2_HEADER), header_seed(V2_HEADER)
+    try:
+        read_log(path, data)
+    except CorruptFile:
         pass
-    if reader.damage is None:
-        return None
-    result = salvage(data, len(HEADER), SEED, lambda p: decode_frame(p) is not None)
+    else:
+        return None  # intact (a torn tail is cut at start; version 2 is upgraded there)
+    result = salvage(data, start, seed, lambda p: decode_frame(p) is not None)
+    if not data.startswith(HEADER):
+        result.dropped.insert(0, (0, start))  # the header is rewritten, not kept
+    else:
+        durable = decode_end(data, len(HEADER))
+        if durable is None:
+            result.dropped.insert(0, (len(HEADER), END_FIELD_SIZE))
+        elif durable > len(data):
+            result.dropped.append((len(data), durable - len(data)))  # cut off: missing
     if not dry_run:
         keep_copy(path, ".broken")
         tmp = path.with_name(path.name + ".repair")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"]\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x0c\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\x12\r\n\x05owner\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x0c\x12\x16\n\x0e\x61\x63quired_at_ms\x18\n \x01(\x03\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"K\n\x0cListResponse\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.lockd.v1.LockEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\tLockEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63quired_at_ms\x18\x06 \x01(\x03\x12\x0f\n\x07waiters\x18\x07 \x01(\r\"#\n\x13\x46orceReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Y\n\x14\x46orceReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x16\n\x0enodes_released\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x65ncing_counter\x18\x03 \x01(\x04\"\xa7\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x18.lockd.v1.AcquireRequestH\x00\x12+\n\x07release\x18\x03 \x01(\x0b\x32\x18.lockd.v1.ReleaseRequestH\x00\x12\'\n\x05renew\x18\x04 \x01(\x0b\x32\x16.lockd.v1.RenewRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xcf\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x19.lockd.v1.AcquireResponseH\x00\x12,\n\x07release\x18\x03 \x01(\x0b\x32\x19.lockd.v1.ReleaseResponseH\x00\x12(\n\x05renew\x18\x04 \x01(\x0b\x32\x17.lockd.v1.RenewResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.lockd.v1.ErrorH\x00\x42\x08\n\x06result\"\x98\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.lockd.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xa6\x04\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12\x35\n\x04List\x12\x15.lockd.v1.ListRequest\x1a\x16.lockd.v1.ListResponse\x12M\n\x0c\x46orceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponse\x12\x42\n\x07Session\x12\x18.lockd.v1.SessionRequest\x1a\x19.lockd.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1blockd/v1/lock_service.proto\x12\x08lockd.v1\"]\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\x0c\"_\n\x0f\x41\x63quireResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x0c\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12\x13\n\x0bvalidity_ms\x18\x03 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x04 \x01(\x03\"0\n\x0eReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\")\n\x0fReleaseResponse\x12\x16\n\x0enodes_released\x18\x01 \x01(\r\">\n\x0cRenewRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\"$\n\rRenewResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"\x1f\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12\x18\n\x10ttl_remaining_ms\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x65ncing_counter\x18\x04 \x01(\x04\x12\x0f\n\x07waiters\x18\x05 \x01(\r\x12\x16\n\x0enodes_answered\x18\x06 \x01(\r\x12\x15\n\rnodes_holding\x18\x07 \x01(\r\x12\r\n\x05owner\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x0c\x12\x16\n\x0e\x61\x63quired_at_ms\x18\n \x01(\x03\"D\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"K\n\x0cListResponse\x12\"\n\x05locks\x18\x01 \x03(\x0b\x32\x13.lockd.v1.LockEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x91\x01\n\tLockEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\x12\x16\n\x0e\x61\x63quired_at_ms\x18\x06 \x01(\x03\x12\x0f\n\x07waiters\x18\x07 \x01(\r\",\n\x0cWatchRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\x08\"\xb7\x02\n\nWatchEvent\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.lockd.v1.WatchEvent.Type\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\x08\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12\r\n\x05owner\x18\x05 \x01(\t\x12\r\n\x05value\x18\x06 \x01(\x0c\x12\x18\n\x10ttl_remaining_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x61\x63quired_at_ms\x18\x08 \x01(\x03\"}\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05STATE\x10\x01\x12\n\n\x06SYNCED\x10\x02\x12\x0c\n\x08\x41\x43QUIRED\x10\x03\x12\x0c\n\x08RELEASED\x10\x04\x12\x0b\n\x07\x45XPIRED\x10\x05\x12\x12\n\x0e\x46ORCE_RELEASED\x10\x06\x12\x0b\n\x07UPDATED\x10\x07\"#\n\x13\x46orceReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Y\n\x14\x46orceReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x16\n\x0enodes_released\x18\x02 \x01(\r\x12\x17\n\x0f\x66\x65ncing_counter\x18\x03 \x01(\x04\"b\n\x0f\x43\x61mpaignRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07wait_ms\x18\x05 \x01(\x03\"=\n\tLeaderKey\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\x0c\x12\x0c\n\x04term\x18\x03 \x01(\x04\"o\n\x10\x43\x61mpaignResponse\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\x12\x13\n\x0bvalidity_ms\x18\x02 \x01(\x03\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\x11\n\tlock_name\x18\x04 \x01(\t\"d\n\x0fProclaimRequest\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x03\x12\r\n\x05owner\x18\x04 \x01(\t\"\'\n\x10ProclaimResponse\x12\x13\n\x0bvalidity_ms\x18\x01 \x01(\x03\"4\n\rResignRequest\x12#\n\x06leader\x18\x01 \x01(\x0b\x32\x13.lockd.v1.LeaderKey\"\x10\n\x0eResignResponse\"!\n\rLeaderRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"\"\n\x0eObserveRequest\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\"h\n\x0eLeaderResponse\x12\x10\n\x08\x65lection\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x18\n\x10ttl_remaining_ms\x18\x05 \x01(\x03\"\xa7\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12+\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x18.lockd.v1.AcquireRequestH\x00\x12+\n\x07release\x18\x03 \x01(\x0b\x32\x18.lockd.v1.ReleaseRequestH\x00\x12\'\n\x05renew\x18\x04 \x01(\x0b\x32\x16.lockd.v1.RenewRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xcf\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12,\n\x07\x61\x63quire\x18\x02 \x01(\x0b\x32\x19.lockd.v1.AcquireResponseH\x00\x12,\n\x07release\x18\x03 \x01(\x0b\x32\x19.lockd.v1.ReleaseResponseH\x00\x12(\n\x05renew\x18\x04 \x01(\x0b\x32\x17.lockd.v1.RenewResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.lockd.v1.ErrorH\x00\x42\x08\n\x06result\"\x98\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x08metadata\x18\x04 \x03(\x0b\x32\x1d.lockd.v1.Error.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x14\x43lusterStatusRequest\"w\n\x15\x43lusterStatusResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.lockd.v1.NodeStatus\x12\x0e\n\x06quorum\x18\x02 \x01(\r\x12\x18\n\x10quorum_available\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\t\"\xc7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.lockd.v1.NodeMode\x12\x11\n\treachable\x18\x03 \x01(\x08\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\"\n\x1arestart_delay_remaining_ms\x18\x05 \x01(\x03\x12\x1c\n\x14restart_delay_reason\x18\x06 \x01(\t\x12\x0e\n\x06run_id\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t*n\n\x08NodeMode\x12\x19\n\x15NODE_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_MODE_EMBEDDED\x10\x01\x12\x1a\n\x16NODE_MODE_LOCKD_ENGINE\x10\x02\x12\x13\n\x0fNODE_MODE_REDIS\x10\x03\x32\xa0\x07\n\x0bLockService\x12>\n\x07\x41\x63quire\x12\x18.lockd.v1.AcquireRequest\x1a\x19.lockd.v1.AcquireResponse\x12>\n\x07Release\x12\x18.lockd.v1.ReleaseRequest\x1a\x19.lockd.v1.ReleaseResponse\x12\x38\n\x05Renew\x12\x16.lockd.v1.RenewRequest\x1a\x17.lockd.v1.RenewResponse\x12\x41\n\x08\x44\x65scribe\x12\x19.lockd.v1.DescribeRequest\x1a\x1a.lockd.v1.DescribeResponse\x12\x35\n\x04List\x12\x15.lockd.v1.ListRequest\x1a\x16.lockd.v1.ListResponse\x12M\n\x0c\x46orceRelease\x12\x1d.lockd.v1.ForceReleaseRequest\x1a\x1e.lockd.v1.ForceReleaseResponse\x12\x41\n\x08\x43\x61mpaign\x12\x19.lockd.v1.CampaignRequest\x1a\x1a.lockd.v1.CampaignResponse\x12\x41\n\x08Proclaim\x12\x19.lockd.v1.ProclaimRequest\x1a\x1a.lockd.v1.ProclaimResponse\x12;\n\x06Resign\x12\x17.lockd.v1.ResignRequest\x1a\x18.lockd.v1.ResignResponse\x12;\n\x06Leader\x12\x17.lockd.v1.LeaderRequest\x1a\x18.lockd.v1.LeaderResponse\x12?\n\x07Observe\x12\x18.lockd.v1.ObserveRequest\x1a\x18.lockd.v1.LeaderResponse0\x01\x12\x37\n\x05Watch\x12\x16.lockd.v1.WatchRequest\x1a\x14.lockd.v1.WatchEvent0\x01\x12P\n\rClusterStatus\x12\x1e.lockd.v1.ClusterStatusRequest\x1a\x1f.lockd.v1.ClusterStatusResponse\x12\x42\n\x07Session\x12\x18.lockd.v1.SessionRequest\x1a\x19.lockd.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERROR_METADATAENTRY']._loaded_options = None
   _globals['_ERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_NODEMODE']._serialized_start=1984
-  _globals['_NODEMODE']._serialized_end=2094
+  _globals['_NODEMODE']._serialized_start=3012
+  _globals['_NODEMODE']._serialized_end=3122
   _globals['_ACQUIREREQUEST']._serialized_start=41
   _globals['_ACQUIREREQUEST']._serialized_end=134
   _globals['_ACQUIRERESPONSE']._serialized_start=136
@@ -57,24 +57,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRESPONSE']._serialized_end=824
   _globals['_LOCKENTRY']._serialized_start=827
   _globals['_LOCKENTRY']._serialized_end=972
-  _globals['_FORCERELEASEREQUEST']._serialized_start=974
-  _globals['_FORCERELEASEREQUEST']._serialized_end=1009
-  _globals['_FORCERELEASERESPONSE']._serialized_start=1011
-  _globals['_FORCERELEASERESPONSE']._serialized_end=1100
-  _globals['_SESSIONREQUEST']._serialized_start=1103
-  _globals['_SESSIONREQUEST']._serialized_end=1270
-  _globals['_SESSIONRESPONSE']._serialized_start=1273
-  _globals['_SESSIONRESPONSE']._serialized_end=1480
-  _globals['_ERROR']._serialized_start=1483
-  _globals['_ERROR']._serialized_end=1635
-  _globals['_ERROR_METADATAENTRY']._serialized_start=1588
-  _globals['_ERROR_METADATAENTRY']._serialized_end=1635
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=1637
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=1659
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=1661
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=1780
-  _globals['_NODESTATUS']._serialized_start=1783
-  _globals['_NODESTATUS']._serialized_end=1982
-  _globals['_LOCKSERVICE']._serialized_start=2097
-  _globals['_LOCKSERVICE']._serialized_end=2647
+  _globals['_WATCHREQUEST']._serialized_start=974
+  _globals['_WATCHREQUEST']._serialized_end=1018
+  _globals['_WATCHEVENT']._serialized_start=1021
+  _globals['_WATCHEVENT']._serialized_end=1332
+  _globals['_WATCHEVENT_TYPE']._serialized_start=1207
+  _globals['_WATCHEVENT_TYPE']._serialized_end=1332
+  _globals['_FORCERELEASEREQUEST']._serialized_start=1334
+  _globals['_FORCERELEASEREQUEST']._serialized_end=1369
+  _globals['_FORCERELEASERESPONSE']._serialized_start=1371
+  _globals['_FORCERELEASERESPONSE']._serialized_end=1460
+  _globals['_CAMPAIGNREQUEST']._serialized_start=1462
+  _globals['_CAMPAIGNREQUEST']._serialized_end=1560
+  _globals['_LEADERKEY']._serialized_start=1562
+  _globals['_LEADERKEY']._serialized_end=1623
+  _globals['_CAMPAIGNRESPONSE']._serialized_start=1625
+  _globals['_CAMPAIGNRESPONSE']._serialized_end=1736
+  _globals['_PROCLAIMREQUEST']._serialized_start=1738
+  _globals['_PROCLAIMREQUEST']._serialized_end=1838
+  _globals['_PROCLAIMRESPONSE']._serialized_start=1840
+  _globals['_PROCLAIMRESPONSE']._serialized_end=1879
+  _globals['_RESIGNREQUEST']._serialized_start=1881
+  _globals['_RESIGNREQUEST']._serialized_end=1933
+  _globals['_RESIGNRESPONSE']._serialized_start=1935
+  _globals['_RESIGNRESPONSE']._serialized_end=1951
+  _globals['_LEADERREQUEST']._serialized_start=1953
+  _globals['_LEADERREQUEST']._serialized_end=1986
+  _globals['_OBSERVEREQUEST']._serialized_start=1988
+  _globals['_OBSERVEREQUEST']._serialized_end=2022
+  _globals['_LEADERRESPONSE']._serialized_start=2024
+  _globals['_LEADERRESPONSE']._serialized_end=2128
+  _globals['_SESSIONREQUEST']._serialized_start=2131
+  _globals['_SESSIONREQUEST']._serialized_end=2298
+  _globals['_SESSIONRESPONSE']._serialized_start=2301
+  _globals['_SESSIONRESPONSE']._serialized_end=2508
+  _globals['_ERROR']._serialized_start=2511
+  _globals['_ERROR']._serialized_end=2663
+  _globals['_ERROR_METADATAENTRY']._serialized_start=2616
+  _globals['_ERROR_METADATAENTRY']._serialized_end=2663
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=2665
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=2687
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=2689
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=2808
+  _globals['_NODESTATUS']._serialized_start=2811
+  _globals['_NODESTATUS']._serialized_end=3010
+  _globals['_LOCKSERVICE']._serialized_start=3125
+  _globals['_LOCKSERVICE']._serialized_end=4053
 # @@protoc_insertion_point(module_scope)

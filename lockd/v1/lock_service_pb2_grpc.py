@@ -33,11 +33,18 @@ class LockServiceStub:
     INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
     BAD_VALUE, BAD_PAGE
     PERMISSION_DENIED   NOT_ADMIN
+    NOT_FOUND           NO_LEADER
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
+
+    Elections: an election E is the lock named "@election/E" (names under "@election/" are
+    reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
+    name never collide). Its holder is the leader; the leader's fencing token is its term.
+    The leader keeps its lease with Renew on CampaignResponse.lock_name, as any lock.
     """
 
     def __init__(self, channel):
@@ -76,6 +83,36 @@ class LockServiceStub:
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
                 response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
                 _registered_method=True)
+        self.Campaign = channel.unary_unary(
+                '/lockd.v1.LockService/Campaign',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.Proclaim = channel.unary_unary(
+                '/lockd.v1.LockService/Proclaim',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.ProclaimRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ProclaimResponse.FromString,
+                _registered_method=True)
+        self.Resign = channel.unary_unary(
+                '/lockd.v1.LockService/Resign',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.ResignRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.ResignResponse.FromString,
+                _registered_method=True)
+        self.Leader = channel.unary_unary(
+                '/lockd.v1.LockService/Leader',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.LeaderRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
+                _registered_method=True)
+        self.Observe = channel.unary_stream(
+                '/lockd.v1.LockService/Observe',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/lockd.v1.LockService/Watch',
+                request_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
+                _registered_method=True)
         self.ClusterStatus = channel.unary_unary(
                 '/lockd.v1.LockService/ClusterStatus',
                 request_serializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.SerializeToString,
@@ -96,11 +133,18 @@ class LockServiceServicer:
     INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
     BAD_VALUE, BAD_PAGE
     PERMISSION_DENIED   NOT_ADMIN
+    NOT_FOUND           NO_LEADER
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
+
+    Elections: an election E is the lock named "@election/E" (names under "@election/" are
+    reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
+    name never collide). Its holder is the leader; the leader's fencing token is its term.
+    The leader keeps its lease with Renew on CampaignResponse.lock_name, as any lock.
     """
 
     def Acquire(self, request, context):
@@ -151,6 +195,63 @@ class LockServiceServicer:
         admin token as `authorization: Bearer <token>` metadata, or a client certificate
         whose subject CN the gateway lists with --admin-cn. The next grant's token is larger
         than the removed holder's, so fenced storage refuses the old holder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Campaign(self, request, context):
+        """Campaign waits (FIFO among this gateway's candidates) until this candidate leads the
+        election, up to wait_ms (DEADLINE_EXCEEDED LOCK_HELD), and returns its term
+        (its fencing token: larger than every earlier term) and its lease. It returns once
+        Leader shows this term and value on a quorum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Proclaim(self, request, context):
+        """Proclaim replaces the leader's value, keeping its term, and renews its lease. It
+        needs the lease to be held on a quorum (else FAILED_PRECONDITION LEASE_LOST: the
+        candidate is deposed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resign(self, request, context):
+        """Resign ends this candidate's leadership; FAILED_PRECONDITION NOT_LEADER when its lease
+        does not lead (deposed, expired, resigned already, or never led).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Leader(self, request, context):
+        """Leader shows the current leader's term and value (NOT_FOUND NO_LEADER when none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Observe(self, request, context):
+        """Observe streams the leader (term, value) now and at every change, in term order:
+        terms never go down, and a term repeats only with a new value (Proclaim). Changes in
+        between may be skipped when they are quicker than the gateway looks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Watch streams a lock's changes, or those of every lock under a name prefix, as any
+        gateway makes them: first the current state (STATE messages, then one SYNCED), then
+        ACQUIRED, UPDATED, RELEASED, EXPIRED and FORCE_RELEASED events, each once, in the
+        order this gateway learned them (per lock: in token order). A watcher that falls too far
+        behind is cut off with RESOURCE_EXHAUSTED WATCHER_TOO_SLOW; watching again starts
+        from the current state. Errors: INVALID_ARGUMENT BAD_NAME (empty name, too long),
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE QUORUM_UNAVAILABLE (the current
+        state could not be read) or SHUTTING_DOWN (watch again: another gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -214,6 +315,36 @@ def add_LockServiceServicer_to_server(servicer, server):
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.FromString,
                     response_serializer=lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.SerializeToString,
             ),
+            'Campaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Campaign,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.CampaignRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.CampaignResponse.SerializeToString,
+            ),
+            'Proclaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.Proclaim,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ProclaimRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.ProclaimResponse.SerializeToString,
+            ),
+            'Resign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resign,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ResignRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.ResignResponse.SerializeToString,
+            ),
+            'Leader': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leader,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.LeaderRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.SerializeToString,
+            ),
+            'Observe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=lockd_dot_v1_dot_lock__service__pb2.WatchRequest.FromString,
+                    response_serializer=lockd_dot_v1_dot_lock__service__pb2.WatchEvent.SerializeToString,
+            ),
             'ClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.ClusterStatus,
                     request_deserializer=lockd_dot_v1_dot_lock__service__pb2.ClusterStatusRequest.FromString,
@@ -240,11 +371,18 @@ class LockService:
     INVALID_ARGUMENT    BAD_REQUEST, BAD_NAME, BAD_TTL, BAD_WAIT, BAD_LEASE_ID, BAD_OWNER,
     BAD_VALUE, BAD_PAGE
     PERMISSION_DENIED   NOT_ADMIN
+    NOT_FOUND           NO_LEADER
     DEADLINE_EXCEEDED   LOCK_HELD
     UNAVAILABLE         QUORUM_UNAVAILABLE, NODES_RESTARTING, TTL_TOO_SHORT,
     FENCE_CONTENDED, SHUTTING_DOWN
-    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST
-    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS
+    FAILED_PRECONDITION NOT_OWNED, LEASE_LOST, NOT_LEADER
+    RESOURCE_EXHAUSTED  TOO_MANY_WAITERS, TOO_MANY_LOCKS, WATCHER_TOO_SLOW,
+    TOO_MANY_WATCHERS
+
+    Elections: an election E is the lock named "@election/E" (names under "@election/" are
+    reserved: Acquire refuses them with BAD_NAME, so a lock and an election of the same
+    name never collide). Its holder is the leader; the leader's fencing token is its term.
+    The leader keeps its lease with Renew on CampaignResponse.lock_name, as any lock.
     """
 
     @staticmethod
@@ -399,6 +537,168 @@ class LockService:
             '/lockd.v1.LockService/ForceRelease',
             lockd_dot_v1_dot_lock__service__pb2.ForceReleaseRequest.SerializeToString,
             lockd_dot_v1_dot_lock__service__pb2.ForceReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Campaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/Campaign',
+            lockd_dot_v1_dot_lock__service__pb2.CampaignRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Proclaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/Proclaim',
+            lockd_dot_v1_dot_lock__service__pb2.ProclaimRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.ProclaimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/Resign',
+            lockd_dot_v1_dot_lock__service__pb2.ResignRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.ResignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lockd.v1.LockService/Leader',
+            lockd_dot_v1_dot_lock__service__pb2.LeaderRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lockd.v1.LockService/Observe',
+            lockd_dot_v1_dot_lock__service__pb2.ObserveRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.LeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lockd.v1.LockService/Watch',
+            lockd_dot_v1_dot_lock__service__pb2.WatchRequest.SerializeToString,
+            lockd_dot_v1_dot_lock__service__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,

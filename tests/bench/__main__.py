@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import engine_bench, gateway_bench, shapes_bench
+from tests.bench import engine_bench, gateway_bench, shapes_bench, watch_bench
 
 
 def main() -> None:
@@ -12,10 +12,12 @@ def main() -> None:
     sections = [
         ("engine, in process", engine_bench.in_process_pairs),
         ("engine, fencing durability", engine_bench.fence_durability),
+        ("engine, checksummed AOF frames vs plain writes", engine_bench.checksum_cost),
         ("engine vs redis-server over RESP", engine_bench.over_resp),
         ("engine memory", engine_bench.memory_per_lock),
         ("gateway vs Redlock peers on five redis-servers", gateway_bench.gateway_vs_peers),
         ("lockd's shapes vs etcd, ZooKeeper and Redlock, one run", shapes_bench.shapes_vs_peers),
+        ("watch event latency, release at gateway A to a watcher on B", watch_bench.watch_latency),
     ]
     print(f"{'benchmark':<58} {'result':>28}  target")
     for title, bench in sections:

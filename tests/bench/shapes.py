@@ -87,15 +87,21 @@ def _pids_on(ports: Sequence[int]) -> tuple[int, ...]:
 
 
 @contextlib.contextmanager
-def gateway(tmp: Path, nodes: str = "", *extra: str) -> Iterator[Served]:
-    """A `lockd serve` process: over `nodes` (comma-separated URLs) or embedded."""
+def gateway(
+    tmp: Path, nodes: str = "", *extra: str, source: Path | None = None
+) -> Iterator[Served]:
+    """A `lockd serve` process: over `nodes` (comma-separated URLs) or embedded; the code
+    of the checkout at `source` when given (another commit, for side-by-side runs)."""
     port, mport = free_port(), free_port()
     cmd = [sys.executable, "-m", "lockd", "--log-level", "warning", "serve",
            "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{mport}",
            "--data-dir", str(tmp / f"gateway-{port}"), *extra]  # fmt: skip
     if nodes:
         cmd += ["--nodes", nodes]
-    proc = subprocess.Popen(cmd)
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), str(source / "clients" / "python")])
+    proc = subprocess.Popen(cmd, env=env)
     try:
         wait_for_port(port, proc, timeout=30)
         yield Served(f"127.0.0.1:{port}", (proc.pid,), mport)

@@ -19,6 +19,7 @@ afterwards); tests that need an empty keyspace use fresh servers (`fresh`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -94,6 +95,15 @@ class Target:
         assert isinstance(reply, int)
         return reply
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        """Subscribe to `channel`; returns a function giving the messages received so far."""
+        raise NotImplementedError
+
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        """Subscribe to the glob `pattern`; returns a function giving the (pattern, channel,
+        message) received so far."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -125,6 +135,16 @@ class EmbeddedTarget(Target):
             return [self._normalise(item) for item in reply]
         raise TypeError(f"unexpected reply {reply!r}")
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        got: list[bytes] = []
+        self.engine.subscribe(channel.encode(), lambda _, message: got.append(message))
+        return lambda: list(got)
+
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        got: list[tuple[bytes, bytes, bytes]] = []
+        self.engine.psubscribe(pattern.encode(), lambda *message: got.append(message))
+        return lambda: list(got)
+
     def close(self) -> None:
         self.engine.close()
 
@@ -137,6 +157,7 @@ class ClientTarget(Target):
         self.client = redis.Redis(port=port, socket_timeout=10, protocol=protocol)
         self.client.response_callbacks.clear()  # raw replies: b"OK", not True
         self.protocol = protocol
+        self._pubsubs: list[redis.client.PubSub] = []
 
     def call(self, *args: Arg) -> Reply:
         try:
@@ -153,9 +174,39 @@ class ClientTarget(Target):
             return [self._normalise(item) for item in reply]
         raise TypeError(f"unexpected reply {reply!r}")
 
+    def subscribe(self, channel: str) -> Callable[[], list[bytes]]:
+        pubsub = self.client.pubsub()
+        pubsub.subscribe(channel)
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        got: list[bytes] = []
+
+        def read() -> list[bytes]:
+            while (message := pubsub.get_message(timeout=0.2)) is not None:
+                got.append(message["data"])
+            return list(got)
+
+        self._pubsubs.append(pubsub)
+        return read
+
+    def psubscribe(self, pattern: str) -> Callable[[], list[tuple[bytes, bytes, bytes]]]:
+        pubsub = self.client.pubsub()
+        pubsub.psubscribe(pattern)
+        assert pubsub.get_message(timeout=5)["type"] == "psubscribe"  # type: ignore[index]
+        got: list[tuple[bytes, bytes, bytes]] = []
+
+        def read() -> list[tuple[bytes, bytes, bytes]]:
+            while (message := pubsub.get_message(timeout=0.2)) is not None:
+                got.append((message["pattern"], message["channel"], message["data"]))
+            return list(got)
+
+        self._pubsubs.append(pubsub)
+        return read
+
     def close(self) -> None:
         if self.keys:
             self.client.execute_command("DEL", *self.keys)
+        for pubsub in self._pubsubs:
+            pubsub.close()
         self.client.close()
 
 
@@ -980,7 +1031,7 @@ def test_bad_token(t: Target, token: str) -> None:
 
 ACQUIRE = "lockd_acquire takes 2 keys and 2 or 3 arguments, got"
 RELEASE = "lockd_release takes 1 keys and 1 arguments, got"
-EXTEND = "lockd_extend takes 1 keys and 2 arguments, got"
+EXTEND = "lockd_extend takes 1 keys and 2 or 3 arguments, got"
 ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
 
 
@@ -1006,7 +1057,7 @@ ADVANCE = "lockd_fence_advance takes 1 keys and 1 arguments, got"
         (["lockd_release", "1", "l"], f"{RELEASE} 1 and 0"),
         (["lockd_release", "2", "l", "m", "a"], f"{RELEASE} 2 and 1"),
         (["lockd_extend", "1", "l", "a"], f"{EXTEND} 1 and 1"),
-        (["lockd_extend", "1", "l", "a", "1", "2"], f"{EXTEND} 1 and 3"),
+        (["lockd_extend", "1", "l", "a", "1", "2", "3"], f"{EXTEND} 1 and 4"),
         (["lockd_fence_advance", "0", "5"], f"{ADVANCE} 0 and 1"),
         (["lockd_fence_advance", "1", "f", "5", "6"], f"{ADVANCE} 1 and 2"),
         # The message names the function as registered, whatever case the call used.
@@ -1117,6 +1168,31 @@ def test_owner_record_needs_a_lock_key(t: Target) -> None:
     assert t.fcall("lockd_acquire", [lock, fence], "a", 5000) == [1, 0]  # no record: fine
 
 
+def test_extend_with_a_record_replaces_it_only_for_the_holder(t: Target) -> None:
+    lock, fence, meta = lock_keys(t, "p")
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "old") == [1, 0]
+    assert t.fcall("lockd_extend", [lock], "b", 8000, "theirs") == 0
+    assert t.call("GET", meta) == b"old" and t.pttl(meta) <= 5000
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "new") == 1
+    assert t.call("GET", meta) == b"new" and 7000 < t.pttl(meta) <= 8000
+    assert 7000 < t.pttl(lock) <= 8000
+    # Without a record, the one written last is kept.
+    assert t.fcall("lockd_extend", [lock], "a", 3000) == 1
+    assert t.call("GET", meta) == b"new" and 2000 < t.pttl(meta) <= 3000
+    # A lock acquired without a record gets one.
+    other, other_fence, other_meta = lock_keys(t, "q")
+    assert t.fcall("lockd_acquire", [other, other_fence], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_extend", [other], "a", 5000, "rec") == 1
+    assert t.call("GET", other_meta) == b"rec" and 4000 < t.pttl(other_meta) <= 5000
+    # Nothing is created for a lock that is not held.
+    _, _, gone_meta = lock_keys(t, "g")
+    assert t.fcall("lockd_extend", [lock_keys(t, "g")[0]], "a", 5000, "rec") == 0
+    assert t.call("EXISTS", gone_meta) == 0
+    assert t.error("FCALL", "lockd_extend", 1, t.key("plain"), "a", 5000, "r") == (
+        "ERR lockd_extend: an owner record needs a lock key 'lock:...'"
+    )
+
+
 def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:
     lock, fence, meta = lock_keys(t, "f")
     assert t.fcall("lockd_force_release", [lock]) == [0, 0]
@@ -1131,6 +1207,84 @@ def test_force_release_deletes_whatever_lease_holds_it(t: Target) -> None:
     assert t.error("FCALL", "lockd_force_release", 1, not_a_lock) == (
         "ERR lockd: lock keys must start with 'lock:'"
     )
+
+
+def test_lock_functions_publish_events_for_watchers(t: Target) -> None:
+    """`lockd:events` (lockd/core/messages.py NodeEvent): A on an accepted fence advance
+    (with the holder's lease digest, PTTL and owner record), U when the holder replaces
+    its record (lockd_acquire or lockd_extend), R on a release, F on a forced release;
+    nothing when nothing changed. Byte for byte the same everywhere."""
+    read = t.subscribe("lockd:events")
+    lock, fence, _ = lock_keys(t, "ev")
+    size = len(lock)
+    a, b = hashlib.sha1(b"a").hexdigest(), hashlib.sha1(b"b").hexdigest()
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 5000, "rec") == [1, 0]
+    assert t.fcall("lockd_fence_advance", [fence], 3) == [1, 3]
+    assert t.fcall("lockd_fence_advance", [fence], 2) == [0, 3]  # refused: no event
+    assert t.fcall("lockd_extend", [lock], "a", 5000) == 1
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 6000, "rec") == [1, 3]  # same record
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 7000, "new") == [1, 3]  # U
+    assert t.fcall("lockd_acquire", [lock, fence], "a", 7000) == [1, 3]  # no record: no U
+    assert t.fcall("lockd_extend", [lock], "b", 7000, "not b's") == 0  # not the holder: no U
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "newer") == 1  # U (a Proclaim)
+    assert t.fcall("lockd_extend", [lock], "a", 8000, "newer") == 1  # same record: no U
+    assert t.fcall("lockd_release", [lock], "a") == 1
+    assert t.fcall("lockd_release", [lock], "a") == 0
+    assert t.fcall("lockd_fence_advance", [fence], 4) == [1, 4]  # nobody holds it
+    assert t.fcall("lockd_acquire", [lock, fence], "b", 5000) == [1, 4]
+    assert t.fcall("lockd_fence_advance", [fence], 5) == [1, 5]
+    assert t.fcall("lockd_force_release", [lock]) == [1, 5]
+    assert t.fcall("lockd_force_release", [lock]) == [0, 5]
+    plain = t.key("plain")
+    assert t.fcall("lockd_acquire", [plain, t.key("plainfence")], "a", 5000) == [1, 0]
+    assert t.fcall("lockd_release", [plain], "a") == 1  # not a lock key: no event
+    events = [m for m in read() if t.prefix.encode() in m]
+    parts = [m.split(b":", 3) for m in events]
+    assert parts.pop(1) == [b"U", b"3", b"7000", f"{a}:{size}:{lock}new".encode()]
+    assert parts.pop(1) == [b"U", b"3", b"8000", f"{a}:{size}:{lock}newer".encode()]
+    assert [p[:2] for p in parts] == [[b"A", b"3"], [b"R", b"3"], [b"A", b"4"], [b"A", b"5"],
+                                      [b"F", b"5"]]  # fmt: skip
+    assert 4000 < int(parts[0][2]) <= 5000 and int(parts[3][2]) > 4000
+    assert [p[2:] for p in (parts[1], parts[2], parts[4])] == [
+        [b"-2", f"{a}:{size}:{lock}".encode()],
+        [b"-2", f":{size}:{lock}".encode()],
+        [b"-2", f"{b}:{size}:{lock}".encode()],
+    ]
+    assert parts[0][3] == f"{a}:{size}:{lock}rec".encode()
+    assert parts[3][3] == f"{b}:{size}:{lock}".encode()
+
+
+GLOBS = [
+    ("h?llo", "hello", 1),
+    ("h?llo", "hllo", 0),
+    ("h*llo", "heeeello", 1),
+    ("h*llo", "hello!", 0),
+    ("h[ae]llo", "hallo", 1),
+    ("h[ae]llo", "hillo", 0),
+    ("h[^e]llo", "hallo", 1),
+    ("h[^e]llo", "hello", 0),
+    ("h[a-c]llo", "hbllo", 1),
+    ("h[c-a]llo", "hbllo", 1),  # a reversed range still matches
+    ("h\\*llo", "h*llo", 1),
+    ("h\\*llo", "hello", 0),
+    ("h[\\]]llo", "h]llo", 1),
+    ("orders/*", "orders/", 1),
+    ("a**", "a", 1),
+]
+
+
+def test_psubscribe_matches_globs_and_counts_receivers(t: Target) -> None:
+    """PSUBSCRIBE with Redis's glob rules; PUBLISH counts channel and pattern receivers;
+    pattern subscribers get (pattern, channel, message)."""
+    for i, (pattern, channel, receivers) in enumerate(GLOBS):
+        case = f"{t.prefix}{i}:"  # each case alone: earlier patterns match nothing here
+        t.psubscribe(case + pattern)
+        assert t.call("PUBLISH", case + channel, "m") == receivers, (pattern, channel)
+    read = t.psubscribe(t.prefix + "jobs/*")
+    t.subscribe(t.prefix + "jobs/1")
+    assert t.call("PUBLISH", t.prefix + "jobs/1", "hi") == 2
+    assert t.call("PUBLISH", t.prefix + "jobz/1", "no") == 0
+    assert read() == [((t.prefix + "jobs/*").encode(), (t.prefix + "jobs/1").encode(), b"hi")]
 
 
 def test_peek_reads_pttl_counter_and_record(t: Target) -> None:

@@ -201,6 +201,65 @@ def test_a_damaged_reservation_refuses_to_start(node: Path, damage: Callable[[Pa
     assert "lockd repair --fence-floor" in str(refused.value)
 
 
+def _without_counter_in_aof(node: Path, how: str) -> None:
+    """A closed directory whose reservation covers acknowledged token 2054 while its AOF
+    holds no counter for the name: it was collected (folded into the floor, its key
+    deleted), or the AOF lost the frames after the last reservation write."""
+    if how == "collected":
+        src = FakeSource()
+        engine = Engine(EngineConfig(dir=node, fence_idle_ms=1000), clock=Clock(src))
+        assert advance(engine, "a", 2054) == [1, 2054]
+        src.ns += 2000 * MS
+        assert engine.collect_fences() == 1
+        engine.close()
+    else:
+        engine = Engine(EngineConfig(dir=node))
+        assert run(engine, "SET", "k", "v") == "OK"
+        engine.close()
+        aof = node / AOF_NAME
+        before = aof.read_bytes()
+        engine = Engine(EngineConfig(dir=node))
+        assert advance(engine, "a", 2054) == [1, 2054]
+        engine.close()
+        aof.write_bytes(before)  # the frames that held the counter are gone
+    probe = Engine(EngineConfig(dir=node))
+    assert probe.keyspace.get(b"fence:{a}") is None  # only the reservation knows 2054
+    assert probe.fence_floor == 2054 + 1024
+    probe.close()
+
+
+def _lower_reservation(path: Path) -> None:
+    """3078 -> 1078, the CRC left as it was (what one flipped byte does)."""
+    raw = path.read_bytes()
+    assert raw.startswith(b"lockd-fence 2 3078 ")
+    path.write_bytes(raw.replace(b" 3078 ", b" 1078 "))
+
+
+@pytest.mark.parametrize("how", ["collected", "aof-tail-lost"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: p.unlink(), id="deleted"),
+        pytest.param(_lower_reservation, id="lowered"),
+        pytest.param(lambda p: p.write_bytes(b"1078\n"), id="old-format-lower"),
+    ],
+)
+def test_a_damaged_reservation_with_no_counter_in_the_aof_refuses_to_start(
+    node: Path, how: str, damage: Callable[[Path], None]
+) -> None:
+    """The reservation's own checks are all that stand between a damaged file and a floor
+    below token 2054: the AOF's counters cannot catch it here."""
+    _without_counter_in_aof(node, how)
+    path = node / RESERVATION_NAME
+    damage(path)
+    damaged = path.read_bytes() if path.exists() else None
+    with pytest.raises(CorruptFile) as refused:
+        Engine(EngineConfig(dir=node))
+    assert str(path) in str(refused.value)
+    assert "lockd repair --fence-floor" in str(refused.value)
+    assert (path.read_bytes() if path.exists() else None) == damaged  # nothing rewritten
+
+
 @SETTINGS
 @given(offset=st.integers(0, 40), mask=st.integers(1, 255))
 def test_any_flipped_reservation_byte_is_detected(
@@ -473,6 +532,29 @@ def test_100k_lock_names_keep_a_bounded_number_of_counters() -> None:
     engine.collect_fences(budget=1_000_000)
     assert len(engine.keyspace) == 0
     assert engine.fences_collected == 100_000
+
+
+def test_only_counters_unchanged_for_the_idle_time_are_collected() -> None:
+    """Idle counts from a counter's last change, not its creation: one advanced every
+    100 ms is never collected, while an older-changed one behind it in creation order is."""
+    src = FakeSource()
+    engine = Engine(EngineConfig(fence_idle_ms=1000), clock=Clock(src))
+    busy, quiet = b"fence:{busy}", b"fence:{quiet}"
+    assert engine.fence_advance(busy, b"1") == (1, 1)  # created first
+    assert engine.fence_advance(quiet, b"7") == (1, 7)
+    for step in range(2, 32):  # 3 s of advances every 100 ms
+        src.ns += 100 * MS
+        assert engine.fence_advance(busy, b"%d" % step) == (1, step)
+        engine.collect_fences()
+        assert engine.keyspace.get(busy) == step
+    assert engine.keyspace.get(quiet) is None  # unchanged for 3 s: collected
+    assert engine.fences_collected == 1 and engine.fence_floor == 7
+    src.ns += 999 * MS
+    assert engine.collect_fences() == 0  # 999 ms after its last change
+    src.ns += 1 * MS
+    assert engine.collect_fences() == 1
+    assert engine.fence_floor == 31 and engine.counter(busy) == 31  # never goes back
+    assert engine.fence_advance(busy, b"31") == (0, 31)
 
 
 @settings(max_examples=60, deadline=None)

@@ -60,15 +60,18 @@ def fake_fsync_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @pytest.fixture
 def fsync_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the files (or directories) fsynced, in order."""
+    """Names of the files (or directories) fsynced (or fdatasynced: the AOF), in order."""
     names: list[str] = []
-    real = os.fsync
 
-    def fsync(fd: int) -> None:
-        names.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
-        real(fd)
+    def logged(real: Callable[[int], None]) -> Callable[[int], None]:
+        def sync(fd: int) -> None:
+            names.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+        return sync
+
+    monkeypatch.setattr(os, "fsync", logged(os.fsync))
+    monkeypatch.setattr(os, "fdatasync", logged(os.fdatasync))
     return names
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -32,6 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from lockd.engine.engine import glob_match
 from tests.support import EngineProcess, redis_server, redis_server_binary
 
 PREFIX = "vs:"
@@ -268,3 +269,41 @@ def test_engine_matches_redis(servers: Servers) -> None:
         Machine,
         settings=settings(max_examples=50, stateful_step_count=30, deadline=None),
     )
+
+
+GLOB_ALPHABET = "ab*?[]^-\\"
+
+
+def test_glob_matching_matches_redis(servers: Servers) -> None:
+    """PSUBSCRIBE patterns (`glob_match`) decide like Redis's `stringmatchlen` on random
+    patterns over glob metacharacters: PUBLISH counts the one pattern that matched, or 0."""
+    real = servers.redis.pubsub()
+    ours = servers.engine.pubsub()
+
+    @given(
+        pattern=st.text(GLOB_ALPHABET, min_size=1, max_size=8),
+        channel=st.text(GLOB_ALPHABET, min_size=1, max_size=8),
+    )
+    @settings(max_examples=300, deadline=None)
+    def check(pattern: str, channel: str) -> None:
+        key = "glob:" + pattern
+        for pubsub in (real, ours):
+            pubsub.psubscribe(key)
+            confirmed = pubsub.get_message(timeout=5)  # subscribed before anyone publishes
+            assert confirmed is not None and confirmed["type"] == "psubscribe"
+        try:
+            expected = servers.redis.execute_command("PUBLISH", "glob:" + channel, "m")
+            assert glob_match(key.encode(), ("glob:" + channel).encode()) == bool(expected)
+            assert servers.engine.execute_command("PUBLISH", "glob:" + channel, "m") == expected
+        finally:
+            for pubsub in (real, ours):
+                pubsub.punsubscribe(key)
+                while (message := pubsub.get_message(timeout=5)) is not None:
+                    if message["type"] == "punsubscribe":
+                        break
+
+    try:
+        check()
+    finally:
+        real.close()
+        ours.close()

@@ -3,8 +3,10 @@ the others down, and a node that cannot write is reported and routed around."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
+import urllib.request
 
 import grpc
 import pytest
@@ -69,3 +71,40 @@ async def test_a_node_that_cannot_write_is_reported_and_routed_around(
         assert failure.reason == "QUORUM_UNAVAILABLE" and "MISCONF" in failure.message
         for node in engines:
             node.engine.faults.heal()
+
+
+async def test_a_renewal_refused_by_a_majority_that_cannot_write_names_the_disk_error(
+    embedded: GatewayConfig,
+) -> None:
+    """The lease is lost (released everywhere, as the proto's FAILED_PRECONDITION
+    LEASE_LOST says), and the message says why: the nodes' MISCONF, not "taken over"."""
+    config = dataclasses.replace(
+        embedded, appendfsync=FsyncPolicy.ALWAYS, metrics_listen="127.0.0.1:0"
+    )
+    async with client(config) as (gateway, stub):
+        engines = _engines(gateway)
+        held = await stub.Acquire(pb.AcquireRequest(name="r", ttl_ms=5000))
+        for node in engines[:3]:
+            node.engine.faults.fail(errno.ENOSPC)
+        failure = await fails(
+            stub.Renew(pb.RenewRequest(name="r", lease_id=held.lease_id, ttl_ms=5000))
+        )
+        assert failure.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert failure.reason == "LEASE_LOST"
+        assert "3 failed (first: MISCONF" in failure.message and "ENOSPC" in failure.message
+        assert "too few nodes could extend it" in failure.message
+        assert "taken over" not in failure.message
+        status = await stub.ClusterStatus(pb.ClusterStatusRequest())
+        assert [n.reachable for n in status.nodes] == [False, False, False, True, True]
+        assert all("MISCONF" in n.error for n in status.nodes[:3])
+        assert gateway.metrics_port
+        text = await asyncio.to_thread(_scrape, gateway.metrics_port)
+        assert 'lockd_node_up{node="embedded:0"} 0.0' in text
+        assert 'lockd_node_up{node="embedded:4"} 1.0' in text
+        for node in engines:
+            node.engine.faults.heal()
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())

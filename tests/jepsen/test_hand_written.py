@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from lockd.durable import encode_end
 from lockd.jepsen.checkers.availability import check_availability
 from lockd.jepsen.checkers.mutex import check_mutex
 from lockd.jepsen.checkers.store import check_store, token_order
 from lockd.jepsen.history import Event, HistoryError, load, pair
 from lockd.jepsen.run import check_file, check_history
 from lockd.store.fenced import FencedStore
+from lockd.store.log import FRAMES, HEADER
 from tests.client.helpers import CLEAN_ENV
 from tests.jepsen.helpers import MS, H, write_store_log
 
@@ -317,21 +319,27 @@ async def _log(directory: Path, tokens: list[int]) -> Path:
 
 
 async def test_a_corrupt_record_mid_log_is_unknown_naming_it(tmp_path: Path) -> None:
-    """Record 2 of 3 is damaged and record 3 (a decrease) is whole: the scan used to stop
-    at record 2 and say "valid"."""
+    """Write 2 of 3 is damaged and write 3 (a decrease) is whole: the scan used to stop
+    at write 2 and say "valid". Unknown, naming the file and the damaged frame's offset
+    (each write was appended, and so framed, alone)."""
     path = await _log(tmp_path, [5, 6, 3])
     data = bytearray(path.read_bytes())
-    data[data.index(b"value-1")] ^= 0x20  # the checksum no longer matches
+    at = data.index(b"value-1")
+    data[at] ^= 0x20  # the frame's checksum no longer matches
     path.write_bytes(bytes(data))
     order = token_order(path)
     assert order["valid"] == "unknown", order
-    assert "record 2" in order["reason"] and order["records"] == 1
+    frame = data.rindex(b"*", 0, data.rindex(b"W", 0, at))  # the damaged write's record
+    offset = int(order["reason"].split("at byte ")[1].split(";")[0])
+    assert str(path) in order["reason"] and len(HEADER) < offset <= frame, order
 
 
 async def test_a_torn_last_record_is_tolerated(tmp_path: Path) -> None:
     path = await _log(tmp_path, [5, 6, 7])
     data = path.read_bytes()
-    path.write_bytes(data[:-10])
+    # What a crash in the last append leaves: that frame torn, the header's durable end
+    # not past its start (here: the start of the frames).
+    path.write_bytes(data[: len(HEADER)] + encode_end(FRAMES) + data[FRAMES:-10])
     order = token_order(path)
     assert order["valid"] is True and order["records"] == 2
     assert order["torn_tail_bytes"] > 0
@@ -392,3 +400,27 @@ def test_a_line_that_is_not_an_event_is_unknown_through_the_cli(tmp_path: Path) 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"malformed history: {history}:1: not a line of JSON" in result.stdout
+
+
+def test_on_real_redis_a_lease_overlap_across_a_clock_step_is_counted_apart() -> None:
+    """Redis expires keys on its wall clock: an overlap with a clock fault between the two
+    grants is expected there (counted, not a violation); any other overlap still fails,
+    and on the lockd engine every overlap does."""
+    stepped = overlapping_leases(True)
+    stepped.nemesis("start", 50, fault="clock", id=0).nemesis("stop", 150, fault="clock", id=0)
+    nemesis = [e for e in stepped.events if e.is_nemesis]
+    ops = pair([e for e in stepped.events if not e.is_nemesis])
+    redis = check_mutex(ops, nemesis, 1000 * MS, wall_clock_ttls=True)
+    assert redis["valid"] is True and redis["lease_violations"] == 0
+    assert redis["lease_overlaps_under_clock_steps"] == 1 and "wall clock" in redis["note"]
+    engine = check_mutex(ops, nemesis, 1000 * MS)
+    assert engine["valid"] is False and engine["lease_violations"] == 1
+    assert "lease_overlaps_under_clock_steps" not in engine
+
+    late = overlapping_leases(True)  # the clock fault came after the second grant
+    late.nemesis("start", 300, fault="clock", id=0).nemesis("stop", 350, fault="clock", id=0)
+    nemesis = [e for e in late.events if e.is_nemesis]
+    ops = pair([e for e in late.events if not e.is_nemesis])
+    redis = check_mutex(ops, nemesis, 1000 * MS, wall_clock_ttls=True)
+    assert redis["valid"] is False and redis["lease_violations"] == 1
+    assert redis["lease_overlaps_under_clock_steps"] == 0

@@ -104,6 +104,32 @@ def test_store_without_its_token_check_is_caught(tmp_path: Path) -> None:
     assert _strays(tmp_path) == []
 
 
+@pytest.mark.timeout(200)
+def test_election_workload_under_every_nemesis_is_valid(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--workload", "election", "--nemesis", "all", "--time-limit", "40",
+        "--clients", "4", "--seed", "11",
+    )  # fmt: skip
+    assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
+    assert code == 0
+    election = results["election"]
+    assert results["terms"]["grants"] > 20 and election["observations"] > 10
+    assert election["deposed_writes_acknowledged"] == 0
+    assert _strays(tmp_path) == []
+
+
+@pytest.mark.timeout(200)
+def test_election_workload_with_a_store_that_ignores_terms_is_caught(tmp_path: Path) -> None:
+    code, results, _ = _run(
+        tmp_path, "--workload", "election", "--unsafe-store", "--nemesis", "pause",
+        "--time-limit", "25", "--heal-time", "3", "--clients", "4", "--seed", "3",
+    )  # fmt: skip
+    assert code == 1 and results["valid"] is False
+    assert results["election"]["deposed_writes_acknowledged"] > 0
+    assert results["terms"]["valid"] is True
+    assert _strays(tmp_path) == []
+
+
 @pytest.mark.timeout(400)
 def test_engines_on_the_wall_clock_are_caught(tmp_path: Path) -> None:
     # Whether a 20 s run lines a clock step up with a held lease depends on timing, not
@@ -189,3 +215,31 @@ def test_disk_faults_on_a_minority_lose_nothing(tmp_path: Path) -> None:
     assert starts and all(not e["value"]["errors"] for e in starts)
     logs = "".join(p.read_text() for p in (run / "logs").glob("engine-*.log"))
     assert "refusing writes" in logs and "writable again" in logs  # the faults really bit
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(150)
+def test_real_redis_under_every_nemesis_that_applies(tmp_path: Path) -> None:
+    """Five real redis-servers (the settings lockd requires) as nodes, every nemesis that
+    applies; clock steps move the servers' wall clocks through the LD_PRELOAD shim. Lease
+    overlaps under clock steps are expected on Redis and reported apart; any other is a
+    violation, and the store must refuse every stale write (no lost update)."""
+    code, results, run = _run(
+        tmp_path, "--engine", "redis", "--time-limit", "22", "--heal-time", "3", "--seed", "2",
+    )  # fmt: skip
+    assert results["valid"] is True, json.dumps(results, indent=1)[:3000]
+    assert code == 0
+    _layout(run)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["engine"] == "redis" and "fenced-counter-redis" in meta["test"]
+    assert set(meta["skipped_nemeses"]) == {"disk"}, meta["skipped_nemeses"]
+    assert set(results["stats"]["faults"]) == {"kill", "power-loss", "pause", "clock", "partition"}
+    assert (run / "logs" / "redis-0.log").read_text().count("Ready to accept connections") >= 1
+    mutex = results["mutex"]
+    assert mutex["lease_violations"] == 0
+    assert "lease_overlaps_under_clock_steps" in mutex and "wall clock" in mutex["note"]
+    assert results["store"]["lost_updates"]["lost"] == 0
+    assert results["store"]["token_order"]["decreases"] == 0
+    assert results["tokens"]["grants"] > 20
+    assert "expected on real Redis" in (run / "report.html").read_text()
+    assert _strays(tmp_path) == []

@@ -8,13 +8,26 @@
 """
 
 from lockd_client._transport import TLS
-from lockd_client.aio import AsyncClient, AsyncLease, ClusterInfo, HeldLock, LockInfo, NodeInfo
+from lockd_client.aio import (
+    AsyncClient,
+    AsyncElection,
+    AsyncLeadership,
+    AsyncLease,
+    ClusterInfo,
+    HeldLock,
+    LeaderInfo,
+    LockInfo,
+    NodeInfo,
+    WatchEvent,
+)
 from lockd_client.errors import (
     ErrorReason,
     InvalidRequest,
     LeaseLost,
     LockError,
     LockTimeout,
+    NoLeader,
+    NotLeader,
     NotOwned,
     Overloaded,
     PermissionDenied,
@@ -22,24 +35,31 @@ from lockd_client.errors import (
     reason_name,
 )
 from lockd_client.store import AsyncStoreClient, StaleToken, StoreClient, StoreError, ValueChanged
-from lockd_client.sync import Client, Lease
+from lockd_client.sync import Client, Election, Leadership, Lease
 
 __all__ = [
     "TLS",
     "AsyncClient",
+    "AsyncElection",
+    "AsyncLeadership",
     "AsyncLease",
     "AsyncStoreClient",
     "Client",
     "ClusterInfo",
+    "Election",
     "ErrorReason",
     "HeldLock",
     "InvalidRequest",
+    "LeaderInfo",
+    "Leadership",
     "Lease",
     "LeaseLost",
     "LockError",
     "LockInfo",
     "LockTimeout",
+    "NoLeader",
     "NodeInfo",
+    "NotLeader",
     "NotOwned",
     "Overloaded",
     "PermissionDenied",
@@ -48,5 +68,6 @@ __all__ = [
     "StoreError",
     "Unavailable",
     "ValueChanged",
+    "WatchEvent",
     "reason_name",
 ]

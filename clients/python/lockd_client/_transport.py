@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import grpc.aio
 from lockd_client.errors import (
     ErrorReason,
     LockError,
+    Overloaded,
     Unavailable,
     from_rpc_error,
     from_status,
@@ -292,6 +293,48 @@ class Transport:
                 await asyncio.sleep(self._backoff(attempt))
         assert last is not None
         raise last
+
+    async def stream(
+        self, method: str, message: Any, *, name: str | None = None
+    ) -> AsyncIterator[Any]:
+        """A server stream (Observe) that carries on at the next endpoint when its
+        gateway cannot be reached or ends it (draining); other errors are raised."""
+        attempt = 0
+        while True:
+            endpoint = self.endpoints[self._current]
+            try:
+                async for response in self.server_stream(method, message, name=name):
+                    attempt = 0
+                    yield response
+            except Unavailable as exc:
+                if isinstance(exc, Overloaded) or attempt >= self.retries * len(self.endpoints):
+                    raise
+                attempt += 1
+            else:
+                self._fail_over(endpoint)
+            await asyncio.sleep(self._backoff(attempt))
+
+    async def server_stream(
+        self, method: str, message: Any, *, name: str | None = None
+    ) -> AsyncIterator[Any]:
+        """A server-streaming call (Watch) on the current endpoint; moves to the next
+        endpoint when it cannot be reached (the caller starts the call again)."""
+        endpoint = self.endpoints[self._current]
+        call = getattr(endpoint.stub(), method)(message)
+        try:
+            async for response in call:
+                yield response
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc, name)
+            if isinstance(error, Unavailable) and not isinstance(error, Overloaded):
+                self._fail_over(endpoint)
+            raise error from exc
+        finally:
+            call.cancel()
+
+    def backoff(self, attempt: int) -> float:
+        """Jittered exponential delay before retry `attempt` (0-based), in seconds."""
+        return self._backoff(attempt)
 
     def _backoff(self, attempt: int) -> float:
         delay = min(1.0, 0.05 * (1 << min(attempt, 10)))

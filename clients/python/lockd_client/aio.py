@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from types import TracebackType
 
 from lockd_client._transport import TLS, Transport
@@ -28,19 +28,35 @@ from lockd_client.errors import (
     ErrorReason,
     LeaseLost,
     LockError,
+    LockTimeout,
     NotOwned,
+    Overloaded,
     Unavailable,
     reason_name,
 )
 from lockd_client.v1 import lock_service_pb2 as pb
 
-__all__ = ["AsyncClient", "AsyncLease", "ClusterInfo", "HeldLock", "LockInfo", "NodeInfo"]
+__all__ = [
+    "AsyncClient",
+    "AsyncElection",
+    "AsyncLeadership",
+    "AsyncLease",
+    "ClusterInfo",
+    "HeldLock",
+    "LeaderInfo",
+    "LockInfo",
+    "NodeInfo",
+]
 
 log = logging.getLogger("lockd_client")
 
 DEFAULT_ENDPOINT = "127.0.0.1:7400"
 LostCallback = Callable[["AsyncLease"], object]
 MAX_OWNER_BYTES = 128
+CAMPAIGN_ROUND_S = 300.0
+"""One Campaign RPC waits this long at most; campaigning goes on with the next."""
+CAMPAIGN_RETRY_S = 0.2
+"""Pause before campaigning again after UNAVAILABLE without a retry hint."""
 
 
 def default_owner() -> str:
@@ -104,6 +120,40 @@ class ClusterInfo:
     quorum: int
     quorum_available: bool
     version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchEvent:
+    """One message of `watch`: first the current state ("state", then one "synced"),
+    then "acquired", "updated" (the holder replaced owner and value), "released",
+    "expired" or "force_released" as they happen (never a lease id)."""
+
+    type: str
+    name: str
+    """The lock (for "synced": the watched name or prefix)."""
+    held: bool
+    """For "state": whether a majority of nodes hold it."""
+    token: int
+    """The grant's fencing token (0 when unknown)."""
+    owner: str = ""
+    value: bytes = b""
+    ttl_remaining: float = 0.0
+    """For "state" and "acquired": seconds until fewer than a majority hold it."""
+    acquired_at: float | None = None
+    """For "state" and "acquired": when it was granted (Unix seconds), if known."""
+
+
+def _watch_event(e: pb.WatchEvent) -> WatchEvent:
+    return WatchEvent(
+        pb.WatchEvent.Type.Name(e.type).lower(),
+        e.name,
+        e.held,
+        e.fencing_token,
+        e.owner,
+        e.value,
+        e.ttl_remaining_ms / 1000,
+        e.acquired_at_ms / 1000 if e.acquired_at_ms else None,
+    )
 
 
 class AsyncLease:
@@ -207,16 +257,20 @@ class AsyncLease:
         self.stop_watchdog()
         lost = self._lost is not None or time.monotonic() >= self.deadline
         try:
-            await self.client._transport.session_call(
-                "release",
-                pb.ReleaseRequest(name=self.name, lease_id=self.lease_id),
-                name=self.name,
-                timeout=min(1.0, self.client.timeout) if lost else self.client.timeout,
-                repeatable=True,
-            )
+            await self._give_up(min(1.0, self.client.timeout) if lost else self.client.timeout)
         except (NotOwned, Unavailable):
             if not lost:
                 raise  # releasing a lost lease is a courtesy: its TTL frees the lock anyway
+
+    async def _give_up(self, timeout: float) -> None:
+        """Tell the gateway (Release)."""
+        await self.client._transport.session_call(
+            "release",
+            pb.ReleaseRequest(name=self.name, lease_id=self.lease_id),
+            name=self.name,
+            timeout=timeout,
+            repeatable=True,
+        )
 
     # -- watchdog ------------------------------------------------------------------------
 
@@ -277,6 +331,189 @@ class AsyncLease:
     ) -> None:
         with contextlib.suppress(Unavailable):
             await self.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderInfo:
+    """An election's leader as `leader()` and `observe()` show it."""
+
+    election: str
+    term: int
+    """The leader's term: its fencing token, larger than every earlier leader's."""
+    value: bytes
+    owner: str
+    ttl_remaining: float
+
+
+def _leader_info(r: pb.LeaderResponse) -> LeaderInfo:
+    return LeaderInfo(r.election, r.term, r.value, r.owner, r.ttl_remaining_ms / 1000)
+
+
+class AsyncLeadership(AsyncLease):
+    """Leading an election: an `AsyncLease` on the election's lock (renewed by the
+    watchdog, `check()`, `on_lost`) whose token is the `term`; `proclaim()` and
+    `resign()`."""
+
+    def __init__(
+        self,
+        election: AsyncElection,
+        response: pb.CampaignResponse,
+        sent: float,
+        on_lost: LostCallback | None,
+        value: bytes,
+        owner: str,
+    ) -> None:
+        client = election.client
+        granted = pb.AcquireResponse(
+            lease_id=response.leader.lease_id,
+            fencing_token=response.leader.term,
+            validity_ms=response.validity_ms,
+            ttl_ms=response.ttl_ms,
+        )
+        super().__init__(
+            client,
+            response.lock_name,
+            granted,
+            sent,
+            on_lost,
+            client.safety_margin,
+            client.renew_fraction,
+        )
+        self.election = election.name
+        self.key = response.leader
+        self.value = value
+        """The value this leader last proclaimed."""
+        self.owner = owner
+
+    def __repr__(self) -> str:  # never shows the lease id
+        return super().__repr__().replace("AsyncLease", "AsyncLeadership")
+
+    @property
+    def term(self) -> int:
+        """This leadership's term (its fencing token): pass it to fenced storage."""
+        return self.token
+
+    async def proclaim(self, value: bytes) -> None:
+        """Replace this leader's value, keeping the term (and renewing the lease).
+        `LeaseLost` (and on_lost) when it no longer leads."""
+        self.check()
+        sent = time.monotonic()
+        try:
+            r = await self.client._transport.unary(
+                "Proclaim",
+                pb.ProclaimRequest(
+                    leader=self.key, value=value, ttl_ms=round(self.ttl * 1000), owner=self.owner
+                ),
+                name=self.election,
+                timeout=max(0.001, self.deadline - self.safety_margin - sent),
+            )
+        except (LeaseLost, NotOwned) as exc:
+            self._declare_lost(exc)
+            raise
+        self.value = value
+        self.deadline = sent + r.validity_ms / 1000
+
+    async def resign(self) -> None:
+        """Stop leading (a leadership already lost resigns quietly)."""
+        await self.release()
+
+    async def _give_up(self, timeout: float) -> None:
+        await self.client._transport.unary(
+            "Resign", pb.ResignRequest(leader=self.key), name=self.election, timeout=timeout
+        )
+
+
+class AsyncElection:
+    """An election: `campaign()` to lead it, `leader()` and `observe()` to follow it."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<AsyncElection {self.name!r}>"
+
+    async def lead(
+        self,
+        value: bytes = b"",
+        ttl: float = 30.0,
+        *,
+        wait: float | None = None,
+        on_lost: LostCallback | None = None,
+        owner: str | None = None,
+    ) -> AsyncLeadership:
+        """Wait (up to `wait` seconds; None: as long as it takes) until this candidate
+        leads, then keep leading (the watchdog renews) until `resign()` or loss.
+        `LockTimeout` when `wait` ran out."""
+        owner = self.client.owner if owner is None else owner
+        give_up = None if wait is None else time.monotonic() + wait
+        while True:
+            left = CAMPAIGN_ROUND_S if give_up is None else give_up - time.monotonic()
+            wait_ms = max(1, round(min(left, CAMPAIGN_ROUND_S) * 1000))
+            sent = time.monotonic()
+            try:
+                r = await self.client._transport.unary(
+                    "Campaign",
+                    pb.CampaignRequest(
+                        election=self.name,
+                        value=value,
+                        ttl_ms=round(ttl * 1000),
+                        owner=owner,
+                        wait_ms=wait_ms,
+                    ),
+                    name=self.name,
+                    timeout=wait_ms / 1000 + self.client.timeout,  # the gateway's wait ends first
+                )
+            except LockTimeout:
+                if give_up is not None and time.monotonic() >= give_up:
+                    raise
+                continue  # a round ended: campaign again
+            except Unavailable as exc:  # no quorum, restarting nodes: try again
+                pause = exc.retry_after or CAMPAIGN_RETRY_S
+                if give_up is not None and time.monotonic() + pause >= give_up:
+                    raise
+                log.warning("lockd: campaign for %r: %s; trying again", self.name, exc)
+                await asyncio.sleep(pause)
+                continue
+            leadership = AsyncLeadership(self, r, sent, on_lost, value, owner)
+            leadership.start_watchdog()
+            self.client._watched.add(leadership)
+            return leadership
+
+    @contextlib.asynccontextmanager
+    async def campaign(
+        self,
+        value: bytes = b"",
+        ttl: float = 30.0,
+        *,
+        wait: float | None = None,
+        on_lost: LostCallback | None = None,
+        owner: str | None = None,
+    ) -> AsyncIterator[AsyncLeadership]:
+        """`async with election.campaign(value) as leader:` leads for the block, then
+        resigns; check `leader.check()` before acting as leader."""
+        leadership = await self.lead(value, ttl, wait=wait, on_lost=on_lost, owner=owner)
+        async with leadership:
+            yield leadership
+
+    async def leader(self) -> LeaderInfo:
+        """The current leader; `NoLeader` when there is none."""
+        r = await self.client._transport.unary(
+            "Leader", pb.LeaderRequest(election=self.name), name=self.name
+        )
+        return _leader_info(r)
+
+    async def observe(self) -> AsyncGenerator[LeaderInfo, None]:
+        """`async for leader in election.observe()`: the leader now (once there is one)
+        and at every change, in term order (across gateway failovers too)."""
+        last: tuple[int, bytes] | None = None
+        async for r in self.client._transport.stream(
+            "Observe", pb.ObserveRequest(election=self.name), name=self.name
+        ):
+            if last is not None and (r.term < last[0] or (r.term, r.value) == last):
+                continue  # another gateway that has not seen the newest leader yet
+            last = (r.term, r.value)
+            yield _leader_info(r)
 
 
 class AsyncClient:
@@ -362,6 +599,10 @@ class AsyncClient:
         async with lease:
             yield lease
 
+    def election(self, name: str) -> AsyncElection:
+        """Election `name` (its lock is `@election/<name>`, apart from the locks)."""
+        return AsyncElection(self, name)
+
     async def release(self, name: str, lease_id: bytes) -> int:
         """Release a lease by id; returns how many nodes released it (`NotOwned` if none)."""
         response = await self._transport.session_call(
@@ -422,6 +663,33 @@ class AsyncClient:
             token = r.next_page_token
             if not token:
                 return
+
+    async def watch(
+        self, name: str, *, prefix: bool = False, resume: bool = True
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """`async for event in client.watch("orders/42")`: the lock's current state
+        ("state", then "synced"), then each change made through any gateway. With
+        `prefix=True`, every lock whose name starts with `name` (one "state" per held
+        lock). When the gateway goes away and `resume` is true, the watch moves to the
+        next endpoint and starts again from the current state (a new "state"/"synced").
+        A watcher that reads too slowly is cut off by the gateway: `Overloaded` with
+        reason WATCHER_TOO_SLOW (watch again to resume from the current state)."""
+        request = pb.WatchRequest(name=name, prefix=prefix)
+        attempt = 0
+        while True:
+            try:
+                async for message in self._transport.server_stream("Watch", request, name=name):
+                    attempt = 0
+                    yield _watch_event(message)
+            except Unavailable as exc:
+                if not resume or isinstance(exc, Overloaded):
+                    raise
+                if attempt >= self._transport.retries * len(self._transport.endpoints):
+                    raise
+            if not resume:
+                return
+            await asyncio.sleep(self._transport.backoff(attempt))
+            attempt += 1
 
     async def force_release(self, name: str, admin_token: str | None = None) -> int:
         """Take lock `name` back whatever lease holds it (an admin operation): with the

@@ -20,6 +20,8 @@ __all__ = [
     "LeaseLost",
     "LockError",
     "LockTimeout",
+    "NoLeader",
+    "NotLeader",
     "NotOwned",
     "Overloaded",
     "PermissionDenied",
@@ -54,6 +56,14 @@ class LockTimeout(LockError):
 
 class NotOwned(LockError):
     """This lease does not hold the lock: it expired, was released, or never held it."""
+
+
+class NotLeader(NotOwned):
+    """This lease does not lead the election (Resign): deposed, expired or resigned."""
+
+
+class NoLeader(LockError):
+    """The election has no leader now (Leader: NOT_FOUND)."""
 
 
 class LeaseLost(LockError):
@@ -100,6 +110,8 @@ _BY_CODE: dict[grpc.StatusCode, type[LockError]] = {
 _BY_REASON: dict[str, type[LockError]] = {
     reason_name(ErrorReason.NOT_OWNED): NotOwned,
     reason_name(ErrorReason.LEASE_LOST): LeaseLost,
+    reason_name(ErrorReason.NOT_LEADER): NotLeader,
+    reason_name(ErrorReason.NO_LEADER): NoLeader,
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -22,14 +22,18 @@ from lockd_client._transport import TLS
 from lockd_client.aio import (
     DEFAULT_ENDPOINT,
     AsyncClient,
+    AsyncElection,
+    AsyncLeadership,
     AsyncLease,
     ClusterInfo,
     HeldLock,
+    LeaderInfo,
     LockInfo,
+    WatchEvent,
 )
 from lockd_client.errors import Unavailable
 
-__all__ = ["Client", "Lease"]
+__all__ = ["Client", "Election", "Leadership", "Lease"]
 
 T = TypeVar("T")
 
@@ -117,6 +121,99 @@ class Lease:
             self.release()
 
 
+class Leadership(Lease):
+    """Leading an election (blocking API); see `AsyncLeadership`."""
+
+    def __init__(self, runner: _LoopThread, leadership: AsyncLeadership) -> None:
+        super().__init__(runner, leadership)
+        self._leadership = leadership
+
+    def __repr__(self) -> str:
+        return repr(self._leadership).replace("AsyncLeadership", "Leadership")
+
+    election = property(lambda self: self._leadership.election, doc="The election name.")
+    term = property(lambda self: self._leadership.term, doc="The term (fencing token).")
+    value = property(lambda self: self._leadership.value, doc="The value last proclaimed.")
+
+    def proclaim(self, value: bytes) -> None:
+        """Replace this leader's value, keeping the term."""
+        self._runner.run(self._leadership.proclaim(value))
+
+    def resign(self) -> None:
+        """Stop leading."""
+        self._runner.run(self._leadership.resign())
+
+    def __enter__(self) -> Leadership:
+        return self
+
+
+class Election:
+    """An election (blocking API); see `AsyncElection`."""
+
+    def __init__(self, runner: _LoopThread, election: AsyncElection) -> None:
+        self._runner = runner
+        self._election = election
+
+    name = property(lambda self: self._election.name, doc="The election name.")
+
+    def lead(
+        self,
+        value: bytes = b"",
+        ttl: float = 30.0,
+        *,
+        wait: float | None = None,
+        on_lost: Callable[[Leadership], object] | None = None,
+        owner: str | None = None,
+    ) -> Leadership:
+        """Wait until this candidate leads (up to `wait` seconds; None: no limit), then
+        keep leading (renewed) until `resign()` or loss."""
+        holder: list[Leadership] = []
+
+        def lost(inner: AsyncLease) -> None:
+            assert isinstance(inner, AsyncLeadership)
+            if on_lost is not None:
+                on_lost(holder[0] if holder else Leadership(self._runner, inner))
+
+        leadership = Leadership(
+            self._runner,
+            self._runner.run(self._election.lead(value, ttl, wait=wait, on_lost=lost, owner=owner)),
+        )
+        holder.append(leadership)
+        return leadership
+
+    @contextlib.contextmanager
+    def campaign(
+        self,
+        value: bytes = b"",
+        ttl: float = 30.0,
+        *,
+        wait: float | None = None,
+        on_lost: Callable[[Leadership], object] | None = None,
+        owner: str | None = None,
+    ) -> Iterator[Leadership]:
+        """`with election.campaign(value) as leader:` leads for the block, then resigns."""
+        with self.lead(value, ttl, wait=wait, on_lost=on_lost, owner=owner) as leadership:
+            yield leadership
+
+    def leader(self) -> LeaderInfo:
+        """The current leader; `NoLeader` when there is none."""
+        return self._runner.run(self._election.leader())
+
+    def observe(self) -> Iterator[LeaderInfo]:
+        """`for leader in election.observe()`: the leader now and at every change."""
+        changes = self._election.observe()
+
+        async def step() -> LeaderInfo:
+            return await anext(changes)
+
+        try:
+            while True:
+                yield self._runner.run(step())
+        finally:
+            with contextlib.suppress(Exception):
+                self._runner.run(changes.aclose())
+
+
 class Client:
     """A blocking client of one or more lockd gateways; same arguments as `AsyncClient`."""
 
@@ -194,6 +291,10 @@ class Client:
         with self.acquire(name, ttl, wait, on_lost=on_lost, owner=owner, value=value) as lease:
             yield lease
 
+    def election(self, name: str) -> Election:
+        """Election `name` (its lock is `@election/<name>`, apart from the locks)."""
+        return Election(self._runner, self._client.election(name))
+
     def release(self, name: str, lease_id: bytes) -> int:
         """Release a lease by id; how many nodes released it (`NotOwned` if none)."""
         return self._runner.run(self._client.release(name, lease_id))
@@ -218,6 +319,25 @@ class Client:
 
         while (lock := self._runner.run(step())) is not None:
             yield lock
+
+    def watch(
+        self, name: str, *, prefix: bool = False, resume: bool = True
+    ) -> Iterator[WatchEvent]:
+        """`for event in client.watch("orders/42")`: see `AsyncClient.watch`. Stop
+        early with `break` (the stream is closed when the generator is)."""
+        events = self._client.watch(name, prefix=prefix, resume=resume)
+
+        async def step() -> WatchEvent | None:
+            try:
+                return await anext(events)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (event := self._runner.run(step())) is not None:
+                yield event
+        finally:
+            self._runner.run(events.aclose())
 
     def force_release(self, name: str, admin_token: str | None = None) -> int:
         """Take lock `name` back whatever lease holds it (admin); nodes that held it."""

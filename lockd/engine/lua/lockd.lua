@@ -4,7 +4,7 @@
 --   FCALL lockd_acquire       2 <lock key> <fence key> <lease id> <ttl ms> [<owner record>]
 --                                                                         -> {acquired, counter}
 --   FCALL lockd_release       1 <lock key> <lease id>                     -> 1 | 0
---   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms>            -> 1 | 0
+--   FCALL lockd_extend        1 <lock key> <lease id> <ttl ms> [<owner record>]  -> 1 | 0
 --   FCALL lockd_fence_advance 1 <fence key> <token>                       -> {accepted, counter}
 --   FCALL lockd_describe      2 <lock key> <fence key>                    -> {pttl ms, counter}
 --   FCALL lockd_force_release 1 <lock key>                                -> {released, counter}
@@ -14,10 +14,44 @@
 -- A lock key `lock:X` has its fencing counter at `fence:X` and its owner record (opaque to
 -- the node) at `meta:X`, with the lock's deadline; the functions given only the lock key
 -- derive the others (same hash tag, same slot), and delete the record with the lock.
+-- Lock events for watchers go to channel `lockd:events` as
+--   <kind>:<counter>:<pttl>:<sha1 hex of the holding lease id>:<key length>:<lock key><record>
+-- (kind A: a fencing advance accepted, R: released, F: forced, U: the holder replaced its
+-- owner record, by lockd_acquire or lockd_extend; lockd/core/messages.py).
 -- Errors are returned with redis.error_reply, never raised, so they carry no
 -- "script: ..." suffix and read exactly like the native engine's.
 
 local MAX_TOKEN = 9007199254740991
+
+-- The restart guard. A gateway loads this library with its restart delay (max-TTL +
+-- drift) written here; until the redis-server process has been up that long,
+-- lockd_acquire refuses as the engine does during its delay, whatever any gateway has
+-- noticed. The library is part of the dataset (RDB/AOF), so a node restarted empty has
+-- none until a gateway loads it again, and then the guard counts from the process's
+-- start, not from the load. 0 (a library loaded by hand) means no guard.
+local RESTART_DELAY_MS = 0
+local up_long_enough = false  -- once true, stays true until the library is loaded again
+
+-- nil when the node may grant; else the RESTARTDELAY error reply.
+local function restart_refusal()
+  if up_long_enough or RESTART_DELAY_MS == 0 then return nil end
+  local info = redis.call('INFO', 'server')
+  local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  if not up then
+    return redis.error_reply('RESTARTDELAY ' .. RESTART_DELAY_MS ..
+      ' ms left: cannot read the node\'s uptime')
+  end
+  -- Whole seconds, rounded down: the process has been up at least this long. So it
+  -- grants from `need` whole seconds of uptime, at most `need - up` seconds from now.
+  local need = math.ceil(RESTART_DELAY_MS / 1000)
+  if up >= need then
+    up_long_enough = true
+    return nil
+  end
+  return redis.error_reply(string.format(
+    'RESTARTDELAY %d ms left: this node has been up for only %d s (restart delay %d ms)',
+    (need - up) * 1000, up, RESTART_DELAY_MS))
+end
 
 -- A strictly positive decimal integer without sign, spaces or leading zeros (as a double:
 -- exact only up to MAX_TOKEN; pass the validated string on to commands, never the number).
@@ -83,6 +117,15 @@ local function counter(key)
   return n
 end
 
+-- Publish a lock event for watchers (see the header), if anyone listens.
+local function publish_event(kind, lock, n, pttl, record)
+  local lease = redis.call('GET', lock)
+  local digest = ''
+  if lease then digest = redis.sha1hex(lease) end
+  redis.call('PUBLISH', 'lockd:events',
+    string.format('%s:%d:%d:%s:%d:', kind, n, pttl, digest, #lock) .. lock .. (record or ''))
+end
+
 local function acquire(keys, args)
   local bad = arity_error('lockd_acquire', keys, args, 2, 2, 2, 3)
   if bad then return bad end
@@ -91,6 +134,8 @@ local function acquire(keys, args)
   if args[3] and not meta then
     return redis.error_reply("ERR lockd_acquire: an owner record needs a lock key 'lock:...'")
   end
+  local refused = restart_refusal()
+  if refused then return refused end
   local n, err = counter(keys[2])
   if not n then return err end
   local current = redis.call('GET', keys[1])
@@ -106,7 +151,11 @@ local function acquire(keys, args)
   elseif current == args[1] then
     redis.call('PEXPIRE', keys[1], args[2])
     if args[3] then
+      local before = redis.call('GET', meta)
       redis.call('SET', meta, args[3], 'PX', args[2])
+      if before ~= args[3] then
+        publish_event('U', keys[1], n, tonumber(args[2]), args[3])
+      end
     elseif meta then
       redis.call('PEXPIRE', meta, args[2])
     end
@@ -115,8 +164,13 @@ local function acquire(keys, args)
   return {acquired, n}
 end
 
--- Delete a lock key and its owner record, and tell waiting gateways.
-local function remove_lock(lock)
+-- Delete a lock key and its owner record, and tell waiting gateways and watchers.
+local function remove_lock(lock, kind)
+  local fence = fence_key(lock)
+  if fence then
+    local n = counter(fence)
+    if n then publish_event(kind, lock, n, -2, '') end
+  end
   redis.call('DEL', lock)
   local meta = meta_key(lock)
   if meta then redis.call('DEL', meta) end
@@ -129,20 +183,37 @@ local function release(keys, args)
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
-  remove_lock(keys[1])
+  remove_lock(keys[1], 'R')
   return 1
 end
 
 local function extend(keys, args)
-  local bad = arity_error('lockd_extend', keys, args, 1, 1, 2, 2)
+  local bad = arity_error('lockd_extend', keys, args, 1, 1, 2, 3)
   if bad then return bad end
   if not positive(args[2]) then return ttl_error('lockd_extend') end
+  local meta = meta_key(keys[1])
+  if args[3] and not meta then
+    return redis.error_reply("ERR lockd_extend: an owner record needs a lock key 'lock:...'")
+  end
   if redis.call('GET', keys[1]) ~= args[1] then
     return 0
   end
+  local n = 0
+  if args[3] then
+    local err
+    n, err = counter(fence_key(keys[1]))
+    if not n then return err end
+  end
   redis.call('PEXPIRE', keys[1], args[2])
-  local meta = meta_key(keys[1])
-  if meta then redis.call('PEXPIRE', meta, args[2]) end
+  if args[3] then
+    local before = redis.call('GET', meta)
+    redis.call('SET', meta, args[3], 'PX', args[2])
+    if before ~= args[3] then
+      publish_event('U', keys[1], n, tonumber(args[2]), args[3])
+    end
+  elseif meta then
+    redis.call('PEXPIRE', meta, args[2])
+  end
   return 1
 end
 
@@ -157,7 +228,7 @@ local function force_release(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     return {0, n}
   end
-  remove_lock(keys[1])
+  remove_lock(keys[1], 'F')
   return {1, n}
 end
 
@@ -223,6 +294,11 @@ local function fence_advance(keys, args)
     return {0, current}
   end
   redis.call('SET', keys[1], args[1])
+  if string.sub(keys[1], 1, 6) == 'fence:' then
+    local lock = 'lock:' .. string.sub(keys[1], 7)
+    local record = redis.call('GET', meta_key(lock))
+    publish_event('A', lock, target, redis.call('PTTL', lock), record or '')
+  end
   return {1, target}
 end
 

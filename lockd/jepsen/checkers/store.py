@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lockd.durable import FrameReader
+from lockd.durable import CorruptFile
 from lockd.jepsen.checkers import merge
 from lockd.jepsen.checkers.wgl import UNKNOWN, Operation, check
 from lockd.jepsen.history import Op
-from lockd.store.log import HEADER, SEED, decode_frame
+from lockd.store.log import EMPTY_LOG, read_log
 
 __all__ = [
     "STALE",
@@ -131,59 +131,43 @@ def store_operations(ops: Sequence[Op]) -> list[Operation]:
 def token_order(log_path: Path | None) -> dict[str, Any]:
     """Whether the store's log shows tokens accepted in non-decreasing order per resource.
 
-    Read with the store's own frame rules (`lockd.durable`): unknown without a log, or
-    when a frame is damaged and is not a torn tail (the log is corrupt: what follows can
-    be neither trusted nor skipped); a torn tail (what an interrupted append leaves)
-    ends the scan. A fence reset (`R` record) starts the resource's order afresh."""
+    Unknown without a log, or when it is damaged other than by a torn tail (the store's
+    own rule, `lockd.store.log.read_log`: what follows damage cannot be trusted, nor
+    skipped); a torn tail ends the scan, as it ends the store's replay. A fence reset
+    (`R` record, `lockd store-reset`) starts the resource's order afresh."""
     if log_path is None or not log_path.is_file():
         where = "" if log_path is None else f" at {log_path}"
         return {"valid": "unknown", "reason": f"no store log{where}: token order not checked"}
     data = log_path.read_bytes()
-    if not data.startswith(HEADER):
-        if HEADER.startswith(data):  # torn while the header was written: no records
-            return {"valid": True, "records": 0, "decreases": 0, "examples": []}
-        return {"valid": "unknown", "reason": f"{log_path} is not a lockd store log"}
+    if len(data) < len(EMPTY_LOG) and EMPTY_LOG.startswith(data):  # torn while creating it
+        return {"valid": True, "records": 0, "decreases": 0, "examples": []}
+    try:
+        contents = read_log(log_path, data)
+    except ValueError as exc:
+        return {"valid": "unknown", "reason": str(exc)}
+    except CorruptFile as exc:
+        return {"valid": "unknown", "reason": f"{exc}: the log is corrupt, not torn"}
     top: dict[str, int] = {}
     decreases: list[dict[str, Any]] = []
     records = 0
-    problem: str | None = None
-    reader = FrameReader(data, len(HEADER), SEED)
-    for offset, payload in reader:
-        frame = decode_frame(payload)
-        if frame is None:
-            problem = (
-                f"{log_path}: the frame at byte {offset} (after record {records}) checks "
-                "but holds unreadable records: the log is corrupt"
+    for record, _ in contents.records:
+        if isinstance(record, str):  # an admin's fence reset
+            top.pop(record, None)
+            continue
+        resource, key, _value, token = record
+        records += 1
+        if token < top.get(resource, 0):
+            decreases.append(
+                {"resource": resource, "key": key, "token": token, "after": top[resource]}
             )
-            break
-        for record, _ in frame:
-            if isinstance(record, str):  # an admin's fence reset
-                top.pop(record, None)
-                continue
-            resource, key, _value, token = record
-            records += 1
-            if token < top.get(resource, 0):
-                decreases.append(
-                    {"resource": resource, "key": key, "token": token, "after": top[resource]}
-                )
-            top[resource] = max(top.get(resource, 0), token)
-    if problem is None and reader.damage is not None:
-        problem = (
-            f"{log_path}: record {records + 1} (byte {reader.end}) is damaged "
-            f"({reader.damage}) and is not a torn tail: the log is corrupt, what follows "
-            "can be neither trusted nor skipped"
-        )
-    torn = len(data) - reader.end if reader.torn is not None else 0
-    result: dict[str, Any] = {
-        "valid": False if decreases else "unknown" if problem else True,
+        top[resource] = max(top.get(resource, 0), token)
+    return {
+        "valid": not decreases,
         "records": records,
-        "torn_tail_bytes": torn,
+        "torn_tail_bytes": len(data) - contents.end,
         "decreases": len(decreases),
         "examples": decreases[:10],
     }
-    if problem is not None:
-        result["reason"] = problem
-    return result
 
 
 def _lost_updates(ops: Sequence[Op]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 For every lock: no two grants carry the same token, and if grant A completed before
 grant B was invoked, token(A) < token(B). Only acknowledged grants (`ok`) have tokens.
+The same check reads an election's terms (`f="campaign"`, `field="term"`): at most one
+leader per term, and terms strictly increasing in real time.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from lockd.jepsen.history import Op
 __all__ = ["check_tokens"]
 
 
-def check_tokens(ops: Sequence[Op]) -> dict[str, Any]:
-    """Duplicate tokens and real-time order violations among acquire grants."""
+def check_tokens(ops: Sequence[Op], f: str = "acquire", field: str = "token") -> dict[str, Any]:
+    """Duplicate tokens and real-time order violations among `f` grants (their token is
+    the completion's `field`)."""
     grants: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
-        if op.f == "acquire" and op.outcome == "ok" and op.key is not None:
+        if op.f == f and op.outcome == "ok" and op.key is not None:
             grants[op.key].append(op)
     duplicates: list[dict[str, Any]] = []
     reorders: list[dict[str, Any]] = []
@@ -28,7 +31,7 @@ def check_tokens(ops: Sequence[Op]) -> dict[str, Any]:
         by_token: dict[int, Op] = {}
         for op in group:
             assert op.complete is not None
-            token = op.complete.value["token"]
+            token = op.complete.value[field]
             if token in by_token:
                 dup_count += 1
                 if len(duplicates) < 10:
@@ -51,11 +54,11 @@ def check_tokens(ops: Sequence[Op]) -> dict[str, Any]:
                 assert done is not None
                 if done.time >= op.invoke.time:
                     break
-                if best is None or done.value["token"] > best[0]:
-                    best = (done.value["token"], completed[i])
+                if best is None or done.value[field] > best[0]:
+                    best = (done.value[field], completed[i])
                 i += 1
             assert op.complete is not None
-            token = op.complete.value["token"]
+            token = op.complete.value[field]
             if best is not None and best[0] >= token and best[1] is not op:
                 reorder_count += 1
                 if len(reorders) < 10:

@@ -16,6 +16,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAD_VALUE: _ClassVar[ErrorReason]
     BAD_PAGE: _ClassVar[ErrorReason]
     NOT_ADMIN: _ClassVar[ErrorReason]
+    NO_LEADER: _ClassVar[ErrorReason]
     LOCK_HELD: _ClassVar[ErrorReason]
     QUORUM_UNAVAILABLE: _ClassVar[ErrorReason]
     NODES_RESTARTING: _ClassVar[ErrorReason]
@@ -25,10 +26,13 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STORE_FAILED: _ClassVar[ErrorReason]
     NOT_OWNED: _ClassVar[ErrorReason]
     LEASE_LOST: _ClassVar[ErrorReason]
+    NOT_LEADER: _ClassVar[ErrorReason]
     STALE_TOKEN: _ClassVar[ErrorReason]
     VALUE_CHANGED: _ClassVar[ErrorReason]
     TOO_MANY_WAITERS: _ClassVar[ErrorReason]
     TOO_MANY_LOCKS: _ClassVar[ErrorReason]
+    WATCHER_TOO_SLOW: _ClassVar[ErrorReason]
+    TOO_MANY_WATCHERS: _ClassVar[ErrorReason]
     GATEWAY_UNREACHABLE: _ClassVar[ErrorReason]
     TIMEOUT: _ClassVar[ErrorReason]
     RELEASED: _ClassVar[ErrorReason]
@@ -44,6 +48,7 @@ BAD_OWNER: ErrorReason
 BAD_VALUE: ErrorReason
 BAD_PAGE: ErrorReason
 NOT_ADMIN: ErrorReason
+NO_LEADER: ErrorReason
 LOCK_HELD: ErrorReason
 QUORUM_UNAVAILABLE: ErrorReason
 NODES_RESTARTING: ErrorReason
@@ -53,10 +58,13 @@ SHUTTING_DOWN: ErrorReason
 STORE_FAILED: ErrorReason
 NOT_OWNED: ErrorReason
 LEASE_LOST: ErrorReason
+NOT_LEADER: ErrorReason
 STALE_TOKEN: ErrorReason
 VALUE_CHANGED: ErrorReason
 TOO_MANY_WAITERS: ErrorReason
 TOO_MANY_LOCKS: ErrorReason
+WATCHER_TOO_SLOW: ErrorReason
+TOO_MANY_WATCHERS: ErrorReason
 GATEWAY_UNREACHABLE: ErrorReason
 TIMEOUT: ErrorReason
 RELEASED: ErrorReason

@@ -140,6 +140,52 @@ class LockEntry(_message.Message):
     waiters: int
     def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., fencing_token: _Optional[int] = ..., ttl_remaining_ms: _Optional[int] = ..., acquired_at_ms: _Optional[int] = ..., waiters: _Optional[int] = ...) -> None: ...
 
+class WatchRequest(_message.Message):
+    __slots__ = ("name", "prefix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: bool
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[bool] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("type", "name", "held", "fencing_token", "owner", "value", "ttl_remaining_ms", "acquired_at_ms")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[WatchEvent.Type]
+        STATE: _ClassVar[WatchEvent.Type]
+        SYNCED: _ClassVar[WatchEvent.Type]
+        ACQUIRED: _ClassVar[WatchEvent.Type]
+        RELEASED: _ClassVar[WatchEvent.Type]
+        EXPIRED: _ClassVar[WatchEvent.Type]
+        FORCE_RELEASED: _ClassVar[WatchEvent.Type]
+        UPDATED: _ClassVar[WatchEvent.Type]
+    TYPE_UNSPECIFIED: WatchEvent.Type
+    STATE: WatchEvent.Type
+    SYNCED: WatchEvent.Type
+    ACQUIRED: WatchEvent.Type
+    RELEASED: WatchEvent.Type
+    EXPIRED: WatchEvent.Type
+    FORCE_RELEASED: WatchEvent.Type
+    UPDATED: WatchEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    type: WatchEvent.Type
+    name: str
+    held: bool
+    fencing_token: int
+    owner: str
+    value: bytes
+    ttl_remaining_ms: int
+    acquired_at_ms: int
+    def __init__(self, type: _Optional[_Union[WatchEvent.Type, str]] = ..., name: _Optional[str] = ..., held: _Optional[bool] = ..., fencing_token: _Optional[int] = ..., owner: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_remaining_ms: _Optional[int] = ..., acquired_at_ms: _Optional[int] = ...) -> None: ...
+
 class ForceReleaseRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +201,96 @@ class ForceReleaseResponse(_message.Message):
     nodes_released: int
     fencing_counter: int
     def __init__(self, released: _Optional[bool] = ..., nodes_released: _Optional[int] = ..., fencing_counter: _Optional[int] = ...) -> None: ...
+
+class CampaignRequest(_message.Message):
+    __slots__ = ("election", "value", "ttl_ms", "owner", "wait_ms")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    value: bytes
+    ttl_ms: int
+    owner: str
+    wait_ms: int
+    def __init__(self, election: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class LeaderKey(_message.Message):
+    __slots__ = ("election", "lease_id", "term")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    lease_id: bytes
+    term: int
+    def __init__(self, election: _Optional[str] = ..., lease_id: _Optional[bytes] = ..., term: _Optional[int] = ...) -> None: ...
+
+class CampaignResponse(_message.Message):
+    __slots__ = ("leader", "validity_ms", "ttl_ms", "lock_name")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_NAME_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    validity_ms: int
+    ttl_ms: int
+    lock_name: str
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ..., validity_ms: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., lock_name: _Optional[str] = ...) -> None: ...
+
+class ProclaimRequest(_message.Message):
+    __slots__ = ("leader", "value", "ttl_ms", "owner")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    value: bytes
+    ttl_ms: int
+    owner: str
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ..., value: _Optional[bytes] = ..., ttl_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ProclaimResponse(_message.Message):
+    __slots__ = ("validity_ms",)
+    VALIDITY_MS_FIELD_NUMBER: _ClassVar[int]
+    validity_ms: int
+    def __init__(self, validity_ms: _Optional[int] = ...) -> None: ...
+
+class ResignRequest(_message.Message):
+    __slots__ = ("leader",)
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    leader: LeaderKey
+    def __init__(self, leader: _Optional[_Union[LeaderKey, _Mapping]] = ...) -> None: ...
+
+class ResignResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LeaderRequest(_message.Message):
+    __slots__ = ("election",)
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    def __init__(self, election: _Optional[str] = ...) -> None: ...
+
+class ObserveRequest(_message.Message):
+    __slots__ = ("election",)
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    def __init__(self, election: _Optional[str] = ...) -> None: ...
+
+class LeaderResponse(_message.Message):
+    __slots__ = ("election", "term", "value", "owner", "ttl_remaining_ms")
+    ELECTION_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_MS_FIELD_NUMBER: _ClassVar[int]
+    election: str
+    term: int
+    value: bytes
+    owner: str
+    ttl_remaining_ms: int
+    def __init__(self, election: _Optional[str] = ..., term: _Optional[int] = ..., value: _Optional[bytes] = ..., owner: _Optional[str] = ..., ttl_remaining_ms: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("id", "acquire", "release", "renew")
