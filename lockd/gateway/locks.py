@@ -304,8 +304,10 @@ class LockManager:
     def _answer(self, waiter: int, answer: Granted | errors.LockdError) -> None:
         self._metas.pop(waiter, None)
         future = self._futures.pop(waiter, None)
-        if future is None:
-            self._answers[waiter] = answer  # answered before `acquire` returned
+        if future is None or future.cancelled():
+            # Answered before `acquire` returned, or just after the call was cancelled
+            # (its handler has yet to run `_wait`'s cleanup, which takes the answer).
+            self._answers[waiter] = answer
         elif isinstance(answer, Granted):
             future.set_result(answer)
         else:
@@ -351,7 +353,11 @@ class LockManager:
             else:
                 self._futures.pop(waiter, None)
                 self._metas.pop(waiter, None)
-                self._feed(Cancel(waiter, time.monotonic_ns()))
+                answered = self._answers.pop(waiter, None)
+                if isinstance(answered, Granted):
+                    self.release_in_background(name, answered.lease)  # granted as it ended
+                elif answered is None:
+                    self._feed(Cancel(waiter, time.monotonic_ns()))
             raise
 
     def release_in_background(self, name: bytes, lease: bytes) -> None:

@@ -71,4 +71,4 @@ async def test_a_redis_that_lost_the_library_while_connected_gets_it_again(
                 return holding == 5
 
             await eventually(holds_on_all, timeout=5, interval=0.2)
-    assert any("had lost lockd's Lua library" in r.getMessage() for r in caplog.records)
+    assert any("lost lockd's library while connected" in r.getMessage() for r in caplog.records)

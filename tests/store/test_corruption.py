@@ -246,7 +246,7 @@ async def test_repair_keeps_intact_records_and_the_damaged_file(store_dir: Path)
 def _writes_of(data: bytes) -> list[tuple[tuple[str, str, bytes, int], int]]:
     contents = read_log(Path(LOG_NAME), data)
     assert contents.torn is None
-    return contents.writes
+    return [(r, size) for r, size in contents.records if not isinstance(r, str)]
 
 
 def _writes(path: Path) -> list[tuple[tuple[str, str, bytes, int], int]]:
