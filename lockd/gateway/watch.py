@@ -442,16 +442,12 @@ class WatchHub:
     async def subscribe(self, key: bytes, *, prefix: bool = False) -> Subscription:
         """Watch lock `key`, or with `prefix` every lock whose name starts with `key`.
 
-        Raises INVALID_ARGUMENT BAD_NAME (empty name, too long), RESOURCE_EXHAUSTED
-        TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN."""
-        limit = self.manager.config.max_name_bytes
-        if not prefix and not key:
-            raise errors.invalid(ErrorReason.BAD_NAME, "lock name is empty")
-        if len(key) > limit:
-            what = "prefix" if prefix else "lock name"
-            raise errors.invalid(
-                ErrorReason.BAD_NAME, f"{what} is {len(key)} bytes; the limit is {limit}"
-            )
+        Raises INVALID_ARGUMENT BAD_NAME (empty name, too long, not UTF-8),
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN."""
+        if prefix:
+            listing.check_prefix(self.manager, key)
+        else:
+            self.manager.check_name(key.decode("utf-8", "surrogatepass"))
         if self._closed or self.manager.shutting_down:
             raise errors.unavailable(ErrorReason.SHUTTING_DOWN, "the gateway is shutting down")
         if self._watchers >= self.max_watchers:
