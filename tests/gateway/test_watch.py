@@ -118,7 +118,7 @@ async def test_watch_a_prefix(engines: list[EngineProcess]) -> None:
     async with client(config) as (_, a), client(config) as (_, b):
         before = {}
         for name in ("orders/1", "orders/2", "other/1"):
-            before[name] = await a.Acquire(pb.AcquireRequest(name=name, ttl_ms=8000, owner=name))
+            before[name] = await a.Acquire(_acquiring(name, 8000, name))
         events = await _watch(b, "orders/", prefix=True)
         states = [await _next(events), await _next(events)]
         assert sorted((s.type, s.name, s.held, s.owner) for s in states) == [
@@ -131,9 +131,9 @@ async def test_watch_a_prefix(engines: list[EngineProcess]) -> None:
         synced = await _next(events)
         assert (synced.type, synced.name) == (E.SYNCED, "orders/")
         # Changes under the prefix only, in order.
-        await a.Acquire(pb.AcquireRequest(name="other/2", ttl_ms=8000))
+        await a.Acquire(_acquiring("other/2", 8000))
         await a.Release(pb.ReleaseRequest(name="orders/1", lease_id=before["orders/1"].lease_id))
-        new = await a.Acquire(pb.AcquireRequest(name="orders/3", ttl_ms=8000, owner="x"))
+        new = await a.Acquire(_acquiring("orders/3", 8000, "x"))
         got = [await _next(events), await _next(events)]
         assert [(g.type, g.name) for g in got] == [
             (E.RELEASED, "orders/1"),
@@ -158,9 +158,9 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
             value = b"v" * 1024  # about 1.2 KB per ACQUIRED: the window fills quickly
             cycles = 0
             while gateway.service.watch_hub.watchers and cycles < 2000:
-                held = await stub.Acquire(
-                    pb.AcquireRequest(name="busy", ttl_ms=5000, owner=owner, value=value)
-                )
+                request = _acquiring("busy", 5000, owner)
+                request.value = value
+                held = await stub.Acquire(request)
                 await stub.Release(pb.ReleaseRequest(name="busy", lease_id=held.lease_id))
                 cycles += 1
             assert gateway.service.watch_hub.watchers == 0, "the watcher was never cut off"
@@ -180,7 +180,7 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
             state = await _next(events)
             assert (state.type, state.held) == (E.STATE, False)
             assert (await _next(events)).type == E.SYNCED
-            held = await stub.Acquire(pb.AcquireRequest(name="busy", ttl_ms=5000))
+            held = await stub.Acquire(_acquiring("busy", 5000))
             got = await _next(events)
             assert (got.type, got.fencing_token) == (E.ACQUIRED, held.fencing_token)
 
@@ -202,7 +202,7 @@ async def test_bad_watch_requests(embedded: GatewayConfig) -> None:
             "TOO_MANY_WATCHERS",
         )
         # Still serving.
-        await stub.Acquire(pb.AcquireRequest(name="fine", ttl_ms=1000))
+        await stub.Acquire(_acquiring("fine", 1000))
         assert (await _next(events)).type == E.ACQUIRED
 
 
