@@ -22,7 +22,7 @@ from lockd.gateway import records
 from lockd.gateway.locks import LockManager
 from lockd.gateway.nodes import NodeError
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "Entry", "Page", "list_page"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "Entry", "Page", "check_prefix", "list_page"]
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -79,14 +79,20 @@ def _step(reply: object) -> tuple[bytes, list[tuple[bytes, records.NodeState]]]:
     return cursor, entries
 
 
-async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: int) -> Page:
-    """One page of the locks held under `prefix` (see the module docstring)."""
-    if page_size < 0:
-        raise errors.invalid(ErrorReason.BAD_PAGE, f"page_size={page_size} is negative")
+def check_prefix(manager: LockManager, prefix: bytes) -> bytes:
+    """The name prefix, or INVALID_ARGUMENT BAD_NAME when longer than a name may be."""
     if len(prefix) > manager.config.max_name_bytes:
         raise errors.invalid(
             ErrorReason.BAD_NAME, f"prefix is longer than {manager.config.max_name_bytes} bytes"
         )
+    return prefix
+
+
+async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: int) -> Page:
+    """One page of the locks held under `prefix` (see the module docstring)."""
+    if page_size < 0:
+        raise errors.invalid(ErrorReason.BAD_PAGE, f"page_size={page_size} is negative")
+    check_prefix(manager, prefix)
     count = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     walked = len(manager.nodes) - manager.quorum + 1
     index, cursor = _decode(token, walked)

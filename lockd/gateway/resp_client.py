@@ -527,8 +527,12 @@ class RespClient:
                 if self.username is not None:
                     auth.insert(1, self.username.encode())
                 await conn.execute(*auth, timeout_s=control)
-            for channel in self.channels:
-                await conn.execute(b"SUBSCRIBE", channel, timeout_s=control)
+            subscribed: set[bytes] = set()
+            # Until none is missing: `channels` may grow while we wait (listen_events).
+            while missing := [c for c in self.channels if c not in subscribed]:
+                for channel in missing:
+                    await conn.execute(b"SUBSCRIBE", channel, timeout_s=control)
+                    subscribed.add(channel)
             if self.on_connect is not None:
                 await self.on_connect(conn)
         except BaseException:

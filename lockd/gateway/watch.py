@@ -1,10 +1,11 @@
 """Watch: lock events from every gateway, de-duplicated per name, fanned out to watchers.
 
 Nodes publish lock events on `lockd:events` (`lockd.core.NodeEvent`): A when a fencing
-advance is accepted while a lease holds the lock (the grant's token), R on a release,
-F on a forced release. Each gateway subscribes to them on every node once it has a
-watcher, and keeps one `_Tracker` per name it watches (by name, or under a watched
-prefix) that turns five nodes' messages into one story:
+advance is accepted while a lease holds the lock (the grant's token), U when the holder
+replaces its owner record, R on a release, F on a forced release. Each gateway
+subscribes to them on every node once it has a watcher, and keeps one `_Tracker` per
+name it watches (by name, or under a watched prefix) that turns five nodes' messages
+into one story:
 
 - ACQUIRED (token, owner) once a quorum of nodes reported A for the same token and the
   token is above every token seen for the name (the grant's token is then known);
@@ -23,6 +24,12 @@ then SYNCED, then the events. Its queue is bounded: a watcher that falls `queue_
 events behind is cut off (RESOURCE_EXHAUSTED WATCHER_TOO_SLOW, `Subscription.failed`),
 and the hub takes at most `max_watchers` (both from the `GatewayConfig`). A client that
 reconnects subscribes again and starts from the current state.
+
+The gateway's one hub is `LockService.watch_hub`; use it as
+
+    async with await hub.subscribe(b"orders/42") as sub:
+        async for event in sub:  # WatchEvent: type, name, held, token, meta, ttl
+            ...
 """
 
 from __future__ import annotations
@@ -435,16 +442,12 @@ class WatchHub:
     async def subscribe(self, key: bytes, *, prefix: bool = False) -> Subscription:
         """Watch lock `key`, or with `prefix` every lock whose name starts with `key`.
 
-        Raises INVALID_ARGUMENT BAD_NAME (empty name, too long), RESOURCE_EXHAUSTED
-        TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN."""
-        limit = self.manager.config.max_name_bytes
-        if not prefix and not key:
-            raise errors.invalid(ErrorReason.BAD_NAME, "lock name is empty")
-        if len(key) > limit:
-            what = "prefix" if prefix else "lock name"
-            raise errors.invalid(
-                ErrorReason.BAD_NAME, f"{what} is {len(key)} bytes; the limit is {limit}"
-            )
+        Raises INVALID_ARGUMENT BAD_NAME (empty name, too long, not UTF-8),
+        RESOURCE_EXHAUSTED TOO_MANY_WATCHERS, UNAVAILABLE SHUTTING_DOWN."""
+        if prefix:
+            listing.check_prefix(self.manager, key)
+        else:
+            self.manager.check_name(key.decode("utf-8", "surrogatepass"))
         if self._closed or self.manager.shutting_down:
             raise errors.unavailable(ErrorReason.SHUTTING_DOWN, "the gateway is shutting down")
         if self._watchers >= self.max_watchers:

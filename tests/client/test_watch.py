@@ -49,7 +49,7 @@ def test_blocking_watch(client: Client, lock_name: str) -> None:
 
 async def test_asyncio_prefix_watch(serve: LockdProcess, lock_name: str) -> None:
     async with AsyncClient([serve.endpoint]) as client:
-        held = await client.acquire(f"{lock_name}/a", ttl=10, owner="a")
+        held = await client.acquire(f"{lock_name}/a", ttl=10, wait=3, owner="a")
         events = client.watch(lock_name + "/", prefix=True)
         first = await anext(events)
         assert (first.type, first.name, first.held, first.token) == (
@@ -60,7 +60,7 @@ async def test_asyncio_prefix_watch(serve: LockdProcess, lock_name: str) -> None
         )
         assert (await anext(events)).type == "synced"
         await held.release()
-        other = await client.acquire(f"{lock_name}/b", ttl=0.3, watchdog=False)
+        other = await client.acquire(f"{lock_name}/b", ttl=0.3, wait=3, watchdog=False)
         got = [await asyncio.wait_for(anext(events), 5) for _ in range(3)]
         assert [(e.type, e.name) for e in got] == [
             ("released", f"{lock_name}/a"),

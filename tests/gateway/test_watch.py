@@ -21,6 +21,7 @@ from tests.support import EngineProcess
 E = pb.WatchEvent
 TOKEN = "watch-admin-token"
 ADMIN = (("authorization", f"Bearer {TOKEN}"),)
+WAIT = 3000  # ms an Acquire may wait: on a loaded machine a node may answer late
 
 
 async def _next(events: AsyncIterator[pb.WatchEvent], timeout: float = 5.0) -> pb.WatchEvent:
@@ -32,6 +33,10 @@ async def _watch(stub: Stub, name: str, prefix: bool = False) -> AsyncIterator[p
     return aiter(call)
 
 
+def _acquiring(name: str, ttl_ms: int, owner: str = "") -> pb.AcquireRequest:
+    return pb.AcquireRequest(name=name, ttl_ms=ttl_ms, owner=owner, wait_ms=WAIT)
+
+
 async def _lifecycle(watcher: Stub, actor: Stub, name: str) -> None:
     """Acquire, release, expire and force-release `name` through `actor`; `watcher`'s
     stream shows each change once, in order, with tokens and owners."""
@@ -40,7 +45,7 @@ async def _lifecycle(watcher: Stub, actor: Stub, name: str) -> None:
     assert (state.type, state.name, state.held) == (E.STATE, name, False)
     assert (await _next(events)).type == E.SYNCED
 
-    first = await actor.Acquire(pb.AcquireRequest(name=name, ttl_ms=5000, owner="pod-a"))
+    first = await actor.Acquire(_acquiring(name, 5000, "pod-a"))
     got = await _next(events)
     assert (got.type, got.name, got.fencing_token, got.owner) == (
         E.ACQUIRED,
@@ -53,13 +58,13 @@ async def _lifecycle(watcher: Stub, actor: Stub, name: str) -> None:
     got = await _next(events)
     assert (got.type, got.fencing_token) == (E.RELEASED, first.fencing_token)
 
-    short = await actor.Acquire(pb.AcquireRequest(name=name, ttl_ms=300, owner="pod-b"))
+    short = await actor.Acquire(_acquiring(name, 1000, "pod-b"))
     got = await _next(events)
     assert (got.type, got.fencing_token, got.owner) == (E.ACQUIRED, short.fencing_token, "pod-b")
     got = await _next(events)
     assert (got.type, got.fencing_token) == (E.EXPIRED, short.fencing_token)
 
-    taken = await actor.Acquire(pb.AcquireRequest(name=name, ttl_ms=5000, owner="dead-pod"))
+    taken = await actor.Acquire(_acquiring(name, 5000, "dead-pod"))
     got = await _next(events)
     assert (got.type, got.fencing_token) == (E.ACQUIRED, taken.fencing_token)
     await actor.ForceRelease(pb.ForceReleaseRequest(name=name), metadata=ADMIN)
@@ -68,11 +73,11 @@ async def _lifecycle(watcher: Stub, actor: Stub, name: str) -> None:
     assert first.fencing_token < short.fencing_token < taken.fencing_token
 
     # A renewed lock does not expire: the timer finds it renewed and waits again.
-    kept = await actor.Acquire(pb.AcquireRequest(name=name, ttl_ms=400))
+    kept = await actor.Acquire(_acquiring(name, 2000))
     assert (await _next(events)).type == E.ACQUIRED
-    for _ in range(4):
-        await asyncio.sleep(0.2)
-        await actor.Renew(pb.RenewRequest(name=name, lease_id=kept.lease_id, ttl_ms=400))
+    for _ in range(6):  # 2.4 s: past the first TTL
+        await asyncio.sleep(0.4)
+        await actor.Renew(pb.RenewRequest(name=name, lease_id=kept.lease_id, ttl_ms=2000))
     await actor.Release(pb.ReleaseRequest(name=name, lease_id=kept.lease_id))
     got = await _next(events)
     assert (got.type, got.fencing_token) == (E.RELEASED, kept.fencing_token)
@@ -113,7 +118,7 @@ async def test_watch_a_prefix(engines: list[EngineProcess]) -> None:
     async with client(config) as (_, a), client(config) as (_, b):
         before = {}
         for name in ("orders/1", "orders/2", "other/1"):
-            before[name] = await a.Acquire(pb.AcquireRequest(name=name, ttl_ms=8000, owner=name))
+            before[name] = await a.Acquire(_acquiring(name, 8000, name))
         events = await _watch(b, "orders/", prefix=True)
         states = [await _next(events), await _next(events)]
         assert sorted((s.type, s.name, s.held, s.owner) for s in states) == [
@@ -126,9 +131,9 @@ async def test_watch_a_prefix(engines: list[EngineProcess]) -> None:
         synced = await _next(events)
         assert (synced.type, synced.name) == (E.SYNCED, "orders/")
         # Changes under the prefix only, in order.
-        await a.Acquire(pb.AcquireRequest(name="other/2", ttl_ms=8000))
+        await a.Acquire(_acquiring("other/2", 8000))
         await a.Release(pb.ReleaseRequest(name="orders/1", lease_id=before["orders/1"].lease_id))
-        new = await a.Acquire(pb.AcquireRequest(name="orders/3", ttl_ms=8000, owner="x"))
+        new = await a.Acquire(_acquiring("orders/3", 8000, "x"))
         got = [await _next(events), await _next(events)]
         assert [(g.type, g.name) for g in got] == [
             (E.RELEASED, "orders/1"),
@@ -153,9 +158,9 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
             value = b"v" * 1024  # about 1.2 KB per ACQUIRED: the window fills quickly
             cycles = 0
             while gateway.service.watch_hub.watchers and cycles < 2000:
-                held = await stub.Acquire(
-                    pb.AcquireRequest(name="busy", ttl_ms=5000, owner=owner, value=value)
-                )
+                request = _acquiring("busy", 5000, owner)
+                request.value = value
+                held = await stub.Acquire(request)
                 await stub.Release(pb.ReleaseRequest(name="busy", lease_id=held.lease_id))
                 cycles += 1
             assert gateway.service.watch_hub.watchers == 0, "the watcher was never cut off"
@@ -175,7 +180,7 @@ async def test_a_watcher_that_never_reads_is_cut_off(embedded: GatewayConfig) ->
             state = await _next(events)
             assert (state.type, state.held) == (E.STATE, False)
             assert (await _next(events)).type == E.SYNCED
-            held = await stub.Acquire(pb.AcquireRequest(name="busy", ttl_ms=5000))
+            held = await stub.Acquire(_acquiring("busy", 5000))
             got = await _next(events)
             assert (got.type, got.fencing_token) == (E.ACQUIRED, held.fencing_token)
 
@@ -197,7 +202,7 @@ async def test_bad_watch_requests(embedded: GatewayConfig) -> None:
             "TOO_MANY_WATCHERS",
         )
         # Still serving.
-        await stub.Acquire(pb.AcquireRequest(name="fine", ttl_ms=1000))
+        await stub.Acquire(_acquiring("fine", 1000))
         assert (await _next(events)).type == E.ACQUIRED
 
 
