@@ -4,8 +4,11 @@ A lock held by a majority of N nodes is held on at least one of the first
 N - quorum + 1 nodes. So a listing walks those nodes' keys in turn (`lockd_list`, a SCAN
 step on one node: bounded work), asks every other node about the names one page found
 (`lockd_peek`, one call per node), and reports a name when a quorum holds it and no
-earlier node of the walk holds it (that node's walk reported it already). The page
-token is the walk's position: which node, and its cursor there.
+earlier node of the walk holds it (that node's walk reported it already). A walked
+node that fails its scan step is skipped, and stays skipped for the rest of the listing:
+its locks are then reported by the later nodes that hold them, even when the skipped
+node answers their peeks. The page token is the walk's position: which node, which
+nodes were skipped, and the cursor there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "Entry", "Page", "check_prefix", "list_pa
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+STEP_TIMEOUT_S = 1.0
+"""The least a scan step may take (a listing is not latency-bound; a first step sorts the
+node's keys under the prefix), before the node is skipped."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,20 +54,21 @@ class Page:
     next_token: str
 
 
-def _encode(node: int, cursor: bytes) -> str:
-    return base64.urlsafe_b64encode(struct.pack(">B", node) + cursor).decode()
+def _encode(node: int, skipped: int, cursor: bytes) -> str:
+    return base64.urlsafe_b64encode(struct.pack(">BB", node, skipped) + cursor).decode()
 
 
-def _decode(token: str, walked: int) -> tuple[int, bytes]:
+def _decode(token: str, walked: int) -> tuple[int, int, bytes]:
+    """(node, skipped nodes as a bit mask, cursor) of a page token."""
     if not token:
-        return 0, b"0"
+        return 0, 0, b"0"
     try:
         raw = base64.urlsafe_b64decode(token.encode())
     except (ValueError, UnicodeEncodeError):
         raw = b""
-    if len(raw) < 2 or raw[0] >= walked:
+    if len(raw) < 3 or raw[0] >= walked or raw[1] >> raw[0]:
         raise errors.invalid(ErrorReason.BAD_PAGE, "page_token is not one List returned")
-    return raw[0], raw[1:]
+    return raw[0], raw[1], raw[2:]
 
 
 def _step(reply: object) -> tuple[bytes, list[tuple[bytes, records.NodeState]]]:
@@ -95,18 +102,20 @@ async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: 
     check_prefix(manager, prefix)
     count = min(page_size or DEFAULT_PAGE, MAX_PAGE)
     walked = len(manager.nodes) - manager.quorum + 1
-    index, cursor = _decode(token, walked)
+    index, skipped, cursor = _decode(token, walked)
     while True:
         node = manager.nodes[index]
         try:
             reply = await asyncio.wait_for(
                 node.fcall(b"lockd_list", [], [cursor, prefix, b"%d" % count]),
-                manager.node_timeout_s,
+                max(manager.node_timeout_s, STEP_TIMEOUT_S),
             )
             cursor, found = _step(reply)
             break
         except (NodeError, TimeoutError):
-            # Its locks are also held on later nodes of the walk (or not by a quorum).
+            # Its locks are also held on later nodes of the walk (or not by a quorum),
+            # which report them from now on.
+            skipped |= 1 << index
             index, cursor = index + 1, b"0"
             if index == walked:
                 raise errors.unavailable(
@@ -124,7 +133,7 @@ async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: 
                 states.append(state)
             elif answer is not None:
                 states.append(answer[i])
-                if j < first_holder and answer[i].pttl_ms != -2:
+                if j < first_holder and not skipped >> j & 1 and answer[i].pttl_ms != -2:
                     first_holder = j
         holder = records.merge(states, manager.quorum)
         if holder.held and first_holder == index:
@@ -139,5 +148,5 @@ async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: 
             )
     if cursor == b"0":
         index, cursor = index + 1, b"0"
-    next_token = "" if index == walked else _encode(index, cursor)
+    next_token = "" if index == walked else _encode(index, skipped, cursor)
     return Page(entries, next_token)
