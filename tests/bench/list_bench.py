@@ -10,9 +10,10 @@ many concurrent Acquire calls of the async client (watchdog off) with a TTL long
 outlast the listing; the gateway holds at most 100 000 leases (its `max_locks`).
 
 Reports the calls, their total and mean, the three slowest (a node's walk starts with a
-sorted snapshot of its keys: the first call there is the slow one), and whether every held
-lock was listed once, or at least once (a listing may report a lock twice, never miss a
-steady one).
+sorted snapshot of its keys, so its first call is expected to be slow), and whether every
+held lock was listed exactly once, at least once (a listing may report a lock twice), or
+how many it missed (see docs/BENCHMARKS.md "List cost": a scan step slower than the
+gateway's --node-timeout skips the rest of that node's walk).
 """
 
 from __future__ import annotations
