@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import engine_bench, gateway_bench, shapes_bench, watch_bench
+from tests.bench import engine_bench, gateway_bench, list_bench, shapes_bench, watch_bench
 
 
 def main() -> None:
@@ -18,6 +18,7 @@ def main() -> None:
         ("gateway vs Redlock peers on five redis-servers", gateway_bench.gateway_vs_peers),
         ("lockd's shapes vs etcd, ZooKeeper and Redlock, one run", shapes_bench.shapes_vs_peers),
         ("watch event latency, release at gateway A to a watcher on B", watch_bench.watch_latency),
+        ("List cost, 2000 held locks listed a page of 1000 at a time", list_bench.list_cost),
     ]
     print(f"{'benchmark':<58} {'result':>28}  target")
     for title, bench in sections:
