@@ -103,3 +103,21 @@ def test_plaintext_client_cannot_talk_to_a_tls_engine(tls_engine: EngineProcess)
     with pytest.raises(redis.ConnectionError):
         tls_engine.client(socket_timeout=2, **ONCE).ping()
     assert tls_engine.proc is not None and tls_engine.proc.poll() is None  # still up
+
+
+def test_plaintext_beyond_loopback_is_warned(tmp_path: Path) -> None:
+    """Bound beyond loopback with neither a password nor TLS, the engine starts (the
+    operator may have a firewall) but says what is exposed and which flags fix it; on
+    loopback it says nothing."""
+    exposed = EngineProcess(tmp_path / "exposed", "--host", "0.0.0.0").start()
+    quiet = EngineProcess(tmp_path / "quiet").start()
+    try:
+        exposed.stop()
+        quiet.stop()
+        said, unsaid = exposed.output(), quiet.output()
+    finally:
+        exposed.close()
+        quiet.close()
+    assert "no password (--password-file) and no TLS (--tls-cert, --tls-key)" in said, said
+    assert "delete locks and rewrite fencing counters" in said
+    assert "anyone who can reach it" not in unsaid
