@@ -42,6 +42,7 @@ __all__ = [
     "DiskFaults",
     "FrameReader",
     "Salvage",
+    "cut_tail",
     "decode_end",
     "encode_end",
     "encode_frame",
@@ -437,3 +438,16 @@ def private_dir(directory: Path, owned: Iterable[str]) -> None:
     for path in present:
         if path.stat().st_mode & 0o077:
             os.chmod(path, FILE_MODE)
+
+
+def cut_tail(
+    kind: str, path: Path, data: bytes, good: int, what: str, logger: logging.Logger
+) -> None:
+    """Cut a torn tail: truncate `path` (the `kind` of file, whose bytes are `data`) to
+    `good` bytes and fsync, with one warning on `logger` naming what was cut and where."""
+    logger.warning(
+        "%s %s: %s, cut the last %d bytes at byte %d", kind, path, what, len(data) - good, good
+    )
+    with open(path, "r+b") as f:
+        f.truncate(good)
+        os.fsync(f.fileno())

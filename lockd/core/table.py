@@ -53,6 +53,7 @@ __all__ = [
     "LockTable",
     "Policy",
     "ProbeDone",
+    "Pump",
     "RefuseWaiter",
     "ReleaseHeard",
     "Request",
@@ -648,3 +649,29 @@ def _held(waited_ns: int) -> str:
 
 def _queued(waited_ns: int) -> str:
     return f"lock still held after waiting {waited_ns // MS} ms (queued behind other waiters)"
+
+
+class Pump:
+    """Feeds a `LockTable` and carries out its commands with `do`, in order; events fed
+    while a command is carried out (an inline attempt's outcome, a release notice) are
+    queued and handled after it, never re-entering the table."""
+
+    def __init__(self, table: LockTable, do: Callable[[Command], None]) -> None:
+        self.table = table
+        self._do = do
+        self._events: collections.deque[Event] = collections.deque()
+        self._busy = False
+
+    def feed(self, event: Event) -> None:
+        """Hand `event` to the table and carry out its commands (and those of the events
+        they cause)."""
+        self._events.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._events:
+                for cmd in self.table.handle(self._events.popleft()):
+                    self._do(cmd)
+        finally:
+            self._busy = False

@@ -47,6 +47,7 @@ from lockd.durable import (
     DiskFaults,
     FrameReader,
     Salvage,
+    cut_tail,
     encode_frame,
     errno_name,
     fdatasync,
@@ -445,16 +446,7 @@ class AppendOnlyFile:
         self.legacy = True
 
     def _cut(self, data: bytes, good: int, what: str) -> None:
-        log.warning(
-            "AOF %s: %s, cut the last %d bytes at byte %d",
-            self.path,
-            what,
-            len(data) - good,
-            good,
-        )
-        with open(self.path, "r+b") as f:
-            f.truncate(good)
-            os.fsync(f.fileno())
+        cut_tail("AOF", self.path, data, good, what, log)
 
     def upgrade(self, records: Iterable[bytes]) -> None:
         """Replace a version 1 file by a version 2 one holding `records` (the state it

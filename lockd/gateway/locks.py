@@ -12,7 +12,6 @@ hot path: no task, no future); otherwise they return a coroutine to await.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import itertools
 import logging
@@ -50,6 +49,7 @@ from lockd.core.table import (
     LockTable,
     Policy,
     ProbeDone,
+    Pump,
     RefuseWaiter,
     ReleaseHeard,
     Request,
@@ -124,6 +124,7 @@ class LockManager:
             max_locks=config.max_locks,
         )
         self.table = LockTable(len(self.nodes), policy, random.Random())
+        self._pump = Pump(self.table, self._do)
         self.metrics.waiters.set_function(lambda: self.table.waiting)
         groups = [n.group for n in self.nodes if isinstance(n, EmbeddedNode) and n.group]
         if groups:
@@ -135,10 +136,8 @@ class LockManager:
         self._futures: dict[int, asyncio.Future[Granted]] = {}
         self._answers: dict[int, Granted | errors.LockdError] = {}
         self._timers: dict[bytes, tuple[int, asyncio.TimerHandle]] = {}
-        self._events: collections.deque[Event] = collections.deque()
         self._metas: dict[int, Meta] = {}
         """Owner records of waiters that gave one (until they are answered)."""
-        self._busy = False
 
     @property
     def shutting_down(self) -> bool:
@@ -220,17 +219,8 @@ class LockManager:
 
     def _feed(self, event: Event) -> None:
         """Hand `event` to the table and carry out its commands, and those of the events
-        they cause (inline attempts, release notifications), in order."""
-        self._events.append(event)
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            while self._events:
-                for cmd in self.table.handle(self._events.popleft()):
-                    self._do(cmd)
-        finally:
-            self._busy = False
+        they cause, in order (`Pump`)."""
+        self._pump.feed(event)
 
     def _do(self, cmd: Command) -> None:
         if isinstance(cmd, StartAttempt):

@@ -11,7 +11,6 @@ waits, in order, until it resumes.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import random
@@ -44,6 +43,7 @@ from lockd.core.table import (
     LockTable,
     Policy,
     ProbeDone,
+    Pump,
     RefuseWaiter,
     ReleaseHeard,
     Request,
@@ -130,13 +130,12 @@ class SimGateway:
         self.env = env
         self.clock = clock
         self.table = LockTable(NODES, policy, rng)
+        self._pump = Pump(self.table, self._do)
         self.clients: dict[int, SimClient] = {}
         self.paused_until = 0
         self._leases = leases
         self._who = f"g{index}"
         self._deferred: list[tuple[Callable[[Any], None], Any]] = []
-        self._events: collections.deque[Event] = collections.deque()
-        self._busy = False
         self._ids = itertools.count()
         self._runs: dict[int, _Run] = {}
         self._attempts: dict[int, _Attempt] = {}
@@ -264,18 +263,9 @@ class SimGateway:
     # -- the table -------------------------------------------------------------------------
 
     def feed(self, event: Event) -> None:
-        """Hand `event` to the table and carry out its commands (and those of the events
-        they cause), in order."""
-        self._events.append(event)
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            while self._events:
-                for cmd in self.table.handle(self._events.popleft()):
-                    self._do(cmd)
-        finally:
-            self._busy = False
+        """Hand `event` to the table and carry out its commands, and those of the events
+        they cause, in order (`Pump`)."""
+        self._pump.feed(event)
 
     def _do(self, cmd: Command) -> None:
         env = self.env

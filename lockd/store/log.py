@@ -49,6 +49,7 @@ from lockd.durable import (
     CorruptFile,
     FrameReader,
     Salvage,
+    cut_tail,
     decode_end,
     encode_end,
     encode_frame,
@@ -393,16 +394,7 @@ class StoreLog:
         return state, 3
 
     def _cut(self, data: bytes, good: int, what: str) -> None:
-        log.warning(
-            "store log %s: %s, cut the last %d bytes at byte %d",
-            self.path,
-            what,
-            len(data) - good,
-            good,
-        )
-        with open(self.path, "r+b") as f:
-            f.truncate(good)
-            os.fsync(f.fileno())
+        cut_tail("store log", self.path, data, good, what, log)
 
     def append(self, records: Sequence[bytes]) -> None:
         """Write `records` as one frame and fsync it: durable when this returns. The
