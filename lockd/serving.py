@@ -8,13 +8,24 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["AcceptErrors", "host_port", "is_loopback", "raise_fd_limit", "run_until_signal"]
+__all__ = [
+    "AcceptErrors",
+    "host_port",
+    "is_loopback",
+    "raise_fd_limit",
+    "run_until_signal",
+    "watch_open_files",
+]
+
+OPEN_FILES_CHECK_S = 5.0
+"""How often a server counts its open files (`watch_open_files`)."""
 
 log = logging.getLogger("lockd")
 
@@ -85,14 +96,42 @@ class AcceptErrors:
             )
 
 
+async def watch_open_files(what: str, share: float = 0.9) -> None:
+    """Every `OPEN_FILES_CHECK_S`, log an error while the process holds `share` of its
+    open-files limit or more (new connections are about to be refused, and grpc's own
+    failed accepts never reach Python), and one line when it is below again."""
+    full = False
+    while True:
+        await asyncio.sleep(OPEN_FILES_CHECK_S)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            held = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return  # no /proc: nothing to watch
+        if held >= share * limit:
+            full = True
+            log.error(
+                "%s holds %d of its %d open files: new connections will be refused; raise "
+                "the open-files limit (ulimit -n) or reduce idle clients",
+                what,
+                held,
+                limit,
+            )
+        elif full:
+            full = False
+            log.warning("%s holds %d of its %d open files again", what, held, limit)
+
+
 async def run_until_signal(
     start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[None]], what: str
 ) -> None:
     """Raise the open-files limit, start, wait for SIGTERM or SIGINT, then stop
-    (gracefully: `stop` owns the grace). Failed accepts are logged once per interval."""
+    (gracefully: `stop` owns the grace). Failed accepts are logged once per interval, and
+    so is an open-files count near the limit."""
     limit = raise_fd_limit()
     log.debug("%s may open %d files", what, limit)
     asyncio.get_running_loop().set_exception_handler(AcceptErrors(what))
+    watcher = asyncio.create_task(watch_open_files(what))
     await start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,4 +141,5 @@ async def run_until_signal(
         await stopping.wait()
         log.info("%s stopping", what)
     finally:
+        watcher.cancel()
         await stop()

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import dataclasses
 import filecmp
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lockd.cli import serve as serve_command
 from lockd.gateway import Gateway, GatewayConfig
 from lockd.v1 import lock_service_pb2 as pb
+from tests.client.helpers import LockdProcess, serve_process
 from tests.gateway.helpers import Stub, channel, eventually, fails, running
 from tests.support import REPO, free_port, wait_for_port
 
@@ -350,3 +353,32 @@ async def test_metrics_endpoint_drops_stalled_clients(
             return scrape_threads() == 0
 
         await eventually(settled)
+
+
+async def test_open_files_near_the_limit_are_logged(tmp_path: Path) -> None:
+    """With its open-files limit nearly used up by idle connections, the gateway says so
+    (it gave new clients DEADLINE_EXCEEDED and logged nothing: grpc's failed accepts never
+    reach Python), and says when it is below again."""
+    proc = serve_process(tmp_path / "data").start()
+    sockets: list[socket.socket] = []
+    try:
+        held = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (held + 40, held + 40))
+        for _ in range(40):
+            sockets.append(socket.create_connection(("127.0.0.1", proc.port)))
+        await _logged(proc, "open files: new connections will be refused")
+        for s in sockets:
+            s.close()
+        await _logged(proc, "open files again")
+    finally:
+        for s in sockets:
+            s.close()
+        proc.close()
+
+
+async def _logged(proc: LockdProcess, text: str, timeout: float = 15.0) -> None:
+    """Until the process has printed `text` (it checks its open files every 5 s)."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():
+        assert time.monotonic() < deadline, proc.output()[-2000:]
+        await asyncio.sleep(0.2)
