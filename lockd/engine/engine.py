@@ -615,15 +615,9 @@ class Engine:
                 else:
                     ks.delete(meta_key)
         elif current == lease:
-            ks.set_deadline(lock_key, deadline)
             if meta is not None and meta_key is not None:
                 ks.check_new_key(meta_key, len(meta))
-                before = self._string(meta_key)
-                ks.set(meta_key, meta, deadline)
-                if before != meta and self._events_wanted():
-                    self._publish_event(b"U", lock_key, counter, ms, meta)
-            elif meta_key is not None and ks.get(meta_key) is not None:
-                ks.set_deadline(meta_key, deadline)
+            self._extend_held(lock_key, meta_key, counter, ms, meta)
         else:
             return 0, counter
         if self.config.unsafe_single_phase_token:
@@ -686,18 +680,27 @@ class Engine:
         if meta is not None and meta_key is not None:
             counter = self.counter(fence_key_of(lock_key))
             self.keyspace.check_new_key(meta_key, len(meta))
-        deadline = self.clock.now_ms() + ms
-        self.keyspace.set_deadline(lock_key, deadline)
-        if meta is not None and meta_key is not None:
-            before = self._string(meta_key)
-            self.keyspace.set(meta_key, meta, deadline)
-            if before != meta and self._events_wanted():
-                self._publish_event(b"U", lock_key, counter, ms, meta)
-        elif meta_key is not None and self.keyspace.get(meta_key) is not None:
-            self.keyspace.set_deadline(meta_key, deadline)
+        self._extend_held(lock_key, meta_key, counter, ms, meta)
         if self._settle_now:
             self._settle()
         return 1
+
+    def _extend_held(
+        self, lock_key: bytes, meta_key: bytes | None, counter: int, ms: int, meta: bytes | None
+    ) -> None:
+        """Give a held lock `ms` more, with its owner record: replaced by `meta` when one
+        is given (a changed record is published as a `U` lock event), else kept and
+        extended. (Room for `meta` is checked by the caller, before any change.)"""
+        ks = self.keyspace
+        deadline = self.clock.now_ms() + ms
+        ks.set_deadline(lock_key, deadline)
+        if meta is not None and meta_key is not None:
+            before = self._string(meta_key)
+            ks.set(meta_key, meta, deadline)
+            if before != meta and self._events_wanted():
+                self._publish_event(b"U", lock_key, counter, ms, meta)
+        elif meta_key is not None and ks.get(meta_key) is not None:
+            ks.set_deadline(meta_key, deadline)
 
     def pttl(self, key: bytes) -> int:
         """Milliseconds `key` has left, as Redis's PTTL: -2 absent, -1 no expiry."""

@@ -126,6 +126,21 @@ local function publish_event(kind, lock, n, pttl, record)
     string.format('%s:%d:%d:%s:%d:', kind, n, pttl, digest, #lock) .. lock .. (record or ''))
 end
 
+-- Extend a held lock to `ttl` ms, with its owner record: replaced by `record` when one is
+-- given (an UPDATED event when it changed), else kept and extended.
+local function extend_held(lock, meta, n, ttl, record)
+  redis.call('PEXPIRE', lock, ttl)
+  if record then
+    local before = redis.call('GET', meta)
+    redis.call('SET', meta, record, 'PX', ttl)
+    if before ~= record then
+      publish_event('U', lock, n, tonumber(ttl), record)
+    end
+  elseif meta then
+    redis.call('PEXPIRE', meta, ttl)
+  end
+end
+
 local function acquire(keys, args)
   local bad = arity_error('lockd_acquire', keys, args, 2, 2, 2, 3)
   if bad then return bad end
@@ -149,16 +164,7 @@ local function acquire(keys, args)
     end
     acquired = 1
   elseif current == args[1] then
-    redis.call('PEXPIRE', keys[1], args[2])
-    if args[3] then
-      local before = redis.call('GET', meta)
-      redis.call('SET', meta, args[3], 'PX', args[2])
-      if before ~= args[3] then
-        publish_event('U', keys[1], n, tonumber(args[2]), args[3])
-      end
-    elseif meta then
-      redis.call('PEXPIRE', meta, args[2])
-    end
+    extend_held(keys[1], meta, n, args[2], args[3])
     acquired = 1
   end
   return {acquired, n}
@@ -204,16 +210,7 @@ local function extend(keys, args)
     n, err = counter(fence_key(keys[1]))
     if not n then return err end
   end
-  redis.call('PEXPIRE', keys[1], args[2])
-  if args[3] then
-    local before = redis.call('GET', meta)
-    redis.call('SET', meta, args[3], 'PX', args[2])
-    if before ~= args[3] then
-      publish_event('U', keys[1], n, tonumber(args[2]), args[3])
-    end
-  elseif meta then
-    redis.call('PEXPIRE', meta, args[2])
-  end
+  extend_held(keys[1], meta, n, args[2], args[3])
   return 1
 end
 
