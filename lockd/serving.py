@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -106,8 +107,10 @@ async def watch_open_files(what: str, share: float = 0.9) -> None:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
             held = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            return  # no /proc: nothing to watch
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                return  # no /proc: nothing to watch
+            held = limit  # listing /proc/self/fd takes a file, and none is left
         if held >= share * limit:
             full = True
             log.error(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
 import filecmp
 import os
 import resource
@@ -364,7 +365,7 @@ async def test_open_files_near_the_limit_are_logged(tmp_path: Path) -> None:
     try:
         held = len(os.listdir(f"/proc/{proc.pid}/fd"))
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (held + 40, held + 40))
-        for _ in range(40):
+        for _ in range(60):  # more than it may open: the limit is surely exhausted
             sockets.append(socket.create_connection(("127.0.0.1", proc.port)))
         await _logged(proc, "open files: new connections will be refused")
         for s in sockets:
@@ -374,6 +375,41 @@ async def test_open_files_near_the_limit_are_logged(tmp_path: Path) -> None:
         for s in sockets:
             s.close()
         proc.close()
+
+
+async def test_open_files_share_is_checked_before_exhaustion(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 90 % of the limit the server already warns, and at 100 % (when even listing its
+    open files fails with EMFILE) it keeps warning instead of giving up watching."""
+    from lockd import serving
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    held = iter([int(limit * 0.95), -1, 3])
+
+    def listdir(path: str) -> list[str]:
+        n = next(held, 3)
+        if n < 0:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return ["x"] * n
+
+    monkeypatch.setattr(serving, "OPEN_FILES_CHECK_S", 0.01)
+    monkeypatch.setattr(serving.os, "listdir", listdir)
+    watcher = asyncio.create_task(serving.watch_open_files("probe"))
+    try:
+        async def said_again() -> bool:
+            return "open files again" in caplog.text
+
+        await eventually(said_again)
+    finally:
+        watcher.cancel()
+    refused = [r.getMessage() for r in caplog.records if "will be refused" in r.getMessage()]
+    assert refused == [
+        f"probe holds {int(limit * 0.95)} of its {limit} open files: new connections will "
+        "be refused; raise the open-files limit (ulimit -n) or reduce idle clients",
+        f"probe holds {limit} of its {limit} open files: new connections will be refused; "
+        "raise the open-files limit (ulimit -n) or reduce idle clients",
+    ]
 
 
 async def _logged(proc: LockdProcess, text: str, timeout: float = 15.0) -> None:
