@@ -397,6 +397,7 @@ async def test_open_files_share_is_checked_before_exhaustion(
     monkeypatch.setattr(serving.os, "listdir", listdir)
     watcher = asyncio.create_task(serving.watch_open_files("probe"))
     try:
+
         async def said_again() -> bool:
             return "open files again" in caplog.text
 
