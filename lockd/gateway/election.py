@@ -1,13 +1,15 @@
 """Leader election on the lock table: an election is a lock, its leader the holder.
 
-Election `E` is the lock `@election/E` (`lock_name`): names under `@election/` are
-reserved (Acquire refuses them), so an election and a lock never collide. Campaign is a
-waiting Acquire (FIFO through the gateway's lock table) whose grant's fencing token is
-the term; it then writes the leader record, `<term>:<value>` as the lock's value in its
-owner record (`encode_value`), with a `lockd_extend` on the lease (the Renew machine
-with a record), so Leader reads the exact term from a quorum rather than the fencing
-counter (which reads "the term, or more" once collected). Proclaim is the same extend
-with a new value. Resign is a Release. Renewal is the ordinary Renew on the lock.
+Election `E` is the lock `@election/E` (`lockd.core.records.election_lock`, where the
+record encoding and the reading of a leader live too, shared with the simulator): names
+under `@election/` are reserved (Acquire refuses them), so an election and a lock never
+collide. Campaign is a waiting Acquire (FIFO through the gateway's lock table) whose
+grant's fencing token is the term; it then writes the leader record, `<term>:<value>` as
+the lock's value in its owner record (`encode_value`), with a `lockd_extend` on the
+lease (the Renew machine with a record), so Leader reads the exact term from a quorum
+rather than the fencing counter (which reads "the term, or more" once collected).
+Proclaim is the same extend with a new value. Resign is a Release. Renewal is the
+ordinary Renew on the lock.
 
 Observe shares one poller per election among its observers (`Observers`): each round
 reads the leader from the nodes, and every observer keeps only the latest leader it has
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Coroutine
@@ -36,6 +37,15 @@ import grpc
 
 from lockd import errors
 from lockd.core import Granted, Meta, Renewed, encode_meta
+from lockd.core.records import (
+    ELECTION_PREFIX,
+    TERM_DIGITS,
+    Leader,
+    election_lock,
+    encode_value,
+    leader_of,
+    supersedes,
+)
 from lockd.errors import ErrorReason, LockdError
 from lockd.gateway import records
 from lockd.gateway.locks import LockManager, Now
@@ -44,23 +54,15 @@ from lockd.units import MS
 
 __all__ = [
     "MAX_ELECTION_VALUE_BYTES",
-    "PREFIX",
-    "Leader",
     "Observers",
     "campaign",
     "check_election",
     "check_not_reserved",
-    "decode_value",
-    "encode_value",
     "leader",
-    "lock_name",
     "proclaim",
     "resign",
 ]
 
-PREFIX = b"@election/"
-"""Lock names under this prefix are elections' (Acquire refuses them)."""
-TERM_DIGITS = 20  # 2**64 - 1
 MAX_ELECTION_VALUE_BYTES = 1000
 """A candidate's value; with `<term>:` before it, within the lock value limit."""
 assert MAX_ELECTION_VALUE_BYTES + TERM_DIGITS + 1 <= records.MAX_VALUE_BYTES
@@ -74,28 +76,13 @@ RECORD_WAIT_S = 0.01
 """How soon Observe looks again at a leader whose record has no term yet."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Leader:
-    """An election's leader as a quorum of nodes shows it."""
-
-    term: int
-    value: bytes
-    owner: bytes
-    ttl_remaining_ms: int
-
-
-def lock_name(election: bytes) -> bytes:
-    """The lock that holds `election`'s leadership."""
-    return PREFIX + election
-
-
 def check_election(manager: LockManager, election: str) -> bytes:
     """The election name as bytes, or INVALID_ARGUMENT BAD_NAME (the same rules as lock
     names, with room for the prefix)."""
     raw = election.encode("utf-8", "surrogatepass")
     if not raw:
         raise errors.invalid(ErrorReason.BAD_NAME, "election name is empty")
-    limit = manager.config.max_name_bytes - len(PREFIX)
+    limit = manager.config.max_name_bytes - len(ELECTION_PREFIX)
     if len(raw) > limit:
         raise errors.invalid(
             ErrorReason.BAD_NAME, f"election name is {len(raw)} bytes; the limit is {limit}"
@@ -106,10 +93,11 @@ def check_election(manager: LockManager, election: str) -> bytes:
 
 def check_not_reserved(name: bytes) -> bytes:
     """`name`, or BAD_NAME when it is an election's lock (Acquire must not take one)."""
-    if name.startswith(PREFIX):
+    if name.startswith(ELECTION_PREFIX):
         raise errors.invalid(
             ErrorReason.BAD_NAME,
-            f"lock names under {PREFIX.decode()!r} are reserved for elections: use Campaign",
+            f"lock names under {ELECTION_PREFIX.decode()!r} are reserved for elections: "
+            "use Campaign",
         )
     return name
 
@@ -131,20 +119,6 @@ def check_term(term: int) -> int:
     return term
 
 
-def encode_value(term: int, value: bytes) -> bytes:
-    """The election lock's value: the term, `:`, the candidate's value."""
-    return b"%d:%b" % (term, value)
-
-
-def decode_value(raw: bytes) -> tuple[int, bytes] | None:
-    """(term, value) from `encode_value`, or None (a record written before the term was
-    known: the candidate has not been told it leads yet)."""
-    term, sep, value = raw.partition(b":")
-    if not sep or not term.isdigit() or len(term) > TERM_DIGITS:
-        return None
-    return int(term), value
-
-
 def _record(owner: bytes, term: int, value: bytes) -> bytes:
     return encode_meta(Meta(owner, encode_value(term, value), time.time_ns() // MS))
 
@@ -161,7 +135,7 @@ async def campaign(
     """Wait (up to `wait_ms`, 0: `CAMPAIGN_WAIT_MS`, and `deadline_ns`) to lead
     `election` and write the leader record; the grant's token is the term. A record that
     cannot be written on a quorum loses the lease (LEASE_LOST)."""
-    name = lock_name(election)
+    name = election_lock(election)
     wait = manager.check_wait(wait_ms) or CAMPAIGN_WAIT_MS
     granted = await _ready(manager.acquire(name, ttl_ms, wait, deadline_ns, Meta(owner, b"", 0)))
     try:
@@ -185,14 +159,14 @@ async def proclaim(
 ) -> Renewed:
     """Replace the leader's value (keeping `term`) and renew its lease on a quorum."""
     return await _ready(
-        manager.renew(lock_name(election), lease, ttl_ms, _record(owner, term, value))
+        manager.renew(election_lock(election), lease, ttl_ms, _record(owner, term, value))
     )
 
 
 async def resign(manager: LockManager, election: bytes, lease: bytes) -> None:
     """Release the leadership, or FAILED_PRECONDITION NOT_LEADER."""
     try:
-        await _ready(manager.release(lock_name(election), lease))
+        await _ready(manager.release(election_lock(election), lease))
     except LockdError as exc:
         if exc.reason != ErrorReason.Name(ErrorReason.NOT_OWNED):
             raise
@@ -211,14 +185,7 @@ async def current(manager: LockManager, election: bytes) -> Leader | None:
 async def _look(manager: LockManager, election: bytes) -> tuple[Leader | None, bool]:
     """The leader a quorum shows now (or None), and whether the lock is held by a
     candidate whose record has no term yet (about to lead)."""
-    holder = await records.holder(manager, lock_name(election))
-    if not holder.held:
-        return None, False
-    decoded = decode_value(holder.meta.value) if holder.meta is not None else None
-    if holder.meta is None or decoded is None:
-        return None, True
-    term, value = decoded
-    return Leader(term, value, holder.meta.owner, holder.ttl_remaining_ms), False
+    return leader_of(await records.holder(manager, election_lock(election)))
 
 
 async def leader(manager: LockManager, election: bytes) -> Leader:
@@ -251,12 +218,9 @@ class _Feed:
     def offer(self, found: Leader) -> None:
         """Keep `found` if it comes after what was sent (a larger term, or a new value
         in the same term)."""
-        if self.sent is not None:
-            term, value = self.sent
-            if found.term < term or (found.term == term and found.value == value):
-                return
-        self.pending = found
-        self.ready.set()
+        if supersedes(found, self.sent):
+            self.pending = found
+            self.ready.set()
 
 
 class Observers:
@@ -327,7 +291,7 @@ class Observers:
         assert self.hub is not None
         while True:
             try:
-                async with await self.hub.subscribe(lock_name(election)) as events:
+                async with await self.hub.subscribe(election_lock(election)) as events:
                     async for _ in events:
                         self.poke(election)
             except LockdError as exc:

@@ -20,6 +20,7 @@ import struct
 
 from lockd import errors
 from lockd.core import Meta
+from lockd.core.records import NodeState, merge
 from lockd.errors import ErrorReason
 from lockd.gateway import records
 from lockd.gateway.locks import LockManager
@@ -71,7 +72,7 @@ def _decode(token: str, walked: int) -> tuple[int, int, bytes]:
     return raw[0], raw[1], raw[2:]
 
 
-def _step(reply: object) -> tuple[bytes, list[tuple[bytes, records.NodeState]]]:
+def _step(reply: object) -> tuple[bytes, list[tuple[bytes, NodeState]]]:
     """A `lockd_list` reply: next cursor and (name, state) entries."""
     if not isinstance(reply, list) or len(reply) != 2:
         raise NodeError(f"unexpected lockd_list reply {reply!r}")
@@ -135,7 +136,7 @@ async def list_page(manager: LockManager, prefix: bytes, token: str, page_size: 
                 states.append(answer[i])
                 if j < first_holder and not skipped >> j & 1 and answer[i].pttl_ms != -2:
                     first_holder = j
-        holder = records.merge(states, manager.quorum)
+        holder = merge(states, manager.quorum)
         if holder.held and first_holder == index:
             entries.append(
                 Entry(

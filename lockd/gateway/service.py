@@ -21,6 +21,7 @@ import grpc
 from lockd import __version__
 from lockd.admin import admin_identity
 from lockd.core import Granted, Released, Renewed
+from lockd.core.records import Leader, election_lock
 from lockd.errors import ErrorReason, LockdError, abort
 from lockd.gateway import admin, election, listing, records, watch
 from lockd.gateway.locks import LockManager, Now
@@ -74,7 +75,7 @@ def _owner(owner: str) -> bytes:
     return meta.owner if meta is not None else b""
 
 
-def _leader(name: str, found: election.Leader) -> pb.LeaderResponse:
+def _leader(name: str, found: Leader) -> pb.LeaderResponse:
     return pb.LeaderResponse(
         election=name,
         term=found.term,
@@ -372,7 +373,7 @@ class LockService(pb_grpc.LockServiceServicer):
             ),
             validity_ms=(granted.deadline_ns - received) // MS,
             ttl_ms=ttl,
-            lock_name=election.lock_name(name).decode(),
+            lock_name=election_lock(name).decode(),
         )
 
     async def Proclaim(self, request: pb.ProclaimRequest, context: Context) -> pb.ProclaimResponse:

@@ -46,6 +46,7 @@ from typing import Any
 
 from lockd import errors
 from lockd.core import Meta, decode_event, decode_meta, lock_name
+from lockd.core.records import Holder
 from lockd.errors import ErrorReason, LockdError
 from lockd.gateway import listing, records
 from lockd.gateway.locks import LockManager
@@ -202,9 +203,9 @@ class _Tracker:
                 return
             self._end(EventType.FORCE_RELEASED if kind == b"F" else EventType.RELEASED)
 
-    def sync(self, held: records.Holder | listing.Entry) -> None:
+    def sync(self, held: Holder | listing.Entry) -> None:
         """What a read of the nodes found (Describe-style `Holder` or a List entry)."""
-        if isinstance(held, records.Holder) and not held.held:
+        if isinstance(held, Holder) and not held.held:
             return  # a read may predate a grant this gateway heard of: the timer decides
         token = held.fencing_counter
         if token <= self.ended or token < self.seen or token == self.token:

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lockd.core.records import Leader, decode_value, encode_value
 from lockd.gateway import GatewayConfig
-from lockd.gateway.election import Leader, _Feed, decode_value, encode_value
+from lockd.gateway.election import _Feed
 from lockd.v1 import lock_service_pb2 as pb
 from tests.gateway.helpers import Stub, client, eventually, fails, urls
 from tests.gateway.test_nodes import _all_ready, redis_servers
