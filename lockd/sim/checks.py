@@ -12,6 +12,17 @@ violations out).
 - overlap: the validity windows of different holders never overlap in true time —
   Redlock's own promise, so only for holders that were not paused and only in runs whose
   clock drift stayed within the bound.
+
+Elections are locks, so one leader per term is token-unique, terms increasing in real
+time is token-monotonic, and a deposed leader's write refused is stale-write (leaders
+write with their term). Beyond those:
+
+- leader-explained: every leader a read found (term, value) is a term granted on that
+  election, with a value that term's leader wrote.
+- leader-fresh: a read that starts after a leader's record was on a quorum (its
+  Campaign returned), or after another read returned a term, never finds a smaller one.
+- observe-order: what each observer is sent never goes back in term, and a term repeats
+  only with a new value.
 """
 
 from __future__ import annotations
@@ -20,13 +31,16 @@ import dataclasses
 
 from lockd.sim.world import MS, StoreModel
 
-__all__ = ["PROPERTIES", "Grant", "History", "Violation", "check", "fmt_ns"]
+__all__ = ["PROPERTIES", "Grant", "History", "Read", "Violation", "check", "fmt_ns"]
 
 PROPERTIES = (
     "token-unique",
     "token-monotonic",
     "stale-write",
     "lost-write",
+    "leader-explained",
+    "leader-fresh",
+    "observe-order",
     "liveness",
     "overlap",
 )
@@ -61,6 +75,29 @@ class Grant:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+    """A read of an election's leader from the nodes, in true time: what it found
+    (`term` None: no leader), and whether it was sent to its observer (an Observe call,
+    numbered in the run)."""
+
+    name: bytes
+    client: int
+    observer: int
+    started: int
+    ended: int
+    term: int | None
+    value: bytes
+    sent: bool
+
+    def __str__(self) -> str:
+        found = f"term {self.term} {self.value.decode()!r}" if self.term else "no leader"
+        return (
+            f"c{self.client}'s read of {self.name.decode()} "
+            f"[{fmt_ns(self.started)}, {fmt_ns(self.ended)}]: {found}"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Violation:
     """A property that failed, when (true time) and how."""
 
@@ -82,6 +119,13 @@ class History:
     """Acknowledged writes: (true time, lock name, write id, client)."""
     trace: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
     attempts: int = 0
+    proclaimed: dict[tuple[bytes, int], set[bytes]] = dataclasses.field(default_factory=dict)
+    """The values each leader wrote: (election lock, term) -> values."""
+    led: list[tuple[int, bytes, int]] = dataclasses.field(default_factory=list)
+    """Leader records known on a quorum: (true time, election lock, term)."""
+    reads: list[Read] = dataclasses.field(default_factory=list)
+    observers: int = 0
+    """Observe calls so far (numbering them)."""
 
     def note(self, at: int, who: str, text: str) -> None:
         """Add a trace line (call only when `tracing`)."""
@@ -99,6 +143,7 @@ def check(
     out += _tokens(history.grants)
     out += _stale_writes(store)
     out += _lost_writes(history, store)
+    out += _leaders(history)
     if overlap_checked:
         out += _overlaps(history.grants)
     out += liveness
@@ -184,6 +229,49 @@ def _lost_writes(history: History, store: StoreModel) -> list[Violation]:
                     "then overwritten by a write that had not seen it",
                 )
             )
+    return out
+
+
+def _leaders(history: History) -> list[Violation]:
+    out: list[Violation] = []
+    granted = {(g.name, g.token) for g in history.grants}
+    for r in history.reads:
+        if r.term is None:
+            continue
+        if (r.name, r.term) not in granted:
+            detail = "a term never granted"
+        elif r.value not in history.proclaimed.get((r.name, r.term), set()):
+            detail = "a value that term's leader never wrote"
+        else:
+            continue
+        out.append(Violation("leader-explained", r.ended, f"{r} found {detail}"))
+    # Real time: sweep reads by start over what was known, by the time it was.
+    known = sorted(
+        [(at, name, term, f"term {term}'s record on a quorum") for at, name, term in history.led]
+        + [(r.ended, r.name, r.term, str(r)) for r in history.reads if r.term is not None]
+    )
+    best: dict[bytes, tuple[int, str]] = {}
+    i = 0
+    for r in sorted(history.reads, key=lambda r: r.started):
+        while i < len(known) and known[i][0] < r.started:
+            _, name, term, why = known[i]
+            if term > best.get(name, (0, ""))[0]:
+                best[name] = (term, why)
+            i += 1
+        newer = best.get(r.name)
+        if r.term is not None and newer is not None and r.term < newer[0]:
+            out.append(
+                Violation("leader-fresh", r.ended, f"{r} is older than {newer[1]} before it")
+            )
+    last: dict[int, Read] = {}
+    for r in sorted((r for r in history.reads if r.sent), key=lambda r: r.ended):
+        seen = last.get(r.observer)
+        assert r.term is not None
+        if seen is not None:
+            assert seen.term is not None
+            if r.term < seen.term or (r.term == seen.term and r.value == seen.value):
+                out.append(Violation("observe-order", r.ended, f"{r} was sent after {seen}"))
+        last[r.observer] = r
     return out
 
 

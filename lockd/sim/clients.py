@@ -14,15 +14,17 @@ import dataclasses
 from collections.abc import Generator
 from typing import Any, Protocol
 
-from lockd.core import Granted, Renewed
-from lockd.sim.checks import Grant, History, fmt_ns
+from lockd.core import Granted, Meta, Renewed, encode_meta
+from lockd.core.records import encode_value, supersedes
+from lockd.sim.checks import Grant, History, Read, fmt_ns
 from lockd.sim.gateway import SimGateway
-from lockd.sim.schedule import Job
+from lockd.sim.schedule import Job, Observe
 from lockd.sim.world import MS, World
 
 __all__ = [
     "AcquireCall",
     "ClientEnv",
+    "LeaderCall",
     "ReleaseCall",
     "RenewCall",
     "SimClient",
@@ -50,11 +52,20 @@ class AcquireCall:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RenewCall:
-    """Ask the gateway to renew; answers Renewed or RenewFailed."""
+    """Ask the gateway to renew (writing owner record `meta` on each node that extends,
+    if given: a leader record); answers Renewed or RenewFailed."""
 
     name: bytes
     lease: bytes
     ttl_ms: int
+    meta: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaderCall:
+    """Ask the gateway who leads election lock `name`; answers a Leader or None."""
+
+    name: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,7 +96,7 @@ class StoreWrite:
     based_on: int | None
 
 
-Command = AcquireCall | RenewCall | ReleaseCall | Sleep | StoreRead | StoreWrite
+Command = AcquireCall | RenewCall | ReleaseCall | LeaderCall | Sleep | StoreRead | StoreWrite
 Process = Generator[Command, Any, None]
 Subprocess = Generator[Command, Any, bool]
 
@@ -114,7 +125,7 @@ class SimClient:
         self.env = env
         self.gateway = gateway
         gateway.clients[index] = self
-        self.queue: collections.deque[Job] = collections.deque()
+        self.queue: collections.deque[Job | Observe] = collections.deque()
         self.holding: Grant | None = None
         self._proc: Process | None = None
         self.seq = 0
@@ -128,7 +139,7 @@ class SimClient:
         """No session running or queued."""
         return self._proc is None and not self.queue
 
-    def enqueue(self, session: Job) -> None:
+    def enqueue(self, session: Job | Observe) -> None:
         """Queue a session; start it now if nothing else runs."""
         self.queue.append(session)
         if self._proc is None and not self.gateway.clock.paused:
@@ -154,7 +165,10 @@ class SimClient:
         if not self.queue:
             self.env.client_idle()
             return
-        self._proc = self._session(self.queue.popleft())
+        session = self.queue.popleft()
+        self._proc = (
+            self._observe(session) if isinstance(session, Observe) else self._session(session)
+        )
         self._advance(None)
 
     def _advance(self, value: Any) -> None:
@@ -176,7 +190,9 @@ class SimClient:
         elif isinstance(cmd, AcquireCall):
             gateway.acquire(self.index, seq, cmd.name, cmd.ttl_ms, cmd.wait_ms)
         elif isinstance(cmd, RenewCall):
-            gateway.renew(self.index, seq, cmd.name, cmd.lease, cmd.ttl_ms)
+            gateway.renew(self.index, seq, cmd.name, cmd.lease, cmd.ttl_ms, cmd.meta)
+        elif isinstance(cmd, LeaderCall):
+            gateway.leader(self.index, seq, cmd.name)
         else:
             gateway.release(self.index, seq, cmd.name, cmd.lease)
 
@@ -224,6 +240,16 @@ class SimClient:
         ]
         renew_at = outcome.decided_ns + outcome.validity_ns // 3 if s.renew else None
         expired = False
+        if s.campaign:  # Campaign returns once the leader record is on a quorum
+            renewed = yield self._proclaim(s, lease, outcome.token)
+            if not isinstance(renewed, Renewed):
+                grant.end = min(grant.end, world.now)
+                self._note(f"leader record of {name} term {outcome.token} not written: lost")
+                return
+            deadline = renewed.deadline_ns
+            grant.end = self.gateway.clock.true_at(deadline, world.now)
+            self.env.history.led.append((world.now, s.name, outcome.token))
+            self._note(f"leads {name} with term {outcome.token}")
         while True:
             now = self._now()
             if now >= deadline:
@@ -237,7 +263,10 @@ class SimClient:
                 yield Sleep(due)
                 continue
             if renew_at is not None and renew_at <= now < hold_until:
-                renewed = yield RenewCall(s.name, lease, s.ttl_ms)
+                if s.campaign:
+                    renewed = yield self._proclaim(s, lease, outcome.token)
+                else:
+                    renewed = yield RenewCall(s.name, lease, s.ttl_ms)
                 if isinstance(renewed, Renewed):
                     deadline = renewed.deadline_ns
                     grant.end = self.gateway.clock.true_at(deadline, world.now)
@@ -264,6 +293,46 @@ class SimClient:
         elif not expired:
             self._note(f"walks away from {name} token {outcome.token} (lets it expire)")
         self.holding = None
+
+    def _proclaim(self, s: Job, lease: bytes, term: int) -> RenewCall:
+        """A renewal that writes a new leader value (Campaign's record, then Proclaim's),
+        noted as written before it is sent: a read may find it on a quorum even when the
+        renewal is refused."""
+        history = self.env.history
+        values = history.proclaimed.setdefault((s.name, term), set())
+        value = b"c%d/%d" % (self.index, len(values))
+        values.add(value)
+        meta = encode_meta(Meta(b"c%d" % self.index, encode_value(term, value), 0))
+        return RenewCall(s.name, lease, s.ttl_ms, meta)
+
+    def _observe(self, o: Observe) -> Process:
+        """Read the leader every `every_ms` for `ms`, sending the observer each leader
+        that supersedes the last one sent (the gateway's Observe rule)."""
+        world = self.env.world
+        history = self.env.history
+        end = self._now() + o.ms * MS
+        sent: tuple[int, bytes] | None = None
+        history.observers += 1
+        observer = history.observers
+        while self._now() < end:
+            started = world.now
+            found = yield LeaderCall(o.name)
+            send = found is not None and supersedes(found, sent)
+            read = Read(
+                o.name,
+                self.index,
+                observer,
+                started,
+                world.now,
+                found.term if found is not None else None,
+                found.value if found is not None else b"",
+                send,
+            )
+            history.reads.append(read)
+            if found is not None and send:
+                sent = (found.term, found.value)
+                self._note(f"observes {read}")
+            yield Sleep(self._now() + o.every_ms * MS)
 
     def _read_write(self, name: bytes, lease: bytes, token: int, deadline: int) -> Subprocess:
         """Read the resource, then write a new value based on it; each only while the

@@ -31,6 +31,8 @@ from lockd.core import (
     Send,
 )
 from lockd.core.messages import lock_name
+from lockd.core.quorum import quorum
+from lockd.core.records import NodeState, leader_of, merge
 from lockd.core.table import (
     AttemptDone,
     Cancel,
@@ -80,8 +82,8 @@ class Env(Protocol):
     def send_node(self, host: int, run: int, send: Send) -> None:
         """Put a machine's request on the network."""
 
-    def send_view(self, host: int, probe: int, node: int, name: bytes) -> None:
-        """Ask node `node` for the PTTL of lock `name` (a probe's request)."""
+    def send_view(self, host: int, read: int, node: int, name: bytes) -> None:
+        """Ask node `node` for its state of lock `name` (`lockd_peek`)."""
 
     def on_grant(self, grant: Grant) -> None:
         """A lease was delivered to a client (already in the history)."""
@@ -109,9 +111,13 @@ class _Attempt:
 
 
 @dataclasses.dataclass(slots=True)
-class _Probe:
+class _Read:
+    """A read of one lock on every node (a probe, or a Leader call) in flight."""
+
     name: bytes
-    pttls: list[int] = dataclasses.field(default_factory=list)
+    done: Callable[[list[NodeState]], None]
+    states: dict[int, NodeState] = dataclasses.field(default_factory=dict)
+    """By node: the first answer counts (a duplicated reply is not a second node)."""
 
 
 class SimGateway:
@@ -139,7 +145,7 @@ class SimGateway:
         self._ids = itertools.count()
         self._runs: dict[int, _Run] = {}
         self._attempts: dict[int, _Attempt] = {}
-        self._probes: dict[int, _Probe] = {}
+        self._reads: dict[int, _Read] = {}
         self._requests: dict[int, tuple[int, int, int]] = {}  # waiter -> client, seq, ttl
         self._granting: dict[bytes, tuple[Grant, Granted, _Attempt]] = {}  # lease -> grant
 
@@ -220,11 +226,20 @@ class SimGateway:
         now = self.now()
         self.feed(Request(waiter, name, ttl_ms, now + wait_ms * MS, now))
 
-    def renew(self, client: int, seq: int, name: bytes, lease: bytes, ttl_ms: int) -> None:
-        """Renew `lease`; the client hears `Renewed` or `RenewFailed`."""
+    def renew(
+        self, client: int, seq: int, name: bytes, lease: bytes, ttl_ms: int, meta: bytes | None
+    ) -> None:
+        """Renew `lease` (writing owner record `meta` if given: Campaign's leader record,
+        Proclaim); the client hears `Renewed` or `RenewFailed`."""
         env = self.env
         machine = Renew(
-            name, lease, ttl_ms, NODES, env.node_timeout_ns, unsafe_no_drift=env.unsafe_no_drift
+            name,
+            lease,
+            ttl_ms,
+            NODES,
+            env.node_timeout_ns,
+            unsafe_no_drift=env.unsafe_no_drift,
+            meta=meta,
         )
 
         def done(outcome: Renewed | RenewFailed) -> None:
@@ -245,6 +260,15 @@ class SimGateway:
             self._answer(client, seq, outcome)
 
         self._run(Release(name, lease, NODES, self.env.node_timeout_ns), done)
+
+    def leader(self, client: int, seq: int, name: bytes) -> None:
+        """Read election lock `name` on every node; the client hears the leader a quorum
+        shows (`Leader`) or None, as the gateway's Leader and Observe read it."""
+
+        def done(states: list[NodeState]) -> None:
+            self._answer(client, seq, leader_of(merge(states, quorum(NODES)))[0])
+
+        self._read(name, done)
 
     def cancel(self, client: int) -> None:
         """Client `client` went away: its waiting ends (a held lease stays until it
@@ -355,31 +379,38 @@ class SimGateway:
         if name is not None:
             self.deliver(lambda _: self.feed(ReleaseHeard(name, self.now())), None)
 
-    # -- probes ------------------------------------------------------------------------------
+    # -- reads of the nodes ------------------------------------------------------------
 
     def _probe(self, name: bytes) -> None:
-        probe = next(self._ids)
-        self._probes[probe] = _Probe(name)
+        def done(states: list[NodeState]) -> None:
+            held = held_for_ns([state.pttl_ms for state in states], NODES)
+            self.note(f"probe of {name.decode()}: held for {fmt_ns(held)} more")
+            self.feed(ProbeDone(name, held, self.now()))
+
+        self._read(name, done)
+
+    def _read(self, name: bytes, done: Callable[[list[NodeState]], None]) -> None:
+        """Ask every node for lock `name`; `done` gets the answers that came within the
+        node timeout."""
+        read = next(self._ids)
+        self._reads[read] = _Read(name, done)
         for node in range(NODES):
-            self.env.send_view(self.index, probe, node, name)
-        self.at_clock(self.now() + self.env.node_timeout_ns, self._probe_done, probe)
+            self.env.send_view(self.index, read, node, name)
+        self.at_clock(self.now() + self.env.node_timeout_ns, self._read_done, read)
 
-    def on_view(self, item: tuple[int, int]) -> None:
-        """A node answered a probe with a PTTL."""
-        probe, pttl = item
-        run = self._probes.get(probe)
-        if run is not None:
-            run.pttls.append(pttl)
-            if len(run.pttls) == NODES:
-                self._probe_done(probe)
+    def on_view(self, item: tuple[int, int, NodeState]) -> None:
+        """Node `node` answered a read."""
+        read_id, node, state = item
+        read = self._reads.get(read_id)
+        if read is not None:
+            read.states.setdefault(node, state)
+            if len(read.states) == NODES:
+                self._read_done(read_id)
 
-    def _probe_done(self, probe: int) -> None:
-        run = self._probes.pop(probe, None)
-        if run is None:
-            return
-        held = held_for_ns(run.pttls, NODES)
-        self.note(f"probe of {run.name.decode()}: held for {fmt_ns(held)} more")
-        self.feed(ProbeDone(run.name, held, self.now()))
+    def _read_done(self, read_id: int) -> None:
+        read = self._reads.pop(read_id, None)
+        if read is not None:
+            read.done(list(read.states.values()))
 
     # -- machines ----------------------------------------------------------------------------
 

@@ -88,6 +88,9 @@ class Summary:
     refused: int = 0
     crashes: int = 0
     events: int = 0
+    elections: int = 0
+    terms: int = 0
+    leader_reads: int = 0
     overlap_checked: int = 0
     bound_ns: int = 0
     by_property: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -106,6 +109,9 @@ class Summary:
         self.refused += outcome.refused
         self.crashes += outcome.crashes
         self.events += outcome.events
+        self.elections += outcome.terms > 0
+        self.terms += outcome.terms
+        self.leader_reads += outcome.leader_reads
         self.overlap_checked += outcome.overlap_checked
         self.bound_ns = max(self.bound_ns, outcome.bound_ns)
         if outcome.violations:
@@ -349,7 +355,7 @@ def main(
             f"{summary.jobs} process{'es' if summary.jobs > 1 else ''}"
         )
         lines.append(
-            f"  properties: {', '.join(PROPERTIES[:4])}, liveness (within "
+            f"  properties: {', '.join(PROPERTIES[:7])}, liveness (within "
             f"{summary.bound_ns / 1e9:.2f} s of the heal), overlap (in "
             f"{summary.overlap_checked} of {summary.run} runs; the others drifted beyond "
             "the bound)"
@@ -357,7 +363,9 @@ def main(
         lines.append(
             f"  totals: {summary.grants} grants of {summary.attempts} attempts, "
             f"{summary.writes} acknowledged writes, {summary.refused} stale store "
-            f"operations refused, {summary.crashes} node crashes, {summary.events} events"
+            f"operations refused, {summary.crashes} node crashes, {summary.events} events; "
+            f"elections in {summary.elections} runs: {summary.terms} terms led, "
+            f"{summary.leader_reads} reads found a leader"
         )
         if keep_going and summary.failures:
             shown = ", ".join(str(f.seed) for f in summary.failures[:20])
@@ -374,6 +382,9 @@ def main(
             attempts=summary.attempts,
             acknowledged_writes=summary.writes,
             crashes=summary.crashes,
+            election_runs=summary.elections,
+            terms_led=summary.terms,
+            leader_reads=summary.leader_reads,
             overlap_checked=summary.overlap_checked,
             liveness_bound_ms=summary.bound_ns // MS,
         )

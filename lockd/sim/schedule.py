@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from lockd.core.records import election_lock
 from lockd.engine import FsyncPolicy
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Envelope",
     "Heal",
     "Job",
+    "Observe",
     "Partition",
     "Pause",
     "Schedule",
@@ -31,6 +33,8 @@ __all__ = [
 ]
 
 NODES = 5
+ELECTION_RUNS = 0.3
+"""The share of runs with an election (campaigns and observers beside the locks)."""
 
 
 def rng_for(seed: int, stream: str) -> random.Random:
@@ -71,6 +75,8 @@ class Setup:
     loss: float
     dup: float
     long_p: float
+    election: bytes | None = None
+    """The election lock some sessions campaign for and observe (None: no election)."""
 
     def describe(self) -> str:
         """One paragraph for traces."""
@@ -84,6 +90,7 @@ class Setup:
             f"fsync {'/'.join(p.value for p in self.fsync)}; fence block {self.fence_block}; "
             f"node timeout {self.node_timeout_ms} ms; loss {self.loss:.1%}, "
             f"duplication {self.dup:.1%}, long delays {self.long_p:.1%}"
+            + (f"; election {self.election.decode()}" if self.election else "")
         )
 
 
@@ -95,7 +102,12 @@ class Job:
     """A client's unit of work: acquire `name` through its gateway (which waits up to
     `wait_ms`), do `writes` read-then-write rounds on the fenced store over `hold_ms`
     (renewing the lease if `renew`), then release it — or, if not `release`, walk away
-    and let it expire. A client does its sessions one at a time, in order."""
+    and let it expire. A client does its sessions one at a time, in order.
+
+    A `campaign` is the same on an election's lock, as the gateway's Campaign runs it:
+    once granted, the leader record `<term>:<value>` is written with an extend, each
+    renewal writes a new value (Proclaim), the writes carry the term, and release is
+    Resign."""
 
     client: int
     name: bytes
@@ -105,14 +117,32 @@ class Job:
     writes: int
     renew: bool
     release: bool
+    campaign: bool = False
 
     def __str__(self) -> str:
         end = "release" if self.release else "abandon"
         renew = ", renew" if self.renew else ""
+        what = "campaign" if self.campaign else "session"
         return (
-            f"c{self.client} session on {self.name.decode()}: ttl {self.ttl_ms} ms, wait "
+            f"c{self.client} {what} on {self.name.decode()}: ttl {self.ttl_ms} ms, wait "
             f"{self.wait_ms} ms, hold {self.hold_ms} ms, {self.writes} writes{renew}, {end}"
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observe:
+    """A client's session observing election lock `name` for `ms`: it reads the leader
+    from the nodes every `every_ms` (as the gateway's Observe poller does) and is sent
+    each leader that supersedes the last one it was sent."""
+
+    client: int
+    name: bytes
+    ms: int
+    every_ms: int
+
+    def __str__(self) -> str:
+        name = self.name.decode()
+        return f"c{self.client} observes {name} for {self.ms} ms, every {self.every_ms} ms"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,7 +232,7 @@ class Storm:
         )
 
 
-Action = Job | Partition | Heal | Crash | ClockJump | ClockRate | Pause | Storm
+Action = Job | Observe | Partition | Heal | Crash | ClockJump | ClockRate | Pause | Storm
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -254,6 +284,11 @@ def generate(seed: int, steps: int, limits: Envelope | None = None) -> Schedule:
         dup=rng.choice((0.0, 0.01, 0.05)),
         long_p=rng.choice((0.0, 0.001, 0.01)),
     )
+    # Elections draw from their own stream, so the rest of a seed's schedule is the same
+    # with or without them.
+    elections = rng_for(seed, "elections")
+    if elections.random() < ELECTION_RUNS:
+        setup = dataclasses.replace(setup, election=election_lock(b"e"))
     fault_rate = rng.choice((0.1, 0.2, 0.35))
     weights = {
         "partition": rng.choice((0, 2, 4)),
@@ -275,6 +310,8 @@ def generate(seed: int, steps: int, limits: Envelope | None = None) -> Schedule:
             action = _fault(rng, rng.choice(kinds), setup, lim, wild_clocks)
         else:
             action = _session(rng, setup, lim)
+            if setup.election is not None:
+                action = _election(elections, action, setup.election)
         out.append(Step(index, t, action))
     return Schedule(seed, setup, tuple(out), lim)
 
@@ -291,6 +328,16 @@ def _session(rng: random.Random, setup: Setup, lim: Envelope) -> Job:
         renew=rng.random() < 0.8,
         release=rng.random() < 0.85,
     )
+
+
+def _election(rng: random.Random, job: Job, election: bytes) -> Job | Observe:
+    """Turn some sessions of a run with an election into campaigns or observers."""
+    r = rng.random()
+    if r < 0.4:
+        return dataclasses.replace(job, name=election, campaign=True)
+    if r < 0.6:
+        return Observe(job.client, election, rng.randrange(100, 2000), rng.choice((10, 50, 250)))
+    return job
 
 
 def _fault(rng: random.Random, kind: str, setup: Setup, lim: Envelope, wild_clocks: bool) -> Action:

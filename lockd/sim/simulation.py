@@ -16,6 +16,7 @@ import hashlib
 
 from lockd.core import NodeReply, Send
 from lockd.core.quorum import restart_delay_ms
+from lockd.core.records import NodeState
 from lockd.core.table import Policy
 from lockd.engine import EngineConfig
 from lockd.sim.checks import Grant, History, Violation, check, fmt_ns
@@ -28,6 +29,7 @@ from lockd.sim.schedule import (
     Crash,
     Heal,
     Job,
+    Observe,
     Partition,
     Pause,
     Schedule,
@@ -75,6 +77,10 @@ class RunResult:
     writes: int
     refused: int
     crashes: int
+    terms: int
+    """Leaders whose record reached a quorum (0 in a run without an election)."""
+    leader_reads: int
+    """Reads of the election that found a leader."""
     overlap_checked: bool
     heal_ns: int
     bound_ns: int
@@ -195,16 +201,16 @@ class Simulation:
         node = self.nodes[n]
         if node.engine is None or (host, n) in self.net.cut:
             return
-        pttl = node.pttl(name)
+        state = node.peek(name)
         world = self.world
         for delay in self.net.delays("rep", host, n):
-            world.at(world.now + delay, self._view_at_gateway, (host, n, probe, pttl))
+            world.at(world.now + delay, self._view_at_gateway, (host, n, probe, state))
 
-    def _view_at_gateway(self, arg: tuple[int, int, int, int]) -> None:
-        host, node, probe, pttl = arg
+    def _view_at_gateway(self, arg: tuple[int, int, int, NodeState]) -> None:
+        host, node, probe, state = arg
         if (host, node) not in self.net.cut:
             gateway = self.gateways[host]
-            gateway.deliver(gateway.on_view, (probe, pttl))
+            gateway.deliver(gateway.on_view, (probe, node, state))
 
     def _published(self, node: int, lock_key: bytes) -> None:
         """Node `node` published a release: every gateway subscribed to it hears of it."""
@@ -263,9 +269,9 @@ class Simulation:
             return
         action = step.action
         now = self.world.now
-        if not isinstance(action, Job):
+        if not isinstance(action, Job | Observe):
             self._note("nemesis", f"step {step.index}: {action}")
-        if isinstance(action, Job):
+        if isinstance(action, Job | Observe):
             self.clients[action.client].enqueue(action)
         elif isinstance(action, Partition):
             self.net.cut = set(action.cuts)
@@ -335,22 +341,30 @@ class Simulation:
             if not node.up:
                 self._restart_seq[i] += 1
                 self._restart((i, self._restart_seq[i]))
-        names = self.schedule.setup.names
         for client in self.clients:
             client.cancel()
         for gateway in self.gateways:
             gateway.resume()
-            for k in range(len(names)):
-                name = names[(client.index + k) % len(names)]
-                client.enqueue(Job(client.index, name, PROBE_TTL_MS, 10**9, 10, 1, False, True))
+        client = self.clients[-1]  # one client takes every lock (and leads the election)
+        for name in self._names:
+            campaign = name == self.schedule.setup.election
+            client.enqueue(
+                Job(client.index, name, PROBE_TTL_MS, 10**9, 10, 1, False, True, campaign)
+            )
 
     # -- running -----------------------------------------------------------------------------
+
+    @property
+    def _names(self) -> tuple[bytes, ...]:
+        """Every lock of the run, the election's included."""
+        setup = self.schedule.setup
+        return setup.names + ((setup.election,) if setup.election is not None else ())
 
     def on_grant(self, grant: Grant) -> None:
         """After the heal, stop once every lock was granted again."""
         if self.healed_at is not None:
             self.first_after_heal.setdefault(grant.name, grant.decided)
-            if len(self.first_after_heal) == len(self.schedule.setup.names):
+            if len(self.first_after_heal) == len(self._names):
                 self.world.stopped = True
 
     def run(self) -> RunResult:
@@ -369,7 +383,7 @@ class Simulation:
                 heal + bound,
                 f"{name.decode()} not granted within {fmt_ns(bound)} of the heal at {fmt_ns(heal)}",
             )
-            for name in self.schedule.setup.names
+            for name in self._names
             if self.first_after_heal.get(name, heal + bound + 1) > heal + bound
         ]
         overlap_checked = not self.beyond_bound
@@ -383,6 +397,8 @@ class Simulation:
             writes=len(self.history.acked),
             refused=self.store.refused,
             crashes=self.crashes,
+            terms=len(self.history.led),
+            leader_reads=sum(r.term is not None for r in self.history.reads),
             overlap_checked=overlap_checked,
             heal_ns=heal,
             bound_ns=bound,

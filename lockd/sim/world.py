@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lockd.core import Call, NodeReply, lock_key
+from lockd.core.records import NodeState
 from lockd.engine import RELEASE_CHANNEL, Clock, Engine, EngineConfig, FsyncPolicy, WallClock
 from lockd.engine.persistence import FenceReservation
 from lockd.gateway.nodes import EmbeddedNode
@@ -292,12 +293,12 @@ class SimNode:
         self.disk.commit()
         return reply
 
-    def pttl(self, name: bytes) -> int:
-        """The remaining TTL of lock `name`'s key in ms (-2 absent), as `PTTL` answers."""
+    def peek(self, name: bytes) -> NodeState:
+        """Lock `name` on this node, as `lockd_peek` answers: PTTL, counter, record."""
         assert self.engine is not None
-        reply = self.engine.execute([b"PTTL", lock_key(name)])
-        assert isinstance(reply, int)
-        return reply
+        pttl, counter, record = self.engine.lock_peek(lock_key(name))
+        assert isinstance(pttl, int) and isinstance(counter, int)
+        return NodeState(pttl, counter, record if isinstance(record, bytes) else None)
 
 
 class Network:

@@ -1,4 +1,4 @@
-"""This tree's gateway against another commit's, side by side in one run.
+"""This tree's gateway (or commit NEW's) against another commit's, side by side in one run.
 
 Both gateways run at once (embedded, and over the same five `lockd engine` processes of
 this tree); each round runs every workload on the old one, then on the new one, so the
@@ -6,7 +6,10 @@ machine's noise hits both alike. The old commit is checked out in a temporary gi
 worktree and run with `PYTHONPATH` pointing at it; the clients are this tree's.
 Prints the median rate of each over the rounds and the ratio new/old.
 
-    .venv/bin/python -m tests.bench.versus_commit REV [--rounds 5] [--seconds 3]
+    .venv/bin/python -m tests.bench.versus_commit REV [--new REV2] [--rounds 5] [--seconds 3]
+
+With `--new`, both sides are commits (each in its worktree): one change measured alone,
+e.g. a merge against its first parent.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def checkout(rev: str, where: Path) -> Iterator[Path]:
+def checkout(rev: str, where: Path, label: str) -> Iterator[Path]:
     """`rev` checked out (detached) in a temporary worktree."""
-    path = where / "old"
+    path = where / label
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(path), rev],
                    check=True)  # fmt: skip
     try:
@@ -38,19 +41,24 @@ def checkout(rev: str, where: Path) -> Iterator[Path]:
                        check=False)  # fmt: skip
 
 
-def run(rev: str, rounds: int, seconds: float) -> list[tuple[str, float, float]]:
+def run(
+    rev: str, rounds: int, seconds: float, new_rev: str | None = None
+) -> list[tuple[str, float, float]]:
     """(shape/workload, old median rate, new median rate)."""
     with tempfile.TemporaryDirectory() as name, contextlib.ExitStack() as stack:
         tmp = Path(name)
-        old = stack.enter_context(checkout(rev, tmp))
+        old = stack.enter_context(checkout(rev, tmp, "old"))
+        new = stack.enter_context(checkout(new_rev, tmp, "new")) if new_rev else None
         engines = stack.enter_context(shapes.engine_nodes(tmp))
         gateways = {
             ("embedded", "old"): stack.enter_context(shapes.gateway(tmp, source=old)),
-            ("embedded", "new"): stack.enter_context(shapes.gateway(tmp)),
+            ("embedded", "new"): stack.enter_context(shapes.gateway(tmp, source=new)),
             ("5 engines", "old"): stack.enter_context(
                 shapes.gateway(tmp, engines.target, source=old)
             ),
-            ("5 engines", "new"): stack.enter_context(shapes.gateway(tmp, engines.target)),
+            ("5 engines", "new"): stack.enter_context(
+                shapes.gateway(tmp, engines.target, source=new)
+            ),
         }
         for served in gateways.values():
             wait_grants(served.target)
@@ -75,11 +83,12 @@ def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rev", help="the commit to compare against (e.g. HEAD~1)")
+    parser.add_argument("--new", help="measure this commit instead of this tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     print(f"{'shape, workload':<28} {'old/s':>10} {'new/s':>10} {'new/old':>8}")
-    for name, old, new in run(args.rev, args.rounds, args.seconds):
+    for name, old, new in run(args.rev, args.rounds, args.seconds, args.new):
         ratio = new / old if old else float("nan")
         print(f"{name:<28} {old:>10,.0f} {new:>10,.0f} {ratio:>8.2f}", flush=True)
 

@@ -22,6 +22,10 @@ def test_safe_configuration_passes_a_fixed_range_of_seeds() -> None:
     # The runs did something: grants, writes, crashes, and the overlap property checked.
     assert summary.grants > 20 * SEEDS and summary.writes > 20 * SEEDS
     assert summary.crashes > SEEDS and summary.overlap_checked > 0.8 * SEEDS
+    # About 3 runs in 10 hold an election, with many terms and reads that found a leader.
+    assert summary.elections > 0.2 * SEEDS
+    assert summary.terms > 5 * summary.elections
+    assert summary.leader_reads > 10 * summary.elections
 
 
 def test_throughput(capsys: pytest.CaptureFixture[str]) -> None:

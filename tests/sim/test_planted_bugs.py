@@ -13,9 +13,9 @@ from lockd.sim import UNSAFE, explore, run_seed, shrink
 
 FIRST_FAILING = {
     # unsafe option: (first failing seed, the property that catches it)
-    "single-phase-token": (0, "token-unique"),
-    "no-drift": (24, "overlap"),
-    "wall-clock": (38, "overlap"),
+    "single-phase-token": (0, "token-monotonic"),
+    "no-drift": (59, "overlap"),
+    "wall-clock": (22, "overlap"),
     "no-restart-delay": (4, "overlap"),
     "volatile-fence": (2, "token-unique"),
 }
