@@ -337,9 +337,11 @@ def main(
 
         def report(s: Summary) -> None:
             if progress is not None:
+                failed = ", ".join(str(f.seed) for f in s.failures[:10])
                 progress(
-                    f"... {s.run} seeds, {len(s.failures)} failed, "
-                    f"{s.seeds_per_minute:.0f} seeds/min"
+                    f"... {s.run} seeds, {len(s.failures)} failed"
+                    + (f" (seeds {failed})" if failed else "")
+                    + f", {s.seeds_per_minute:.0f} seeds/min"
                 )
 
         summary = explore(
