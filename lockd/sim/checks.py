@@ -127,6 +127,13 @@ class History:
     observers: int = 0
     """Observe calls so far (numbering them)."""
 
+    def end_lease(self, lease: bytes, at: int) -> None:
+        """The window of the grant of `lease` ends at `at` (true time) if not before."""
+        for grant in reversed(self.grants):
+            if grant.lease == lease:
+                grant.end = min(grant.end, at)
+                return
+
     def note(self, at: int, who: str, text: str) -> None:
         """Add a trace line (call only when `tracing`)."""
         self.trace.append((at, who, text))

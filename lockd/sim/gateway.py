@@ -247,6 +247,9 @@ class SimGateway:
             if isinstance(outcome, Renewed):
                 self.feed(LeaseRenewed(name, lease, ttl_ms, machine.started_ns, now))
             else:
+                # The lease is lost and released on every node: its window ends here,
+                # whether or not its client is still there to be told.
+                self.env.history.end_lease(lease, self.env.world.now)
                 self.feed(LeaseEnded(name, lease, now))
             self._answer(client, seq, outcome)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from lockd.core.records import NodeState, election_lock, merge
-from lockd.sim import Simulation, generate
+from lockd.sim import Simulation, generate, run_seed
 from lockd.sim.checks import Grant, History, Read, check
 from lockd.sim.schedule import Job, Observe
 from lockd.sim.world import StoreModel
@@ -129,3 +129,13 @@ def test_an_observer_sent_a_leader_twice_or_backwards_is_out_of_order() -> None:
     # Another Observe call starts afresh.
     again = election_history(read(3, 1, b"a", sent=True), read(5, 1, b"a", True, observer=2))
     assert props(again) == []
+
+
+def test_a_lease_the_gateway_gave_up_ends_its_window() -> None:
+    """Seed 4600: a campaign's record write was lost in a partition when the heal
+    cancelled its client; the gateway released the lease on every node, and the next
+    campaign won before the old lease's deadline. The old holder was gone (and would
+    have been told LEASE_LOST), so its window ends at the failed renewal: no overlap."""
+    result = run_seed(4600)
+    assert result.violations == ()
+    assert result.overlap_checked
