@@ -132,10 +132,12 @@ def test_an_observer_sent_a_leader_twice_or_backwards_is_out_of_order() -> None:
 
 
 def test_a_lease_the_gateway_gave_up_ends_its_window() -> None:
-    """Seed 4600: a campaign's record write was lost in a partition when the heal
-    cancelled its client; the gateway released the lease on every node, and the next
-    campaign won before the old lease's deadline. The old holder was gone (and would
-    have been told LEASE_LOST), so its window ends at the failed renewal: no overlap."""
-    result = run_seed(4600)
-    assert result.violations == ()
-    assert result.overlap_checked
+    """Seeds 4600 and 10740 of the long run: a campaign's record write was lost in a
+    partition when the heal cancelled its client; the gateway released the lease on
+    every node, and the next campaign won before the old lease's deadline. The old
+    holder was gone (and would have been told LEASE_LOST), so its window ends at the
+    failed renewal: no overlap."""
+    for seed in (4600, 10740):
+        result = run_seed(seed)
+        assert result.violations == (), seed
+        assert result.overlap_checked
