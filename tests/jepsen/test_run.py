@@ -204,17 +204,16 @@ def _start(out: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCKD_")}
     cmd = [sys.executable, "-m", "lockd", "jepsen", "run", "--out", str(out), "--nemesis",
            "pause", "--time-limit", "120", "--clients", "2", "--seed", "1"]  # fmt: skip
-    with (out / "harness.out").open("w") as log:
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
-            preexec_fn=_default_sigint,
-        )  # fmt: skip
-
-
-def _default_sigint() -> None:
-    """Ctrl-C as a terminal delivers it: a suite started in the background by a shell
-    without job control inherits SIGINT ignored, and the harness would keep running."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a shell
+    # without job control inherits SIGINT ignored, which the harness would inherit too
+    # (and rightly keep running). A handled signal is reset to its default by exec; no
+    # preexec_fn, whose fork runs grpc's fork handlers in a process with grpc threads.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with (out / "harness.out").open("w") as log:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_workers(out: Path, proc: subprocess.Popen[str]) -> None:
