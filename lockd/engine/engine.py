@@ -546,6 +546,20 @@ class Engine:
         self.fences_collected += done
         return done
 
+    def _check_restart_delay(self, what: str) -> None:
+        """RESTARTDELAY while this node is in its delayed restart. Acquisitions wait for
+        every lock it may have forgotten to expire; so do lock reads, since its journal
+        may also have brought back a lock that was released and superseded before the
+        crash (what it reports until then is not evidence)."""
+        if self.restart_until_ms > self.started_ms:
+            left = self.restart_delay_remaining_ms()
+            if left > 0:
+                raise CommandError(
+                    f"RESTARTDELAY {left} ms left: this node restarted after an "
+                    f"{self.restart_reason} and refuses {what} until every lock it "
+                    "may have forgotten has expired"
+                )
+
     def restart_delay_remaining_ms(self) -> int:
         """Milliseconds until this node accepts acquisitions again (0 when it does)."""
         return max(0, self.restart_until_ms - self.clock.now_ms())
@@ -592,14 +606,7 @@ class Engine:
         meta_key = meta_key_of(lock_key)
         if meta is not None and meta_key is None:
             raise CommandError("ERR lockd_acquire: an owner record needs a lock key 'lock:...'")
-        if self.restart_until_ms > self.started_ms:
-            left = self.restart_delay_remaining_ms()
-            if left > 0:
-                raise CommandError(
-                    f"RESTARTDELAY {left} ms left: this node restarted after an "
-                    f"{self.restart_reason} and refuses acquisitions until every lock it "
-                    "may have forgotten has expired"
-                )
+        self._check_restart_delay("acquisitions")
         counter = self.counter(fence_key)
         ks = self.keyspace
         current = self._string(lock_key)
@@ -711,11 +718,13 @@ class Engine:
 
     def lock_describe(self, lock_key: bytes, fence_key: bytes) -> tuple[int, int]:
         """[PTTL of the lock (-2 when not held), fencing counter (never below the floor)]."""
+        self._check_restart_delay("lock reads")
         counter = self.counter(fence_key)
         return self.pttl(lock_key), counter
 
     def lock_peek(self, lock_key: bytes) -> list[Reply]:
         """[PTTL (-2 when not held), fencing counter, owner record or None] of one lock."""
+        self._check_restart_delay("lock reads")
         fence_key = fence_key_of(lock_key)
         meta_key = meta_key_of(lock_key)
         counter = self.counter(fence_key)
@@ -734,6 +743,7 @@ class Engine:
         n = _positive(count)
         if n is None:
             raise CommandError("ERR lockd_list: count must be a positive integer")
+        self._check_restart_delay("lock reads")
         match = LIST_PREFIX + prefix
         snapshots = self._list_snapshots
         if cursor == b"0" or match not in snapshots:

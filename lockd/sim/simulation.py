@@ -202,6 +202,8 @@ class Simulation:
         if node.engine is None or (host, n) in self.net.cut:
             return
         state = node.peek(name)
+        if state is None:
+            return  # refused: no answer
         world = self.world
         for delay in self.net.delays("rep", host, n):
             world.at(world.now + delay, self._view_at_gateway, (host, n, probe, state))

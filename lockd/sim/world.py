@@ -20,6 +20,7 @@ from lockd.engine import RELEASE_CHANNEL, Clock, Engine, EngineConfig, FsyncPoli
 from lockd.engine.persistence import FenceReservation
 from lockd.gateway.nodes import EmbeddedNode
 from lockd.resp.protocol import RequestParser
+from lockd.resp.replies import CommandError
 from lockd.units import MS
 
 __all__ = [
@@ -293,10 +294,14 @@ class SimNode:
         self.disk.commit()
         return reply
 
-    def peek(self, name: bytes) -> NodeState:
-        """Lock `name` on this node, as `lockd_peek` answers: PTTL, counter, record."""
+    def peek(self, name: bytes) -> NodeState | None:
+        """Lock `name` on this node, as `lockd_peek` answers: PTTL, counter, record; None
+        when it refuses (RESTARTDELAY), which a gateway counts as no answer."""
         assert self.engine is not None
-        pttl, counter, record = self.engine.lock_peek(lock_key(name))
+        try:
+            pttl, counter, record = self.engine.lock_peek(lock_key(name))
+        except CommandError:
+            return None
         assert isinstance(pttl, int) and isinstance(counter, int)
         return NodeState(pttl, counter, record if isinstance(record, bytes) else None)
 

@@ -105,11 +105,16 @@ async def test_a_node_restarted_empty_gets_no_grant_before_its_delay(
             victim.kill(wipe=True)
             victim.start(load_library=False)
             direct = victim.client()
-            early, landed = 0, []
+            early, landed, reads_refused = 0, [], 0
             i = 0
             while time.monotonic() < killed + delay_s + 3:
                 i += 1
                 name = f"x{i}"
+                try:  # lock reads wait out the delay too (once the library is back)
+                    direct.fcall("lockd_peek", 1, "lock:probe")
+                    assert time.monotonic() >= killed + delay_s, "a lock read in the delay"
+                except redis.ResponseError as exc:
+                    reads_refused += "RESTARTDELAY" in str(exc)
                 try:
                     got = await stub.Acquire(pb.AcquireRequest(name=name, ttl_ms=2000))
                 except Exception:
@@ -124,6 +129,7 @@ async def test_a_node_restarted_empty_gets_no_grant_before_its_delay(
             assert early > 0, "no grant through the other nodes during the delay"
             assert landed, "the restarted node never served a grant (library not reloaded?)"
             assert min(landed) >= delay_s, landed
+            assert reads_refused > 0
 
 
 async def test_settings_drift_takes_a_node_out_until_fixed(

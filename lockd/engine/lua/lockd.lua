@@ -246,6 +246,8 @@ end
 local function peek(keys, args)
   local bad = arity_error('lockd_peek', keys, args, 1, -1, 0, 0)
   if bad then return bad end
+  local refused = restart_refusal()
+  if refused then return refused end
   local out = {}
   for i, lock in ipairs(keys) do
     local entry, err = peek_one(lock)
@@ -265,6 +267,8 @@ local function list(keys, args)
   if not positive(args[3]) then
     return redis.error_reply('ERR lockd_list: count must be a positive integer')
   end
+  local refused = restart_refusal()
+  if refused then return refused end
   local pattern = 'lock:{' .. string.gsub(args[2], '[%*%?%[%]\\]', '\\%0') .. '*'
   local step = redis.call('SCAN', args[1], 'MATCH', pattern, 'COUNT', args[3])
   local entries = {}
@@ -299,10 +303,13 @@ local function fence_advance(keys, args)
   return {1, target}
 end
 
--- Read-only: the lock's PTTL (-2 when not held) and the fencing counter.
+-- Read-only: the lock's PTTL (-2 when not held) and the fencing counter. Lock reads are
+-- refused in the restart delay, as acquisitions are: what the node reports may be stale.
 local function describe(keys, args)
   local bad = arity_error('lockd_describe', keys, args, 2, 2, 0, 0)
   if bad then return bad end
+  local refused = restart_refusal()
+  if refused then return refused end
   local n, err = counter(keys[2])
   if not n then return err end
   return {redis.call('PTTL', keys[1]), n}
