@@ -561,7 +561,7 @@ class Engine:
                 )
 
     def restart_delay_remaining_ms(self) -> int:
-        """Milliseconds until this node accepts acquisitions again (0 when it does)."""
+        """Milliseconds until this node accepts acquisitions and lock reads again (0: now)."""
         return max(0, self.restart_until_ms - self.clock.now_ms())
 
     # -- lock functions ------------------------------------------------------------------
