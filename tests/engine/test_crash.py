@@ -159,7 +159,7 @@ def test_counters_never_go_backwards_when_unfsynced_writes_are_lost(
     assert int(info_lockd(client)["fence_floor"]) >= top
     # Lock reads are refused in the restart delay, as acquisitions are: the journal may
     # have brought back a lock that was released before the crash.
-    with pytest.raises(redis.ResponseError, match="RESTARTDELAY .* refuses lock reads"):
+    with pytest.raises(redis.ResponseError, match=r"RESTARTDELAY .* refuses lock reads"):
         client.fcall("lockd_describe", 2, "lock:none", next(iter(reported)))
     with pytest.raises(redis.ResponseError, match="RESTARTDELAY"):
         client.fcall("lockd_peek", 1, "lock:none")
